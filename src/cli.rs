@@ -1,0 +1,189 @@
+//! Commands: argument parsing (clap), and the mapping of every failure to a sysexits code.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use thiserror::Error;
+
+use crate::config::{Config, ConfigError};
+use crate::keyring::{self, KeyringError};
+use crate::seal::{self, Protection, SealError};
+use crate::smime::SignatureMode;
+use crate::smime::certs::unix_now;
+
+/// S/MIME sign and encrypt messages for an MTA's pickup directory.
+#[derive(Debug, Parser)]
+#[command(name = "smime-pickup", version, about)]
+pub struct Cli {
+    /// Configuration file (default: $SMIME_PICKUP_CONFIG, else /etc/smime-pickup/smime-pickup.toml)
+    #[arg(short, long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Seal one message and write it to stdout (no envelope lines, CRLF)
+    Seal(SealArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SealArgs {
+    /// Sign (with neither --sign nor --encrypt: the [seal] defaults, normally both)
+    #[arg(long)]
+    pub sign: bool,
+    /// Encrypt for every recipient
+    #[arg(long)]
+    pub encrypt: bool,
+    /// Opaque signature (application/pkcs7-mime) instead of multipart/signed
+    #[arg(long)]
+    pub opaque: bool,
+    /// Sender keys folder (overrides the config)
+    #[arg(long, value_name = "DIR")]
+    pub keys: Option<PathBuf>,
+    /// Recipient certificates folder (overrides the config)
+    #[arg(long, value_name = "DIR")]
+    pub certs: Option<PathBuf>,
+    /// Trusted CA bundle, PEM (overrides the config)
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Also write every sealed copy (Bcc recipients get their own) into DIR as N.eml with its
+    /// recipients in N.rcpt
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// The message file, or - for stdin
+    pub file: PathBuf,
+}
+
+/// A command's failure, with the exit code it maps to.
+#[derive(Debug, Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+    #[error("{path}: {source}")]
+    Input {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Seal { path: PathBuf, source: SealError },
+    #[error("{path}: {source}")]
+    Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl CliError {
+    /// sysexits(3): 65 data, 66 no input, 74 I/O, 78 configuration.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config(_) | CliError::Keyring(_) => 78,
+            CliError::Input { source, .. } if source.kind() == std::io::ErrorKind::NotFound => 66,
+            CliError::Input { .. } | CliError::Output { .. } => 74,
+            CliError::Seal { .. } => 65,
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Seal(args) => seal_command(cli.config.as_deref(), args),
+    }
+}
+
+fn seal_command(config_path: Option<&Path>, args: SealArgs) -> Result<(), CliError> {
+    let mut config = Config::locate(config_path)?;
+    if let Some(k) = args.keys {
+        config.keys = k;
+    }
+    if let Some(c) = args.certs {
+        config.certs = c;
+    }
+    if let Some(ca) = args.ca {
+        config.ca = Some(ca);
+    }
+    if args.sign || args.encrypt {
+        config.seal.sign = args.sign;
+        config.seal.encrypt = args.encrypt;
+    }
+    if args.opaque {
+        config.seal.signature = SignatureMode::Opaque;
+    }
+    let input_name = if args.file == Path::new("-") {
+        PathBuf::from("(stdin)")
+    } else {
+        args.file.clone()
+    };
+    let input = read_input(&args.file).map_err(|source| CliError::Input {
+        path: input_name.clone(),
+        source,
+    })?;
+    let keyring = keyring::load(&config)?;
+    let sealed = seal::seal(
+        &input,
+        &config.seal,
+        config.max_message_bytes,
+        &keyring,
+        unix_now(),
+    )
+    .map_err(|source| CliError::Seal {
+        path: input_name.clone(),
+        source,
+    })?;
+
+    if let Some(dir) = &args.output_dir {
+        write_copies(dir, &sealed).map_err(|source| CliError::Output {
+            path: dir.clone(),
+            source,
+        })?;
+    } else if sealed.len() > 1 {
+        eprintln!(
+            "note: {} separate copies were made (hidden recipients get their own); stdout has the first, \
+             --output-dir DIR writes them all",
+            sealed.len()
+        );
+    }
+    for copy in &sealed {
+        if copy.protection == Protection::Signed && config.seal.encrypt {
+            eprintln!(
+                "warning: {} receive(s) a signed, unencrypted copy",
+                copy.envelope.recipients.join(", ")
+            );
+        }
+    }
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(&sealed[0].data)
+        .and_then(|()| stdout.flush())
+        .map_err(|source| CliError::Output {
+            path: "(stdout)".into(),
+            source,
+        })
+}
+
+fn read_input(path: &Path) -> std::io::Result<Vec<u8>> {
+    if path == Path::new("-") {
+        let mut buf = Vec::new();
+        std::io::stdin().lock().read_to_end(&mut buf)?;
+        Ok(buf)
+    } else {
+        std::fs::read(path)
+    }
+}
+
+fn write_copies(dir: &Path, sealed: &[seal::Sealed]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (i, copy) in sealed.iter().enumerate() {
+        std::fs::write(dir.join(format!("{i}.eml")), &copy.data)?;
+        std::fs::write(
+            dir.join(format!("{i}.rcpt")),
+            copy.envelope.recipients.join("\n") + "\n",
+        )?;
+    }
+    Ok(())
+}

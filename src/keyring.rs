@@ -1,0 +1,52 @@
+//! Loading the keyring (sender keys + recipient certificates + CA) from a configuration, once at start
+//! and again on reload.
+
+use thiserror::Error;
+
+use crate::config::Config;
+use crate::seal::Keyring;
+use crate::smime::certs::{CertFileError, CertStore, Trust};
+use crate::smime::keys::KeyStore;
+
+#[derive(Debug, Error)]
+pub enum KeyringError {
+    #[error("keys folder {0}: {1}")]
+    KeysFolder(std::path::PathBuf, std::io::Error),
+    #[error("certs folder {0}: {1}")]
+    CertsFolder(std::path::PathBuf, std::io::Error),
+    #[error("key_passphrase_file {0}: {1}")]
+    Passphrase(std::path::PathBuf, std::io::Error),
+    #[error(transparent)]
+    Cert(#[from] CertFileError),
+}
+
+/// Reads keys, certificates and the CA bundle named by `config`.
+pub fn load(config: &Config) -> Result<Keyring, KeyringError> {
+    for (dir, make) in [
+        (&config.keys, KeyringError::KeysFolder as fn(_, _) -> _),
+        (&config.certs, KeyringError::CertsFolder as fn(_, _) -> _),
+    ] {
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(make(dir.clone(), std::io::Error::other("not a folder"))),
+            Err(e) => return Err(make(dir.clone(), e)),
+        }
+    }
+    let passphrase = match &config.key_passphrase_file {
+        Some(path) => {
+            let raw = std::fs::read(path).map_err(|e| KeyringError::Passphrase(path.clone(), e))?;
+            // the passphrase is the first line, without its line ending
+            let line = raw.split(|&b| b == b'\n').next().unwrap_or_default();
+            Some(line.strip_suffix(b"\r").unwrap_or(line).to_vec())
+        }
+        None => None,
+    };
+    let trust = config
+        .ca
+        .as_deref()
+        .map(|ca| Trust::from_file(ca, &[]))
+        .transpose()?;
+    let keys = KeyStore::load(&config.keys, passphrase.as_deref(), trust.as_ref())?;
+    let certs = CertStore::load(&config.certs, config.ca.as_deref())?;
+    Ok(Keyring { keys, certs })
+}

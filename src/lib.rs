@@ -1,0 +1,15 @@
+//! smime-pickup: S/MIME sign and encrypt spooled messages for an MTA.
+//!
+//! The flow, one module each: `message` parses an input into envelope, outer headers and a canonical
+//! inner entity; `smime` holds keys, certificates and the CMS operations; `seal` turns one input into
+//! sealed copies; `cli` wires them to commands. Everything is synchronous.
+//!
+//! Unsafe code is denied everywhere except `smime::oaep_ffi`, the one FFI call OpenSSL's bindings lack.
+#![deny(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod keyring;
+pub mod message;
+pub mod seal;
+pub mod smime;

@@ -1,0 +1,206 @@
+//! S/MIME: the CMS operations (sign, encrypt) and the MIME entities that carry their results.
+//!
+//! OpenSSL produces the CMS structures (DER); the MIME wrappers are written here, because OpenSSL's own
+//! S/MIME writer mixes bare LF into CRLF output and re-translates what it signs. Signing is always done
+//! with `BINARY` over bytes that are already canonical CRLF, so the signed bytes are exactly the bytes
+//! we send.
+
+pub mod certs;
+pub mod keys;
+mod oaep_ffi;
+
+use openssl::cms::{CMSOptions, CmsContentInfo};
+use openssl::error::ErrorStack;
+use openssl::stack::Stack;
+use openssl::symm::Cipher;
+use openssl::x509::X509;
+use serde::Deserialize;
+
+use crate::message::encode_base64_lines;
+use keys::Identity;
+
+/// Content-encryption algorithm (`[seal] cipher`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum CipherChoice {
+    #[serde(rename = "aes-128-cbc")]
+    Aes128Cbc,
+    #[default]
+    #[serde(rename = "aes-256-cbc")]
+    Aes256Cbc,
+    #[serde(rename = "aes-128-gcm")]
+    Aes128Gcm,
+    #[serde(rename = "aes-256-gcm")]
+    Aes256Gcm,
+}
+
+impl CipherChoice {
+    fn cipher(self) -> Cipher {
+        match self {
+            CipherChoice::Aes128Cbc => Cipher::aes_128_cbc(),
+            CipherChoice::Aes256Cbc => Cipher::aes_256_cbc(),
+            CipherChoice::Aes128Gcm => Cipher::aes_128_gcm(),
+            CipherChoice::Aes256Gcm => Cipher::aes_256_gcm(),
+        }
+    }
+
+    /// GCM makes CMS AuthEnvelopedData (RFC 5083), announced with its own smime-type.
+    fn smime_type(self) -> &'static str {
+        match self {
+            CipherChoice::Aes128Gcm | CipherChoice::Aes256Gcm => "authEnveloped-data",
+            _ => "enveloped-data",
+        }
+    }
+}
+
+/// How the content key is wrapped for each recipient (`[seal] key_transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum KeyTransport {
+    #[default]
+    #[serde(rename = "rsa-pkcs1")]
+    RsaPkcs1,
+    #[serde(rename = "rsa-oaep")]
+    RsaOaep,
+}
+
+/// Detached (`multipart/signed`) or opaque (`application/pkcs7-mime; smime-type=signed-data`) signatures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureMode {
+    #[default]
+    Detached,
+    Opaque,
+}
+
+/// Signs the canonical entity `content` and returns the MIME entity (headers, blank line, body) that
+/// carries it: `multipart/signed` for detached, `application/pkcs7-mime` for opaque signatures.
+pub fn signed_entity(
+    id: &Identity,
+    content: &[u8],
+    mode: SignatureMode,
+) -> Result<Vec<u8>, ErrorStack> {
+    let mut flags = CMSOptions::BINARY;
+    if mode == SignatureMode::Detached {
+        flags |= CMSOptions::DETACHED;
+    }
+    let chain: Option<&openssl::stack::StackRef<X509>> = Some(&id.chain);
+    let cms = CmsContentInfo::sign(Some(&id.cert), Some(&id.key), chain, Some(content), flags)?;
+    let der = cms.to_der()?;
+    let mut out = Vec::with_capacity(content.len() + der.len() * 4 / 3 + 512);
+    match mode {
+        SignatureMode::Opaque => {
+            out.extend_from_slice(
+                b"Content-Type: application/pkcs7-mime; smime-type=signed-data; name=\"smime.p7m\"\r\n\
+                  Content-Transfer-Encoding: base64\r\n\
+                  Content-Disposition: attachment; filename=\"smime.p7m\"\r\n\r\n",
+            );
+            encode_base64_lines(&der, &mut out);
+        }
+        SignatureMode::Detached => {
+            let boundary = new_boundary();
+            out.extend_from_slice(
+                format!(
+                    "Content-Type: multipart/signed; protocol=\"application/pkcs7-signature\";\r\n\
+                     \tmicalg={}; boundary=\"{boundary}\"\r\n\r\n\
+                     This is a cryptographically signed message in MIME format.\r\n\r\n--{boundary}\r\n",
+                    micalg(&der)
+                )
+                .as_bytes(),
+            );
+            out.extend_from_slice(content);
+            out.extend_from_slice(
+                format!(
+                    "\r\n--{boundary}\r\n\
+                     Content-Type: application/pkcs7-signature; name=\"smime.p7s\"\r\n\
+                     Content-Transfer-Encoding: base64\r\n\
+                     Content-Disposition: attachment; filename=\"smime.p7s\"\r\n\
+                     Content-Description: S/MIME Cryptographic Signature\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            encode_base64_lines(&der, &mut out);
+            out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        }
+    }
+    Ok(out)
+}
+
+/// Encrypts the entity `content` for `recipients` and returns the `application/pkcs7-mime` entity.
+pub fn enveloped_entity(
+    recipients: &[&X509],
+    content: &[u8],
+    cipher: CipherChoice,
+    transport: KeyTransport,
+) -> Result<Vec<u8>, ErrorStack> {
+    let der = match transport {
+        KeyTransport::RsaOaep => oaep_ffi::encrypt_oaep(recipients, content, cipher.cipher())?,
+        KeyTransport::RsaPkcs1 => {
+            let mut stack = Stack::new()?;
+            for c in recipients {
+                stack.push((*c).clone())?;
+            }
+            CmsContentInfo::encrypt(&stack, content, cipher.cipher(), CMSOptions::BINARY)?
+                .to_der()?
+        }
+    };
+    let mut out = Vec::with_capacity(der.len() * 4 / 3 + der.len() / 38 + 256);
+    out.extend_from_slice(
+        format!(
+            "Content-Type: application/pkcs7-mime; smime-type={}; name=\"smime.p7m\"\r\n\
+             Content-Transfer-Encoding: base64\r\n\
+             Content-Disposition: attachment; filename=\"smime.p7m\"\r\n\
+             Content-Description: S/MIME Encrypted Message\r\n\r\n",
+            cipher.smime_type()
+        )
+        .as_bytes(),
+    );
+    encode_base64_lines(&der, &mut out);
+    Ok(out)
+}
+
+/// The `micalg` parameter for a SignedData: the digest OpenSSL really used, read from the DER (the
+/// first digest algorithm identifier in a SignedData is its digestAlgorithms set).
+fn micalg(der: &[u8]) -> &'static str {
+    const OIDS: [(&[u8], &str); 5] = [
+        (
+            &[
+                0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
+            ],
+            "sha-256",
+        ),
+        (
+            &[
+                0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02,
+            ],
+            "sha-384",
+        ),
+        (
+            &[
+                0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03,
+            ],
+            "sha-512",
+        ),
+        (
+            &[
+                0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x04,
+            ],
+            "sha-224",
+        ),
+        (&[0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a], "sha-1"),
+    ];
+    OIDS.iter()
+        .filter_map(|(oid, name)| {
+            der.windows(oid.len())
+                .position(|w| w == *oid)
+                .map(|p| (p, *name))
+        })
+        .min_by_key(|(p, _)| *p)
+        .map_or("sha-256", |(_, name)| name)
+}
+
+/// A MIME boundary that cannot occur in base64 or quoted-printable text ("=_" never does).
+fn new_boundary() -> String {
+    let mut rnd = [0u8; 12];
+    openssl::rand::rand_bytes(&mut rnd).expect("the OpenSSL random generator works");
+    let hex: String = rnd.iter().map(|b| format!("{b:02x}")).collect();
+    format!("----=_smime_{hex}")
+}
