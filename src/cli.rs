@@ -49,8 +49,8 @@ pub struct SealArgs {
     /// Trusted CA bundle, PEM (overrides the config)
     #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
-    /// Also write every sealed copy (Bcc recipients get their own) into DIR as N.eml with its
-    /// recipients in N.rcpt
+    /// Also write every sealed copy (Bcc recipients get their own) into DIR as N.eml, with its
+    /// envelope (x-sender, x-receiver lines) in N.env
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
     /// The message file, or - for stdin
@@ -180,10 +180,11 @@ fn write_copies(dir: &Path, sealed: &[seal::Sealed]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     for (i, copy) in sealed.iter().enumerate() {
         std::fs::write(dir.join(format!("{i}.eml")), &copy.data)?;
-        std::fs::write(
-            dir.join(format!("{i}.rcpt")),
-            copy.envelope.recipients.join("\n") + "\n",
-        )?;
+        let mut env = format!("x-sender: {}\n", copy.envelope.sender);
+        for r in &copy.envelope.recipients {
+            env.push_str(&format!("x-receiver: {r}\n"));
+        }
+        std::fs::write(dir.join(format!("{i}.env")), env)?;
     }
     Ok(())
 }

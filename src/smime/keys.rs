@@ -157,7 +157,8 @@ fn load_identity(
     let pem = std::fs::read(key_path).map_err(|e| unreadable(key_path, e.to_string()))?;
     let key = match passphrase {
         Some(pass) => PKey::private_key_from_pem_passphrase(&pem, pass),
-        None => PKey::private_key_from_pem(&pem),
+        // never let OpenSSL prompt on a terminal for a missing passphrase
+        None => PKey::private_key_from_pem_callback(&pem, |_| Ok(0)),
     }
     .map_err(|_| {
         let encrypted = pem.windows(9).any(|w| w == b"ENCRYPTED");

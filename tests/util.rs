@@ -1,0 +1,466 @@
+//! Test harness: a per-test temp folder with a copy of the fixture PKI, the real binary run with a
+//! scrubbed environment, and the independent checkers (the `openssl cms` CLI and `gpgsm`).
+
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+pub fn pki() -> PathBuf {
+    fixtures().join("pki")
+}
+
+/// A private copy of the fixture PKI (git does not keep 0600 modes, the binary insists on them).
+pub struct Dir {
+    pub tmp: tempfile::TempDir,
+}
+
+impl Dir {
+    pub fn new() -> Dir {
+        let tmp = tempfile::tempdir().unwrap();
+        copy_tree(&pki(), &tmp.path().join("pki"));
+        for entry in std::fs::read_dir(tmp.path().join("pki/keys")).unwrap() {
+            let p = entry.unwrap().path();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        Dir { tmp }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn keys(&self) -> PathBuf {
+        self.path().join("pki/keys")
+    }
+
+    pub fn certs(&self) -> PathBuf {
+        self.path().join("pki/certs")
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.path().join("pki/ca.pem")
+    }
+
+    /// Writes `smime-pickup.toml` pointing at the copied PKI, with `extra` appended.
+    pub fn config(&self, extra: &str) -> PathBuf {
+        let path = self.path().join("smime-pickup.toml");
+        let text = format!(
+            "keys = \"pki/keys\"\ncerts = \"pki/certs\"\nca = \"pki/ca.pem\"\n\
+             key_passphrase_file = \"pki/passphrase.txt\"\n{extra}"
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+}
+
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// The binary, run in `dir` with only PATH and HOME from our environment.
+pub fn bin(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_smime-pickup"));
+    cmd.current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    cmd
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("the command starts")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// LF → CRLF (for the CRLF variant of a fixture).
+pub fn to_crlf(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 20);
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'\n' && (i == 0 || bytes[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
+/// Every line ends in CRLF: no bare LF or CR anywhere.
+pub fn assert_crlf_only(bytes: &[u8], what: &str) {
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'\n' {
+            assert!(
+                i > 0 && bytes[i - 1] == b'\r',
+                "{what}: bare LF at byte {i}"
+            );
+        }
+        if b == b'\r' {
+            assert_eq!(
+                bytes.get(i + 1),
+                Some(&b'\n'),
+                "{what}: bare CR at byte {i}"
+            );
+        }
+    }
+}
+
+/// `openssl cms -decrypt` as the holder of `address`'s key; returns the decrypted entity.
+pub fn openssl_decrypt(dir: &Path, sealed: &[u8], address: &str) -> Result<Vec<u8>, String> {
+    let input = dir.join(format!("dec-in-{address}.eml"));
+    std::fs::write(&input, sealed).unwrap();
+    let private = pki().join("private");
+    let cert = if private.join(format!("{address}.crt")).exists() {
+        private.join(format!("{address}.crt"))
+    } else {
+        pki().join("certs").join(format!("{address}.crt"))
+    };
+    let o = Command::new("openssl")
+        .args(["cms", "-decrypt", "-binary", "-in"])
+        .arg(&input)
+        .arg("-recip")
+        .arg(cert)
+        .arg("-inkey")
+        .arg(private.join(format!("{address}.key")))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    if o.status.success() {
+        Ok(o.stdout)
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+/// `openssl cms -verify` (detached multipart/signed or opaque) against the test CA; returns the content.
+pub fn openssl_verify(dir: &Path, signed: &[u8]) -> Result<Vec<u8>, String> {
+    let input = dir.join("verify-in.eml");
+    std::fs::write(&input, signed).unwrap();
+    let o = Command::new("openssl")
+        .args(["cms", "-verify", "-purpose", "smimesign", "-in"])
+        .arg(&input)
+        .arg("-CAfile")
+        .arg(pki().join("ca.pem"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    if o.status.success() {
+        Ok(o.stdout)
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+/// `openssl cms -verify -binary` of a DER detached signature over the exact bytes `content`.
+pub fn openssl_verify_detached(dir: &Path, sig: &[u8], content: &[u8]) -> Result<(), String> {
+    let (sig_path, content_path) = (dir.join("ossl-sig.der"), dir.join("ossl-content"));
+    std::fs::write(&sig_path, sig).unwrap();
+    std::fs::write(&content_path, content).unwrap();
+    let o = Command::new("openssl")
+        .args([
+            "cms",
+            "-verify",
+            "-binary",
+            "-purpose",
+            "smimesign",
+            "-inform",
+            "DER",
+            "-in",
+        ])
+        .arg(&sig_path)
+        .arg("-content")
+        .arg(&content_path)
+        .arg("-CAfile")
+        .arg(pki().join("ca.pem"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+/// The body of a message or entity after its header block.
+pub fn body_of(entity: &[u8]) -> &[u8] {
+    let i = entity
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a header block")
+        + 4;
+    &entity[i..]
+}
+
+/// Header value of `name` in an entity's header block (unfolded).
+pub fn header(entity: &[u8], name: &str) -> Option<String> {
+    let head = &entity[..entity.len() - body_of(entity).len()];
+    let text = String::from_utf8_lossy(head)
+        .replace("\r\n\t", " ")
+        .replace("\r\n ", " ");
+    text.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+    })
+}
+
+pub fn b64_decode(text: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    let compact: Vec<u8> = text
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(compact)
+        .expect("valid base64")
+}
+
+/// Splits a `multipart/signed` entity into the exact signed bytes and the DER signature.
+pub fn split_signed(entity: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let ct = header(entity, "content-type").unwrap();
+    let boundary = ct
+        .split("boundary=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let delim = format!("--{boundary}\r\n");
+    let body = body_of(entity);
+    let start = find(body, delim.as_bytes()).unwrap() + delim.len();
+    let next = format!("\r\n--{boundary}\r\n");
+    let end = start + find(&body[start..], next.as_bytes()).unwrap();
+    let signed = body[start..end].to_vec();
+    let sig_part = &body[end + next.len()..];
+    let close = format!("--{boundary}--");
+    let sig_end = find(sig_part, close.as_bytes()).unwrap();
+    let sig_entity = &sig_part[..sig_end];
+    (signed, b64_decode(body_of(sig_entity)))
+}
+
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A GnuPG home with the test CA trusted and the recipients' PKCS#12 keys imported, shared by all tests
+/// of this binary; gpgsm calls are serialised (one agent).
+pub struct Gpgsm {
+    home: tempfile::TempDir,
+}
+
+static GPGSM: OnceLock<Mutex<Gpgsm>> = OnceLock::new();
+
+pub fn gpgsm() -> std::sync::MutexGuard<'static, Gpgsm> {
+    GPGSM
+        .get_or_init(|| Mutex::new(Gpgsm::new()))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+impl Gpgsm {
+    fn new() -> Gpgsm {
+        let home = tempfile::Builder::new().prefix("gnupg").tempdir().unwrap();
+        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(home.path().join("gpgsm.conf"), "disable-crl-checks\n").unwrap();
+        std::fs::write(
+            home.path().join("gpg-agent.conf"),
+            "allow-loopback-pinentry\n",
+        )
+        .unwrap();
+        let g = Gpgsm { home };
+        let o = g
+            .cmd(&["--batch", "--import"])
+            .arg(pki().join("ca.pem"))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "gpgsm import CA: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        for entry in std::fs::read_dir(pki().join("private")).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "p12") {
+                let o = g.with_passphrase(
+                    &[
+                        "--batch",
+                        "--pinentry-mode",
+                        "loopback",
+                        "--passphrase-fd",
+                        "0",
+                        "--import",
+                    ],
+                    &p,
+                );
+                assert!(
+                    o.status.success(),
+                    "gpgsm import {}: {}",
+                    p.display(),
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+        }
+        let o = g
+            .cmd(&["--with-colons", "--fingerprint", "smime-pickup Test CA"])
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&o.stdout);
+        let fpr = listing
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("fpr:")
+                    .map(|r| r.split(':').nth(8).unwrap().to_string())
+            })
+            .expect("the CA fingerprint");
+        std::fs::write(g.home.path().join("trustlist.txt"), format!("{fpr} S\n")).unwrap();
+        g
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("gpgsm");
+        c.env("GNUPGHOME", self.home.path()).args(args);
+        c
+    }
+
+    fn with_passphrase(&self, args: &[&str], file: &Path) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .cmd(args)
+            .arg(file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"test\n").unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Decrypts a DER EnvelopedData; Ok(plaintext) only when gpgsm says DECRYPTION_OKAY.
+    pub fn decrypt(&self, dir: &Path, der: &[u8]) -> Result<Vec<u8>, String> {
+        let input = dir.join("gpgsm-in.der");
+        let output = dir.join("gpgsm-out");
+        let _ = std::fs::remove_file(&output);
+        std::fs::write(&input, der).unwrap();
+        let o = self.with_passphrase(
+            &[
+                "--batch",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase-fd",
+                "0",
+                "--status-fd",
+                "1",
+                "--output",
+                output.to_str().unwrap(),
+                "--decrypt",
+            ],
+            &input,
+        );
+        let status = String::from_utf8_lossy(&o.stdout);
+        if status.contains("DECRYPTION_OKAY") {
+            Ok(std::fs::read(&output).unwrap())
+        } else {
+            Err(format!("{status}\n{}", String::from_utf8_lossy(&o.stderr)))
+        }
+    }
+
+    /// Verifies a detached signature over `content`; Ok only with GOODSIG and VALIDSIG.
+    pub fn verify_detached(&self, dir: &Path, sig: &[u8], content: &[u8]) -> Result<(), String> {
+        let sig_path = dir.join("gpgsm-sig.p7s");
+        let content_path = dir.join("gpgsm-content");
+        std::fs::write(&sig_path, sig).unwrap();
+        std::fs::write(&content_path, content).unwrap();
+        let o = self
+            .cmd(&["--batch", "--status-fd", "1", "--verify"])
+            .arg(&sig_path)
+            .arg(&content_path)
+            .output()
+            .unwrap();
+        let status = String::from_utf8_lossy(&o.stdout);
+        if status.contains("GOODSIG") && status.contains("VALIDSIG") {
+            Ok(())
+        } else {
+            Err(format!("{status}\n{}", String::from_utf8_lossy(&o.stderr)))
+        }
+    }
+
+    /// Verifies an opaque SignedData; returns its content.
+    pub fn verify_opaque(&self, dir: &Path, der: &[u8]) -> Result<Vec<u8>, String> {
+        let input = dir.join("gpgsm-signed.der");
+        let output = dir.join("gpgsm-content-out");
+        let _ = std::fs::remove_file(&output);
+        std::fs::write(&input, der).unwrap();
+        let o = self
+            .cmd(&[
+                "--batch",
+                "--status-fd",
+                "1",
+                "--output",
+                output.to_str().unwrap(),
+                "--verify",
+            ])
+            .arg(&input)
+            .output()
+            .unwrap();
+        let status = String::from_utf8_lossy(&o.stdout);
+        if status.contains("GOODSIG") && status.contains("VALIDSIG") {
+            Ok(std::fs::read(&output).unwrap())
+        } else {
+            Err(format!("{status}\n{}", String::from_utf8_lossy(&o.stderr)))
+        }
+    }
+}
+
+/// What a message means to a reader: the decoded text and HTML bodies and attachment contents, via
+/// mail-parser (an implementation independent of our canonicaliser).
+pub fn meaning(entity: &[u8]) -> Vec<(String, Vec<u8>)> {
+    use mail_parser::MimeHeaders;
+    let msg = mail_parser::MessageParser::new()
+        .parse(entity)
+        .expect("parses");
+    let mut out = Vec::new();
+    for part in msg.parts.iter() {
+        let ct = part
+            .content_type()
+            .map(|c| format!("{}/{}", c.ctype(), c.subtype().unwrap_or("")).to_ascii_lowercase())
+            .unwrap_or_else(|| "text/plain".into());
+        if ct.starts_with("multipart/") {
+            continue;
+        }
+        let contents = match &part.body {
+            mail_parser::PartType::Text(t) | mail_parser::PartType::Html(t) => {
+                t.replace("\r\n", "\n").trim_end().as_bytes().to_vec()
+            }
+            _ => part.contents().to_vec(),
+        };
+        out.push((ct, contents));
+    }
+    out
+}
