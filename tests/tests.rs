@@ -299,3 +299,335 @@ fn malformed_corpus_is_refused_with_its_reason() {
     }
     assert!(ran >= 20, "ran {ran}");
 }
+
+/// Seals fixture `name` with config `extra` and `args`; returns the output, stderr and the Dir.
+fn seal_fixture(name: &str, extra: &str, args: &[&str]) -> (Dir, std::process::Output) {
+    let d = Dir::new();
+    let config = d.config(extra);
+    let o = run(bin(d.path())
+        .arg("-c")
+        .arg(&config)
+        .arg("seal")
+        .args(args)
+        .arg(fixtures().join("eml").join(name)));
+    (d, o)
+}
+
+fn cms_print(d: &Dir, sealed: &[u8]) -> String {
+    let p = d.write("print.eml", sealed);
+    let o = std::process::Command::new("openssl")
+        .args(["cms", "-cmsout", "-print", "-in"])
+        .arg(p)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn sign_only_is_multipart_signed_and_verifies_with_both_tools() {
+    let (d, o) = seal_fixture("utf8-html-8bit.eml", "", &["--sign"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ct = header(&o.stdout, "content-type").unwrap();
+    assert!(
+        ct.starts_with("multipart/signed")
+            && ct.contains("protocol=\"application/pkcs7-signature\""),
+        "{ct}"
+    );
+    let content = openssl_verify(d.path(), &o.stdout).unwrap();
+    let (signed, sig) =
+        split_signed(&o.stdout[find(&o.stdout, b"Content-Type: multipart/signed").unwrap()..]);
+    assert_eq!(signed, content);
+    gpgsm().verify_detached(d.path(), &sig, &signed).unwrap();
+    assert_eq!(
+        meaning(&signed),
+        meaning(&std::fs::read(fixtures().join("eml/utf8-html-8bit.eml")).unwrap())
+    );
+}
+
+#[test]
+fn opaque_signature_verifies_with_both_tools() {
+    let (d, o) = seal_fixture("plain-text.eml", "", &["--sign", "--opaque"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ct = header(&o.stdout, "content-type").unwrap();
+    assert!(
+        ct.contains("application/pkcs7-mime") && ct.contains("smime-type=signed-data"),
+        "{ct}"
+    );
+    let content = openssl_verify(d.path(), &o.stdout).unwrap();
+    let via_gpgsm = gpgsm()
+        .verify_opaque(d.path(), &b64_decode(body_of(&o.stdout)))
+        .unwrap();
+    assert_eq!(content, via_gpgsm);
+    assert_eq!(
+        meaning(&content),
+        meaning(&std::fs::read(fixtures().join("eml/plain-text.eml")).unwrap())
+    );
+}
+
+#[test]
+fn opaque_signed_and_encrypted_opens_with_openssl() {
+    let (d, o) = seal_fixture("plain-text.eml", "[seal]\nsignature = \"opaque\"\n", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let inner = openssl_decrypt(d.path(), &o.stdout, "bob@example.com").unwrap();
+    assert!(
+        header(&inner, "content-type")
+            .unwrap()
+            .contains("smime-type=signed-data")
+    );
+    let content = openssl_verify(d.path(), &inner).unwrap();
+    assert!(String::from_utf8_lossy(&content).contains("planning call"));
+}
+
+#[test]
+fn encrypt_only_carries_the_canonical_entity() {
+    let (d, o) = seal_fixture("utf8-text-8bit.eml", "", &["--encrypt"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let inner = openssl_decrypt(d.path(), &o.stdout, "dave@example.net").unwrap();
+    assert!(
+        header(&inner, "content-type")
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    assert_eq!(
+        meaning(&inner),
+        meaning(&std::fs::read(fixtures().join("eml/utf8-text-8bit.eml")).unwrap())
+    );
+    let plain = gpgsm()
+        .decrypt(d.path(), &b64_decode(body_of(&o.stdout)))
+        .unwrap();
+    assert_eq!(plain, inner);
+}
+
+#[test]
+fn cipher_and_key_transport_options_reach_the_cms_structure() {
+    let cases = [
+        (
+            "aes-128-cbc",
+            "rsa-pkcs1",
+            "enveloped-data",
+            "aes-128-cbc",
+            "rsaEncryption",
+        ),
+        (
+            "aes-256-cbc",
+            "rsa-oaep",
+            "enveloped-data",
+            "aes-256-cbc",
+            "rsaesOaep",
+        ),
+        (
+            "aes-128-gcm",
+            "rsa-pkcs1",
+            "authEnveloped-data",
+            "aes-128-gcm",
+            "rsaEncryption",
+        ),
+        (
+            "aes-256-gcm",
+            "rsa-oaep",
+            "authEnveloped-data",
+            "aes-256-gcm",
+            "rsaesOaep",
+        ),
+    ];
+    for (cipher, transport, smime_type, cms_cipher, cms_kt) in cases {
+        let extra = format!("[seal]\ncipher = \"{cipher}\"\nkey_transport = \"{transport}\"\n");
+        let (d, o) = seal_fixture("many-recipients.eml", &extra, &[]);
+        assert!(o.status.success(), "{cipher}/{transport}: {}", stderr(&o));
+        let ct = header(&o.stdout, "content-type").unwrap();
+        assert!(ct.contains(&format!("smime-type={smime_type};")), "{ct}");
+        let printed = cms_print(&d, &o.stdout);
+        assert!(printed.contains(cms_cipher), "{cipher}: {printed}");
+        assert_eq!(
+            printed.matches(cms_kt).count(),
+            6,
+            "{transport}: one key transport per recipient"
+        );
+        for r in ["bob@example.com", "bulk02@example.com", "frank@example.com"] {
+            let inner = openssl_decrypt(d.path(), &o.stdout, r)
+                .unwrap_or_else(|e| panic!("{cipher}/{transport} as {r}: {e}"));
+            openssl_verify(d.path(), &inner).unwrap();
+        }
+    }
+}
+
+#[test]
+fn encrypt_to_sender_lets_the_sender_read_its_copy() {
+    let (d, o) = seal_fixture("plain-text.eml", "", &[]);
+    assert!(
+        openssl_decrypt(d.path(), &o.stdout, "alice@example.com").is_err(),
+        "off by default"
+    );
+    let (d, o) = seal_fixture("plain-text.eml", "[seal]\nencrypt_to_sender = true\n", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    openssl_decrypt(d.path(), &o.stdout, "alice@example.com").unwrap();
+    openssl_decrypt(d.path(), &o.stdout, "bob@example.com").unwrap();
+}
+
+#[test]
+fn missing_cert_sign_only_sends_a_signed_copy_to_the_rest() {
+    let d = Dir::new();
+    let config = d.config("[seal]\nmissing_cert = \"sign-only\"\n");
+    let out = d.path().join("out");
+    let o = run(bin(d.path())
+        .arg("-c")
+        .arg(&config)
+        .arg("seal")
+        .arg("--output-dir")
+        .arg(&out)
+        .arg(fixtures().join("eml/malformed/missing-cert.eml")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("nocert@example.com"),
+        "a warning names the address: {}",
+        stderr(&o)
+    );
+    let enc = std::fs::read(out.join("0.eml")).unwrap();
+    assert!(
+        std::fs::read_to_string(out.join("0.env"))
+            .unwrap()
+            .contains("x-receiver: bob@example.com")
+    );
+    openssl_decrypt(d.path(), &enc, "bob@example.com").unwrap();
+    let signed = std::fs::read(out.join("1.eml")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(out.join("1.env"))
+            .unwrap()
+            .matches("x-receiver:")
+            .count(),
+        1
+    );
+    assert!(
+        header(&signed, "content-type")
+            .unwrap()
+            .starts_with("multipart/signed")
+    );
+    openssl_verify(d.path(), &signed).unwrap();
+}
+
+#[test]
+fn already_sealed_can_be_wrapped_on_request() {
+    let (d, o) = seal_fixture(
+        "already-signed.eml",
+        "[seal]\nalready_sealed = \"seal\"\n",
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let inner = openssl_decrypt(d.path(), &o.stdout, "bob@example.com").unwrap();
+    let content = openssl_verify(d.path(), &inner).unwrap();
+    assert!(
+        header(&content, "content-type")
+            .unwrap()
+            .starts_with("multipart/signed"),
+        "the original signed entity is inside"
+    );
+}
+
+#[test]
+fn refused_certificates_and_keys_say_why() {
+    let (_, o) = seal_fixture("plain-text.eml", "", &["--certs", "/nonexistent"]);
+    assert_eq!(o.status.code(), Some(78), "{}", stderr(&o));
+    assert!(stderr(&o).contains("/nonexistent"));
+
+    let d = Dir::new();
+    let msg = d.write(
+        "m.eml",
+        b"From: alice@example.com\nTo: signonly@example.com\nSubject: x\n\nhi\n",
+    );
+    let o = run(bin(d.path())
+        .arg("-c")
+        .arg(d.config(""))
+        .arg("seal")
+        .arg(&msg));
+    assert_eq!(o.status.code(), Some(65));
+    assert!(
+        stderr(&o).contains("signonly@example.com") && stderr(&o).contains("keyEncipherment"),
+        "{}",
+        stderr(&o)
+    );
+
+    // a private key others can read is refused, as ssh does
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        d.keys().join("alice@example.com.pem"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let msg = d.write(
+        "m2.eml",
+        b"From: alice@example.com\nTo: bob@example.com\nSubject: x\n\nhi\n",
+    );
+    let o = run(bin(d.path())
+        .arg("-c")
+        .arg(d.config(""))
+        .arg("seal")
+        .arg(&msg));
+    assert_eq!(o.status.code(), Some(65));
+    assert!(
+        stderr(&o).contains("readable by group or others (mode 0644)"),
+        "{}",
+        stderr(&o)
+    );
+
+    // an encrypted key without a passphrase file
+    let d = Dir::new();
+    std::fs::write(
+        d.path().join("nopass.toml"),
+        "keys = \"pki/keys\"\ncerts = \"pki/certs\"\n",
+    )
+    .unwrap();
+    let o = run(bin(d.path())
+        .args(["-c", "nopass.toml", "seal"])
+        .arg(fixtures().join("eml/passphrase-sender.eml")));
+    assert_eq!(o.status.code(), Some(65));
+    assert!(
+        stderr(&o).contains("encrypted and no key_passphrase_file"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn exit_codes_for_missing_input_and_bad_config() {
+    let d = Dir::new();
+    let o = run(bin(d.path())
+        .arg("-c")
+        .arg(d.config(""))
+        .args(["seal", "missing.eml"]));
+    assert_eq!(o.status.code(), Some(66), "{}", stderr(&o));
+    assert!(stderr(&o).contains("missing.eml"));
+
+    std::fs::write(d.path().join("bad.toml"), "kyes = \"pki/keys\"\n").unwrap();
+    let o = run(bin(d.path()).args(["-c", "bad.toml", "seal", "-"]));
+    assert_eq!(o.status.code(), Some(78));
+    assert!(
+        stderr(&o).contains("kyes") && stderr(&o).contains("bad.toml"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = run(bin(d.path()).args(["-c", "absent.toml", "seal", "-"]));
+    assert_eq!(o.status.code(), Some(78));
+
+    // SMIME_PICKUP_CONFIG is honoured, and - reads stdin
+    let config = d.config("");
+    let mut child = bin(d.path())
+        .env("SMIME_PICKUP_CONFIG", &config)
+        .args(["seal", "--sign", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"From: alice@example.com\nTo: bob@example.com\n\nhello\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    openssl_verify(d.path(), &o.stdout).unwrap();
+}
