@@ -78,7 +78,7 @@ pub struct Message {
     pub inner: Vec<u8>,
     /// The input was already S/MIME; `original` holds it with CRLF line endings
     pub already_sealed: bool,
-    /// The message as received (envelope lines removed), CRLF line endings
+    /// When already sealed: the message as received (envelope lines removed), CRLF line endings
     pub original: Vec<u8>,
     pub message_id: String,
 }
@@ -193,8 +193,10 @@ pub fn parse(input: &[u8], max_bytes: usize) -> Result<Message, ParseError> {
         }
     };
 
-    let mut original = Vec::with_capacity(rest.len() + rest.len() / 32);
-    push_crlf(&mut original, rest);
+    let mut original = Vec::new();
+    if already_sealed {
+        push_crlf(&mut original, rest);
+    }
 
     let mut inner = Vec::with_capacity(body.len() + body.len() / 16 + inner_headers.len() + 64);
     if !already_sealed {
@@ -587,28 +589,32 @@ fn find_blank_line(entity: &[u8]) -> Option<usize> {
 
 /// Appends `src` to `out` with every line ending (LF, CR or CRLF) written as CRLF.
 pub fn push_crlf(out: &mut Vec<u8>, src: &[u8]) {
+    if is_crlf_canonical(src) {
+        out.extend_from_slice(src);
+        return;
+    }
+    out.reserve(src.len() + src.len() / 32);
     let mut start = 0;
-    let mut i = 0;
-    while i < src.len() {
-        match src[i] {
-            b'\n' => {
-                out.extend_from_slice(&src[start..i]);
-                out.extend_from_slice(b"\r\n");
-                start = i + 1;
-            }
-            b'\r' => {
-                out.extend_from_slice(&src[start..i]);
-                out.extend_from_slice(b"\r\n");
-                if src.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
-                start = i + 1;
-            }
-            _ => {}
+    for pos in memchr::memchr2_iter(b'\r', b'\n', src) {
+        if pos < start {
+            continue; // the LF of a CRLF already written
         }
-        i += 1;
+        out.extend_from_slice(&src[start..pos]);
+        out.extend_from_slice(b"\r\n");
+        start = if src[pos] == b'\r' && src.get(pos + 1) == Some(&b'\n') {
+            pos + 2
+        } else {
+            pos + 1
+        };
     }
     out.extend_from_slice(&src[start..]);
+}
+
+/// True when every CR is followed by LF and every LF preceded by CR.
+fn is_crlf_canonical(src: &[u8]) -> bool {
+    let crs = memchr::memchr_iter(b'\r', src).count();
+    let lfs = memchr::memchr_iter(b'\n', src).count();
+    crs == lfs && memchr::memmem::find_iter(src, b"\r\n").count() == lfs
 }
 
 fn is_7bit_clean(bytes: &[u8]) -> bool {
@@ -622,11 +628,18 @@ fn mostly_ascii(bytes: &[u8]) -> bool {
 
 /// Longest line length in octets, not counting line endings.
 fn longest_line(bytes: &[u8]) -> usize {
-    bytes
-        .split(|&b| b == b'\n')
-        .map(|l| trim_eol(l).len())
-        .max()
-        .unwrap_or(0)
+    let mut longest = 0;
+    let mut start = 0;
+    for pos in memchr::memchr_iter(b'\n', bytes) {
+        let len = if pos > start && bytes[pos - 1] == b'\r' {
+            pos - 1 - start
+        } else {
+            pos - start
+        };
+        longest = longest.max(len);
+        start = pos + 1;
+    }
+    longest.max(trim_eol(&bytes[start..]).len())
 }
 
 fn trim_eol(line: &[u8]) -> &[u8] {
@@ -641,7 +654,7 @@ fn trim_eol(line: &[u8]) -> &[u8] {
 }
 
 fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
+    memchr::memchr(needle, hay)
 }
 
 fn starts_with_ignore_case(hay: &[u8], prefix: &[u8]) -> bool {
@@ -734,14 +747,23 @@ pub fn encode_qp(text: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-/// Base64 in lines of 76 characters, each ending in CRLF.
+/// Base64 in lines of 76 characters, each ending in CRLF, encoded straight into `out`.
 pub fn encode_base64_lines(data: &[u8], out: &mut Vec<u8>) {
-    let encoded = base64::engine::general_purpose::STANDARD.encode(data);
-    out.reserve(encoded.len() + encoded.len() / ENCODED_LINE * 2 + 2);
-    for chunk in encoded.as_bytes().chunks(ENCODED_LINE) {
-        out.extend_from_slice(chunk);
-        out.extend_from_slice(b"\r\n");
+    const RAW_PER_LINE: usize = ENCODED_LINE / 4 * 3;
+    let start = out.len();
+    out.resize(
+        start + data.len().div_ceil(RAW_PER_LINE) * (ENCODED_LINE + 2),
+        0,
+    );
+    let mut w = start;
+    for chunk in data.chunks(RAW_PER_LINE) {
+        w += base64::engine::general_purpose::STANDARD
+            .encode_slice(chunk, &mut out[w..])
+            .expect("the buffer is sized for 76 columns a line");
+        out[w..w + 2].copy_from_slice(b"\r\n");
+        w += 2;
     }
+    out.truncate(w);
 }
 
 /// The current time as an RFC 5322 date, UTC.
@@ -855,7 +877,7 @@ mod tests {
         assert_eq!(m.envelope.recipients, ["r1@y.org", "r2@y.org"]);
         assert_eq!(m.envelope.hidden, ["r2@y.org"]);
         assert_eq!(m.envelope.extras, [("x-job".to_string(), "j1".to_string())]);
-        assert!(m.original.starts_with(b"From: a@x.org\r\n"));
+        assert!(m.outer_headers.starts_with(b"From: a@x.org\r\n"));
     }
 
     #[test]
@@ -886,6 +908,27 @@ mod tests {
         encode_qp(text.as_bytes(), &mut enc);
         assert!(is_7bit_clean(&enc));
         assert_eq!(decode_qp(&enc), text.as_bytes());
+    }
+
+    #[test]
+    fn date_and_message_id_are_added_when_missing() {
+        let m = parse(b"From: a@x.org\nTo: b@y.org\n\nhi\n", usize::MAX).unwrap();
+        let outer = String::from_utf8(m.outer_headers).unwrap();
+        assert!(outer.contains("\r\nDate: "), "{outer}");
+        assert!(
+            outer.contains(&format!("\r\nMessage-ID: <{}>\r\n", m.message_id)),
+            "{outer}"
+        );
+        assert!(m.message_id.ends_with("@x.org"));
+        let kept = parse(b"From: a@x.org\nTo: b@y.org\nDate: Mon, 1 Jan 2024 00:00:00 +0000\nMessage-ID: <k@x>\n\nhi\n", 999).unwrap();
+        assert_eq!(
+            String::from_utf8(kept.outer_headers)
+                .unwrap()
+                .matches("Date:")
+                .count(),
+            1
+        );
+        assert_eq!(kept.message_id, "k@x");
     }
 
     #[test]

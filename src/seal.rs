@@ -135,10 +135,12 @@ pub fn seal(
         }]);
     }
     // already-sealed input wrapped again is sealed as a whole: its entity is the original body
-    let content = if msg.already_sealed {
-        already_sealed_entity(&msg.original)
+    let wrapped;
+    let content: &[u8] = if msg.already_sealed {
+        wrapped = already_sealed_entity(&msg.original);
+        &wrapped
     } else {
-        msg.inner.clone()
+        &msg.inner
     };
 
     let signer: Option<&Identity> = if policy.sign {
@@ -187,10 +189,10 @@ pub fn seal(
     };
 
     let signed = match signer {
-        Some(id) => Some(smime::signed_entity(id, &content, policy.signature)?),
+        Some(id) => Some(smime::signed_entity(id, content, policy.signature)?),
         None => None,
     };
-    let payload: &[u8] = signed.as_deref().unwrap_or(&content);
+    let payload: &[u8] = signed.as_deref().unwrap_or(content);
 
     let mut groups: Vec<(Vec<String>, Vec<&X509>)> = Vec::new();
     if policy.encrypt {

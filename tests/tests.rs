@@ -355,6 +355,12 @@ fn opaque_signature_verifies_with_both_tools() {
         "{ct}"
     );
     let content = openssl_verify(d.path(), &o.stdout).unwrap();
+    let printed = cms_print(&d, &o.stdout);
+    assert!(
+        printed.contains("S/MIME Capabilities (1.2.840.113549.1.9.15)"),
+        "signed attributes announce our ciphers: {printed}"
+    );
+    assert!(printed.contains("signingTime"), "{printed}");
     let via_gpgsm = gpgsm()
         .verify_opaque(d.path(), &b64_decode(body_of(&o.stdout)))
         .unwrap();
