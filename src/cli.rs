@@ -27,6 +27,18 @@ pub struct Cli {
 pub enum Command {
     /// Seal one message and write it to stdout (no envelope lines, CRLF)
     Seal(SealArgs),
+    /// Seal the bundled fixture corpus with the bundled test PKI (no setup needed)
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// The fixtures folder (holds pki/ and eml/)
+    #[arg(long, value_name = "DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures"))]
+    pub fixtures: PathBuf,
+    /// Where results go (sealed/, failed/); replaced if it holds a previous demo
+    #[arg(long, value_name = "DIR", default_value = "demo-out")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -93,6 +105,21 @@ impl CliError {
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Seal(args) => seal_command(cli.config.as_deref(), args),
+        Command::Demo(args) => {
+            let (ok, copies, refused) = crate::demo::run(&args.fixtures, &args.out)?;
+            let out = args.out.display();
+            println!(
+                "\n{ok} messages sealed into {copies} pickup files in {out}/sealed, {refused} refused into {out}/failed"
+            );
+            let pki = args.fixtures.join("pki");
+            let pki = pki.display();
+            println!("open one as its recipient:");
+            println!(
+                "  openssl cms -decrypt -in {out}/sealed/plain-text.0.eml -recip {pki}/private/bob@example.com.crt \\\n    \
+                 -inkey {pki}/private/bob@example.com.key | openssl cms -verify -CAfile {pki}/ca.pem"
+            );
+            Ok(())
+        }
     }
 }
 

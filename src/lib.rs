@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod keyring;
 pub mod message;
 pub mod seal;
