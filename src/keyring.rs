@@ -45,8 +45,9 @@ pub fn load(config: &Config) -> Result<Keyring, KeyringError> {
         .ca
         .as_deref()
         .map(|ca| Trust::from_file(ca, &[]))
-        .transpose()?;
-    let keys = KeyStore::load(&config.keys, passphrase.as_deref(), trust.as_ref())?;
+        .transpose()?
+        .map(std::sync::Arc::new);
+    let keys = KeyStore::load(&config.keys, passphrase.as_deref(), trust)?;
     let certs = CertStore::load(&config.certs, config.ca.as_deref())?;
     Ok(Keyring { keys, certs })
 }

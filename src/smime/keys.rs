@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use openssl::pkey::{PKey, Private};
 use openssl::stack::Stack;
@@ -70,18 +71,28 @@ impl Identity {
     }
 }
 
-/// The `keys` folder, indexed by lowercase address.
+/// The `keys` folder, indexed by lowercase address. Files are found at load; each identity is read and
+/// checked the first time it is asked for (OpenSSL 3 takes about a millisecond to decode a key, so a
+/// one-shot `seal` reads only the key it needs), then kept, errors included.
 #[derive(Default)]
 pub struct KeyStore {
-    by_address: HashMap<String, Result<Identity, KeyError>>,
+    by_address: HashMap<String, Slot>,
+    passphrase: Option<Vec<u8>>,
+    trust: Option<Arc<Trust>>,
+}
+
+struct Slot {
+    key_path: PathBuf,
+    cert_path: Option<PathBuf>,
+    loaded: OnceLock<Result<Identity, KeyError>>,
 }
 
 impl KeyStore {
-    /// Loads every identity in `dir`. `passphrase` unlocks encrypted keys; `trust` checks chains.
+    /// Indexes every identity in `dir`. `passphrase` unlocks encrypted keys; `trust` checks chains.
     pub fn load(
         dir: &Path,
         passphrase: Option<&[u8]>,
-        trust: Option<&Trust>,
+        trust: Option<Arc<Trust>>,
     ) -> Result<KeyStore, CertFileError> {
         let entries = std::fs::read_dir(dir).map_err(|source| CertFileError::Io {
             path: dir.to_path_buf(),
@@ -89,7 +100,11 @@ impl KeyStore {
         })?;
         let mut names: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         names.sort();
-        let mut store = KeyStore::default();
+        let mut store = KeyStore {
+            passphrase: passphrase.map(<[u8]>::to_vec),
+            trust,
+            ..KeyStore::default()
+        };
         for path in &names {
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
@@ -100,32 +115,51 @@ impl KeyStore {
             if !address.contains('@') || !matches!(ext, "pem" | "key") {
                 continue;
             }
+            let key_twin = format!("{address}.key");
             if ext == "pem"
-                && names.iter().any(|p| {
-                    p.file_name().and_then(|n| n.to_str()) == Some(&format!("{address}.key"))
-                })
+                && names
+                    .iter()
+                    .any(|p| p.file_name().and_then(|n| n.to_str()) == Some(key_twin.as_str()))
             {
                 // a .key file for the same address wins; the .pem is then its certificate
                 continue;
             }
-            let cert_file = (ext == "key").then(|| dir.join(format!("{address}.crt")));
-            let loaded = load_identity(address, path, cert_file.as_deref(), passphrase, trust);
-            store
-                .by_address
-                .insert(address.to_ascii_lowercase(), loaded);
+            let cert_path = (ext == "key").then(|| dir.join(format!("{address}.crt")));
+            let slot = Slot {
+                key_path: path.clone(),
+                cert_path,
+                loaded: OnceLock::new(),
+            };
+            store.by_address.insert(address.to_ascii_lowercase(), slot);
         }
         Ok(store)
     }
 
+    fn get<'a>(&'a self, address: &str, slot: &'a Slot) -> Result<&'a Identity, KeyError> {
+        slot.loaded
+            .get_or_init(|| {
+                load_identity(
+                    address,
+                    &slot.key_path,
+                    slot.cert_path.as_deref(),
+                    self.passphrase.as_deref(),
+                    self.trust.as_deref(),
+                )
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
     /// The identity for `address`, checked for signing at `now`.
     pub fn lookup(&self, address: &str, now: i64) -> Result<&Identity, KeyError> {
-        match self.by_address.get(&address.to_ascii_lowercase()) {
-            None => Err(KeyError::Missing {
+        let lower = address.to_ascii_lowercase();
+        let Some(slot) = self.by_address.get(&lower) else {
+            return Err(KeyError::Missing {
                 address: address.to_string(),
-            }),
-            Some(Err(e)) => Err(e.clone()),
-            Some(Ok(id)) => id.check(now).map(|()| id),
-        }
+            });
+        };
+        let id = self.get(&lower, slot)?;
+        id.check(now).map(|()| id)
     }
 
     pub fn len(&self) -> usize {
@@ -136,9 +170,11 @@ impl KeyStore {
         self.by_address.is_empty()
     }
 
-    /// Every identity or the reason it failed to load (for reports such as `check`).
-    pub fn entries(&self) -> impl Iterator<Item = (&str, &Result<Identity, KeyError>)> {
-        self.by_address.iter().map(|(a, r)| (a.as_str(), r))
+    /// Every identity (read now if it was not yet) or the reason it cannot be used, for reports.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, Result<&Identity, KeyError>)> {
+        self.by_address
+            .iter()
+            .map(|(a, slot)| (a.as_str(), self.get(a, slot)))
     }
 }
 
