@@ -366,33 +366,25 @@ fn canonical_entity(fields: &[Field], body: &[u8], top: bool, out: &mut Vec<u8>)
         if let Ok((inner_fields, inner_body)) = split_entity(body) {
             write_fields(fields, out);
             out.extend_from_slice(b"\r\n");
-            for f in &inner_fields {
+            // the embedded message's routing headers as they are, then its own entity made canonical
+            for f in inner_fields.iter().filter(|f| !f.is_content()) {
                 push_crlf(out, f.raw);
                 out.extend_from_slice(b"\r\n");
             }
-            out.extend_from_slice(b"\r\n");
             let inner_ct: Vec<Field> = inner_fields
                 .iter()
                 .filter(|f| f.is_content())
                 .cloned()
                 .collect();
-            // the embedded message's own body, canonicalised with its Content-* headers
-            let mut sub = Vec::new();
-            canonical_entity(&inner_ct, inner_body, false, &mut sub);
-            // drop the Content-* header lines canonical_entity wrote: they are already above
-            let skip = find_blank_line(&sub).map_or(0, |i| i);
-            out.extend_from_slice(&sub[skip..]);
+            canonical_entity(&inner_ct, inner_body, false, out);
             return;
         }
     }
 
     let is_text = ctype == "text";
     let clean = is_7bit_clean(body);
-    let needs_reencode = match cte.as_str() {
-        "base64" => !clean || longest_line(body) > MAX_LINE,
-        "quoted-printable" => !clean || longest_line(body) > MAX_LINE,
-        _ => !clean || longest_line(body) > MAX_LINE,
-    };
+    // whatever the label says: 8-bit bytes or over-long lines are not 7-bit transport safe
+    let needs_reencode = !clean || longest_line(body) > MAX_LINE;
     if !needs_reencode {
         let label = if cte == "8bit" || cte == "binary" {
             Some("7bit")
@@ -575,16 +567,6 @@ fn write_fields(fields: &[Field], out: &mut Vec<u8>) {
         }
     });
     write_fields_with_cte(fields, relabel.then_some("7bit"), out);
-}
-
-fn find_blank_line(entity: &[u8]) -> Option<usize> {
-    if entity.starts_with(b"\r\n") {
-        return Some(0);
-    }
-    entity
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 2)
 }
 
 /// Appends `src` to `out` with every line ending (LF, CR or CRLF) written as CRLF.
@@ -929,6 +911,23 @@ mod tests {
             1
         );
         assert_eq!(kept.message_id, "k@x");
+    }
+
+    #[test]
+    fn attached_message_with_8bit_body_is_made_7bit_inside() {
+        let c = canon(
+            "From: a@x.org\nTo: b@y.org\nContent-Type: multipart/mixed; boundary=b\n\n--b\n\
+             Content-Type: message/rfc822\nContent-Transfer-Encoding: 8bit\n\n\
+             From: c@z.org\nSubject: fwd\nContent-Type: text/plain; charset=utf-8\n\
+             Content-Transfer-Encoding: 8bit\n\n\u{fc}ber alles gut, danke sch\u{f6}n\n--b--\n",
+        );
+        assert!(c.is_ascii(), "{c}");
+        assert!(c.contains("Content-Type: message/rfc822\r\nContent-Transfer-Encoding: 7bit\r\n\r\nFrom: c@z.org\r\n"), "{c}");
+        assert!(
+            c.contains("Content-Transfer-Encoding: quoted-printable\r\n\r\n=C3=BCber alles gut"),
+            "{c}"
+        );
+        assert!(!c.contains("8bit"), "{c}");
     }
 
     #[test]
