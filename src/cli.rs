@@ -107,17 +107,21 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Seal(args) => seal_command(cli.config.as_deref(), args),
         Command::Demo(args) => {
             let (ok, copies, refused) = crate::demo::run(&args.fixtures, &args.out)?;
-            let out = args.out.display();
-            println!(
-                "\n{ok} messages sealed into {copies} pickup files in {out}/sealed, {refused} refused into {out}/failed"
-            );
-            let pki = args.fixtures.join("pki");
+            let (out, pki) = (args.out.display(), args.fixtures.join("pki"));
             let pki = pki.display();
-            println!("open one as its recipient:");
-            println!(
-                "  openssl cms -decrypt -in {out}/sealed/plain-text.0.eml -recip {pki}/private/bob@example.com.crt \\\n    \
-                 -inkey {pki}/private/bob@example.com.key | openssl cms -verify -CAfile {pki}/ca.pem"
+            let summary = format!(
+                "\n{ok} messages sealed or passed through into {copies} pickup files in {out}/sealed, \
+                 {refused} refused into {out}/failed\n\
+                 open one as its recipient:\n  \
+                 openssl cms -decrypt -in {out}/sealed/plain-text.0.eml -recip {pki}/private/bob@example.com.crt \\\n    \
+                 -inkey {pki}/private/bob@example.com.key | openssl cms -verify -CAfile {pki}/ca.pem\n"
             );
+            std::io::stdout()
+                .write_all(summary.as_bytes())
+                .map_err(|source| CliError::Output {
+                    path: "(stdout)".into(),
+                    source,
+                })?;
             Ok(())
         }
     }

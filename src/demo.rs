@@ -4,6 +4,7 @@
 //! `sealed/` holds one PowerMTA pickup-format file per sealed copy, `failed/` holds each refused input
 //! with a `.reason` file beside it.
 
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -65,6 +66,12 @@ pub fn run(fixtures: &Path, out: &Path) -> Result<(usize, usize, usize), CliErro
     std::fs::create_dir_all(&sealed_dir).map_err(io(&sealed_dir))?;
     std::fs::create_dir_all(&failed_dir).map_err(io(&failed_dir))?;
     let (mut ok, mut copies, mut refused) = (0, 0, 0);
+    // a closed stdout (`demo | head`) ends the demo with an error, not a panic
+    let mut so = std::io::stdout().lock();
+    let stdout_err = |source| CliError::Output {
+        path: "(stdout)".into(),
+        source,
+    };
     for input in &inputs {
         let name = input
             .file_stem()
@@ -95,13 +102,20 @@ pub fn run(fixtures: &Path, out: &Path) -> Result<(usize, usize, usize), CliErro
                     }
                     file.extend_from_slice(&copy.data);
                     std::fs::write(&path, file).map_err(io(&path))?;
-                    println!(
-                        "sealed   {:<34} -> {} ({:?}, to {})",
+                    let verb = if copy.protection == seal::Protection::Passthrough {
+                        "passed"
+                    } else {
+                        "sealed"
+                    };
+                    writeln!(
+                        so,
+                        "{verb}   {:<34} -> {} ({}, to {})",
                         display(input, fixtures),
                         display(&path, out),
                         copy.protection,
                         copy.envelope.recipients.join(", ")
-                    );
+                    )
+                    .map_err(stdout_err)?;
                     copies += 1;
                 }
             }

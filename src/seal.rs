@@ -85,6 +85,17 @@ pub enum Protection {
     Passthrough,
 }
 
+impl std::fmt::Display for Protection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protection::SignedAndEncrypted => "signed+encrypted",
+            Protection::Signed => "signed only",
+            Protection::Encrypted => "encrypted only",
+            Protection::Passthrough => "passed through",
+        })
+    }
+}
+
 /// One sealed copy and the envelope recipients it goes to.
 #[derive(Debug)]
 pub struct Sealed {
