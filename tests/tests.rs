@@ -537,15 +537,18 @@ fn refused_certificates_and_keys_say_why() {
     assert!(stderr(&o).contains("/nonexistent"));
 
     let d = Dir::new();
-    let msg = d.write(
-        "m.eml",
-        b"From: alice@example.com\nTo: signonly@example.com\nSubject: x\n\nhi\n",
-    );
-    let o = run(bin(d.path())
-        .arg("-c")
-        .arg(d.config(""))
-        .arg("seal")
-        .arg(&msg));
+    let seal_to = |to: &str| {
+        let msg = d.write(
+            "m.eml",
+            format!("From: alice@example.com\nTo: {to}\nSubject: x\n\nhi\n").as_bytes(),
+        );
+        run(bin(d.path())
+            .arg("-c")
+            .arg(d.config(""))
+            .arg("seal")
+            .arg(&msg))
+    };
+    let o = seal_to("signonly@example.com");
     assert_eq!(o.status.code(), Some(65));
     assert!(
         stderr(&o).contains("signonly@example.com") && stderr(&o).contains("keyEncipherment"),
@@ -560,15 +563,7 @@ fn refused_certificates_and_keys_say_why() {
         std::fs::Permissions::from_mode(0o644),
     )
     .unwrap();
-    let msg = d.write(
-        "m2.eml",
-        b"From: alice@example.com\nTo: bob@example.com\nSubject: x\n\nhi\n",
-    );
-    let o = run(bin(d.path())
-        .arg("-c")
-        .arg(d.config(""))
-        .arg("seal")
-        .arg(&msg));
+    let o = seal_to("bob@example.com");
     assert_eq!(o.status.code(), Some(65));
     assert!(
         stderr(&o).contains("readable by group or others (mode 0644)"),
