@@ -6,7 +6,11 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 use thiserror::Error;
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
 use crate::config::{Config, ConfigError};
+use crate::daemon::{self, DaemonError, Mode, Summary};
 use crate::keyring::{self, KeyringError};
 use crate::seal::{self, Protection, SealError};
 use crate::smime::SignatureMode;
@@ -29,6 +33,10 @@ pub enum Command {
     Seal(SealArgs),
     /// Seal the bundled fixture corpus with the bundled test PKI (no setup needed)
     Demo(DemoArgs),
+    /// The daemon, in the foreground: watch the spool, seal, write into pickup (systemd runs this)
+    Run,
+    /// Process everything in the spool now, then exit (0 all delivered, 65 some failed, 75 some deferred)
+    Once,
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +96,11 @@ pub enum CliError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    /// `once` finished with inputs failed or deferred (the summary is already printed)
+    #[error("not everything was delivered: {0}")]
+    Outcome(Summary),
 }
 
 impl CliError {
@@ -98,6 +111,15 @@ impl CliError {
             CliError::Input { source, .. } if source.kind() == std::io::ErrorKind::NotFound => 66,
             CliError::Input { .. } | CliError::Output { .. } => 74,
             CliError::Seal { .. } => 65,
+            CliError::Daemon(DaemonError::Config(_) | DaemonError::Keyring(_)) => 78,
+            CliError::Daemon(DaemonError::Folder { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                66
+            }
+            CliError::Daemon(DaemonError::Folder { .. }) => 74,
+            CliError::Outcome(s) if s.failed > 0 => 65,
+            CliError::Outcome(_) => 75,
         }
     }
 }
@@ -105,6 +127,24 @@ impl CliError {
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Seal(args) => seal_command(cli.config.as_deref(), args),
+        Command::Run => {
+            let config = Config::locate(cli.config.as_deref())?;
+            let (shutdown, reload) = signal_flags()?;
+            let summary = daemon::run(config, Mode::Run, shutdown, reload)?;
+            log::info!("stopped: {summary}");
+            Ok(())
+        }
+        Command::Once => {
+            let config = Config::locate(cli.config.as_deref())?;
+            let (shutdown, reload) = signal_flags()?;
+            let summary = daemon::run(config, Mode::Once, shutdown, reload)?;
+            println!("{summary}");
+            if summary.failed > 0 || summary.deferred > 0 {
+                Err(CliError::Outcome(summary))
+            } else {
+                Ok(())
+            }
+        }
         Command::Demo(args) => {
             let (ok, copies, refused) = crate::demo::run(&args.fixtures, &args.out)?;
             let (out, pki) = (args.out.display(), args.fixtures.join("pki"));
@@ -195,6 +235,27 @@ fn seal_command(config_path: Option<&Path>, args: SealArgs) -> Result<(), CliErr
             path: "(stdout)".into(),
             source,
         })
+}
+
+/// SIGTERM and SIGINT set the shutdown flag, SIGHUP the reload flag; nothing else happens in the
+/// handlers.
+fn signal_flags() -> Result<(Arc<AtomicBool>, Arc<AtomicBool>), CliError> {
+    let (shutdown, reload) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let register = |sig, flag: &Arc<AtomicBool>| {
+        signal_hook::flag::register(sig, flag.clone())
+            .map(|_| ())
+            .map_err(|source| CliError::Input {
+                path: "(signal handlers)".into(),
+                source,
+            })
+    };
+    register(signal_hook::consts::SIGTERM, &shutdown)?;
+    register(signal_hook::consts::SIGINT, &shutdown)?;
+    register(signal_hook::consts::SIGHUP, &reload)?;
+    Ok((shutdown, reload))
 }
 
 fn read_input(path: &Path) -> std::io::Result<Vec<u8>> {

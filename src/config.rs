@@ -35,6 +35,17 @@ pub enum ConfigError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
+    spool: Option<PathBuf>,
+    pickup: Option<PathBuf>,
+    failed: Option<PathBuf>,
+    work: Option<PathBuf>,
+    staging: Option<PathBuf>,
+    workers: Option<usize>,
+    settle_ms: Option<u64>,
+    rescan_seconds: Option<u64>,
+    pickup_max_backlog: Option<usize>,
+    retry_max_seconds: Option<u64>,
+    max_recipients_per_file: Option<usize>,
     keys: Option<PathBuf>,
     certs: Option<PathBuf>,
     ca: Option<PathBuf>,
@@ -49,6 +60,30 @@ struct File {
 pub struct Config {
     /// The file it came from (None: built-in defaults)
     pub source: Option<PathBuf>,
+    /// The spool folder the daemon watches (recursively); required by `run` and `once`
+    pub spool: Option<PathBuf>,
+    /// The MTA's pickup directory; never created by us (a missing one means an unmounted volume)
+    pub pickup: Option<PathBuf>,
+    /// Quarantine: refused inputs, each with a `.reason` file
+    pub failed: Option<PathBuf>,
+    /// Claimed inputs, one folder per running instance (default: `.smime-pickup` inside the spool,
+    /// ignored by the scanner; must be on the spool's filesystem)
+    pub work: Option<PathBuf>,
+    /// Outputs before their rename into pickup (default: `.smime-pickup-staging` beside the pickup
+    /// directory; must be on the pickup's filesystem)
+    pub staging: Option<PathBuf>,
+    /// Sealing threads (default: number of cores)
+    pub workers: usize,
+    /// How long an in-place written file must stay unchanged after it is closed
+    pub settle: std::time::Duration,
+    /// Full rescan of the spool, besides the watcher's events
+    pub rescan: std::time::Duration,
+    /// Pause taking new inputs while pickup holds more files than this
+    pub pickup_max_backlog: usize,
+    /// Longest wait between retries of a deferred input
+    pub retry_max: std::time::Duration,
+    /// Recipients per pickup file (PowerMTA recommends at most 5,000)
+    pub max_recipients_per_file: usize,
     /// Sender signing identities (default: `keys` beside the config file)
     pub keys: PathBuf,
     /// Recipient certificates (default: `certs` beside the config file)
@@ -110,8 +145,49 @@ impl Config {
                 why: "max_message_bytes must be above 0".into(),
             });
         }
+        let positive = |v: Option<u64>, key: &str, default: u64| match v {
+            Some(0) => Err(ConfigError::Invalid {
+                path: shown.clone(),
+                why: format!("{key} must be above 0"),
+            }),
+            Some(v) => Ok(v),
+            None => Ok(default),
+        };
+        let workers = match file.workers {
+            Some(0) => {
+                return Err(ConfigError::Invalid {
+                    path: shown,
+                    why: "workers must be above 0".into(),
+                });
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
         Ok(Config {
             source: path.map(Path::to_path_buf),
+            spool: file.spool.map(resolve),
+            pickup: file.pickup.map(resolve),
+            failed: file.failed.map(resolve),
+            work: file.work.map(resolve),
+            staging: file.staging.map(resolve),
+            workers,
+            settle: std::time::Duration::from_millis(file.settle_ms.unwrap_or(1000)),
+            rescan: std::time::Duration::from_secs(positive(
+                file.rescan_seconds,
+                "rescan_seconds",
+                30,
+            )?),
+            pickup_max_backlog: file.pickup_max_backlog.unwrap_or(20_000),
+            retry_max: std::time::Duration::from_secs(positive(
+                file.retry_max_seconds,
+                "retry_max_seconds",
+                300,
+            )?),
+            max_recipients_per_file: positive(
+                file.max_recipients_per_file.map(|v| v as u64),
+                "max_recipients_per_file",
+                5000,
+            )? as usize,
             keys: resolve(file.keys.unwrap_or_else(|| "keys".into())),
             certs: resolve(file.certs.unwrap_or_else(|| "certs".into())),
             ca: file.ca.map(resolve),

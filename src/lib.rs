@@ -9,8 +9,12 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod deliver;
 pub mod demo;
+pub mod finish;
 pub mod keyring;
 pub mod message;
 pub mod seal;
 pub mod smime;
+pub mod spool;

@@ -1,0 +1,582 @@
+//! The pipeline as threads: producers (watch + scan) feed a bounded queue; N workers each claim,
+//! seal, deliver and finish. `run` keeps going until told to stop; `once` stops when the spool is
+//! drained. Shutdown and reload are flags passed in, so tests drive the loop without signals.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use thiserror::Error;
+
+use crate::config::{Config, ConfigError};
+use crate::deliver::pickup::Pickup;
+use crate::deliver::{DeliverError, Transport};
+use crate::finish;
+use crate::keyring::{self, KeyringError};
+use crate::seal::{self, Keyring};
+use crate::smime::certs::unix_now;
+use crate::spool::claim::{COMMIT_SUFFIX, Claim, Instance};
+use crate::spool::watch::{Emit, Producers};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// drain what is in the spool, then return
+    Once,
+    /// keep watching until shutdown
+    Run,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    pub delivered: usize,
+    pub failed: usize,
+    pub deferred: usize,
+}
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+    #[error("{path}: {source}")]
+    Folder {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} delivered, {} failed, {} deferred",
+            self.delivered, self.failed, self.deferred
+        )
+    }
+}
+
+/// What workers read for every message; replaced whole on reload.
+struct State {
+    config: Config,
+    keyring: Keyring,
+}
+
+enum Job {
+    Path(PathBuf),
+    Claim(Claim),
+}
+
+struct Shared {
+    mode: Mode,
+    spool: PathBuf,
+    failed: PathBuf,
+    state: RwLock<Arc<State>>,
+    transport: Pickup,
+    instance: Instance,
+    shutdown: Arc<AtomicBool>,
+    inflight: AtomicUsize,
+    delivered: AtomicUsize,
+    failed_count: AtomicUsize,
+    deferred: AtomicUsize,
+    retries: Mutex<Vec<(Instant, Claim)>>,
+    attempts: Mutex<HashMap<String, u32>>,
+    pickup_down: AtomicBool,
+    gate: Mutex<Option<(Instant, Gate)>>,
+}
+
+/// May workers take new inputs from the spool?
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Gate {
+    Open,
+    Unavailable(String),
+    Backlog(usize),
+}
+
+/// Delay before retry number `attempt` (0-based): 1 s doubling, capped at `max`.
+pub fn backoff(attempt: u32, max: Duration) -> Duration {
+    Duration::from_secs(1u64.checked_shl(attempt.min(32)).unwrap_or(u64::MAX)).min(max)
+}
+
+fn required(config: &Config, value: &Option<PathBuf>, key: &str) -> Result<PathBuf, ConfigError> {
+    value.clone().ok_or_else(|| ConfigError::Invalid {
+        path: config
+            .source
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("(built-in defaults)")),
+        why: format!("`{key}` is not set; run and once need spool, pickup and failed"),
+    })
+}
+
+/// Runs the pipeline until the spool is drained (`Once`) or `shutdown` is set (`Run`). `reload`
+/// (SIGHUP) re-reads the config file, keys and certificates; a broken new config is refused and the
+/// old one stays.
+pub fn run(
+    config: Config,
+    mode: Mode,
+    shutdown: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
+) -> Result<Summary, DaemonError> {
+    let folder = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DaemonError::Folder { path, source }
+    };
+    let spool_cfg = required(&config, &config.spool, "spool")?;
+    let pickup_dir = required(&config, &config.pickup, "pickup")?;
+    let failed = required(&config, &config.failed, "failed")?;
+    let spool = spool_cfg.canonicalize().map_err(folder(&spool_cfg))?;
+    std::fs::create_dir_all(&failed).map_err(folder(&failed))?;
+    let work_root = config
+        .work
+        .clone()
+        .unwrap_or_else(|| spool.join(".smime-pickup"));
+    let staging = config.staging.clone().unwrap_or_else(|| {
+        pickup_dir
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .join(".smime-pickup-staging")
+    });
+    let keyring = keyring::load(&config)?;
+    let instance = Instance::start(&work_root).map_err(folder(&work_root))?;
+    let adopted = instance.adopt_dead().map_err(folder(&work_root))?;
+    if adopted > 0 {
+        warn!("recovered {adopted} inputs left by an instance that stopped without finishing");
+    }
+    let transport = Pickup {
+        dir: pickup_dir,
+        staging,
+        max_recipients: config.max_recipients_per_file,
+    };
+    let workers = config.workers;
+    let (settle, rescan) = (config.settle, config.rescan);
+    let shared = Arc::new(Shared {
+        mode,
+        spool: spool.clone(),
+        failed,
+        state: RwLock::new(Arc::new(State { config, keyring })),
+        transport,
+        instance,
+        shutdown: shutdown.clone(),
+        inflight: AtomicUsize::new(0),
+        delivered: AtomicUsize::new(0),
+        failed_count: AtomicUsize::new(0),
+        deferred: AtomicUsize::new(0),
+        retries: Mutex::new(Vec::new()),
+        attempts: Mutex::new(HashMap::new()),
+        pickup_down: AtomicBool::new(false),
+        gate: Mutex::new(None),
+    });
+    drop_orphan_markers(&shared.instance.dir);
+
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(workers * 16);
+    let rx = Arc::new(Mutex::new(rx));
+    let mut threads = Vec::new();
+    for i in 0..workers {
+        let (shared, rx) = (shared.clone(), rx.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn(move || worker(&shared, &rx))
+                .map_err(folder(&spool))?,
+        );
+    }
+    let send = {
+        let (tx, shared) = (tx.clone(), shared.clone());
+        move |job: Job| send_job(&tx, &shared, job)
+    };
+    // inputs a crash left claimed come first
+    for claim in shared
+        .instance
+        .claims()
+        .map_err(folder(&shared.instance.dir))?
+    {
+        if !send(Job::Claim(claim)) {
+            break;
+        }
+    }
+    let emit: Emit = {
+        let send = send.clone();
+        Arc::new(move |path| send(Job::Path(path)))
+    };
+    let producers = Producers::start(spool, settle, rescan, emit, shutdown.clone())
+        .map_err(folder(&shared.spool))?;
+    info!(
+        "watching {} with {workers} workers; pickup {}",
+        shared.spool.display(),
+        shared.transport.dir.display()
+    );
+
+    loop {
+        if shutdown.load(Ordering::SeqCst) {
+            info!("stopping: finishing the messages in progress");
+            break;
+        }
+        if reload.swap(false, Ordering::SeqCst) {
+            reload_state(&shared);
+            producers.rescan();
+        }
+        let due: Vec<Claim> = {
+            let mut retries = shared.retries.lock().expect("retries lock");
+            let now = Instant::now();
+            let (due, later): (Vec<_>, Vec<_>) = retries.drain(..).partition(|(at, _)| *at <= now);
+            *retries = later;
+            due.into_iter().map(|(_, c)| c).collect()
+        };
+        for claim in due {
+            send(Job::Claim(claim));
+        }
+        if mode == Mode::Once
+            && producers.first_scan_done.load(Ordering::SeqCst)
+            && shared.inflight.load(Ordering::SeqCst) == 0
+            && producers.tracker.lock().expect("tracker lock").is_empty()
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    shutdown.store(true, Ordering::SeqCst);
+    drop(tx);
+    drop(send);
+    producers.join();
+    for t in threads {
+        let _ = t.join();
+    }
+    let summary = Summary {
+        delivered: shared.delivered.load(Ordering::SeqCst),
+        failed: shared.failed_count.load(Ordering::SeqCst),
+        deferred: shared.deferred.load(Ordering::SeqCst)
+            + shared.retries.lock().expect("retries lock").len(),
+    };
+    if let Ok(shared) = Arc::try_unwrap(shared) {
+        shared.instance.close();
+    }
+    Ok(summary)
+}
+
+/// Queues a job, waiting while the queue is full; false once shutting down.
+fn send_job(tx: &SyncSender<Job>, shared: &Shared, mut job: Job) -> bool {
+    shared.inflight.fetch_add(1, Ordering::SeqCst);
+    loop {
+        if shared.shutdown.load(Ordering::SeqCst) {
+            shared.inflight.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        match tx.try_send(job) {
+            Ok(()) => return true,
+            Err(TrySendError::Full(j)) => {
+                job = j;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                shared.inflight.fetch_sub(1, Ordering::SeqCst);
+                return false;
+            }
+        }
+    }
+}
+
+fn worker(shared: &Shared, rx: &Mutex<Receiver<Job>>) {
+    loop {
+        let job = {
+            let rx = rx.lock().expect("queue lock");
+            rx.recv_timeout(Duration::from_millis(100))
+        };
+        let job = match job {
+            Ok(job) => job,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if shared.shutdown.load(Ordering::SeqCst) {
+                    return;
+                }
+                continue;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        // after shutdown, queued jobs are left where they are: unclaimed files stay in the spool,
+        // claims stay in the work folder for the next start
+        if !shared.shutdown.load(Ordering::SeqCst) {
+            match job {
+                Job::Path(path) => take_new(shared, &path),
+                Job::Claim(claim) => process(shared, claim),
+            }
+        }
+        shared.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Claims a spool file once the pickup route can take it.
+fn take_new(shared: &Shared, path: &Path) {
+    loop {
+        match gate(shared) {
+            Gate::Open => break,
+            reason => {
+                if shared.mode == Mode::Once {
+                    // left in the spool for the next run
+                    if path.exists() {
+                        shared.deferred.fetch_add(1, Ordering::SeqCst);
+                    }
+                    return;
+                }
+                if shared.shutdown.load(Ordering::SeqCst) {
+                    return;
+                }
+                debug!("{}: waiting, {reason:?}", path.display());
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    match shared.instance.claim(&shared.spool, path) {
+        Ok(Some(claim)) => process(shared, claim),
+        Ok(None) => {} // another instance or an earlier event took it
+        Err(e) => warn!("{}: cannot claim: {e}", path.display()),
+    }
+}
+
+/// Whether new inputs may be taken, re-checked at most once a second (it lists the pickup folder).
+fn gate(shared: &Shared) -> Gate {
+    let mut cached = shared.gate.lock().expect("gate lock");
+    if let Some((at, g)) = &*cached
+        && at.elapsed() < Duration::from_secs(1)
+    {
+        return g.clone();
+    }
+    let max = shared
+        .state
+        .read()
+        .expect("state lock")
+        .config
+        .pickup_max_backlog;
+    let g = match shared.transport.check() {
+        Err(e) => Gate::Unavailable(e.to_string()),
+        Ok(()) => match shared.transport.backlog() {
+            Ok(n) if n > max => Gate::Backlog(n),
+            _ => Gate::Open,
+        },
+    };
+    let previous = cached.as_ref().map(|(_, g)| g.clone());
+    if previous.as_ref() != Some(&g) {
+        match &g {
+            Gate::Open if previous.is_some() => {
+                info!("pickup directory usable again: taking new inputs")
+            }
+            Gate::Open => {}
+            Gate::Unavailable(why) => warn!("{why}: new inputs wait in the spool"),
+            Gate::Backlog(n) => warn!(
+                "pickup directory holds {n} files (over pickup_max_backlog = {max}); is the MTA consuming? pausing"
+            ),
+        }
+    }
+    *cached = Some((Instant::now(), g.clone()));
+    g
+}
+
+fn process(shared: &Shared, claim: Claim) {
+    let started = Instant::now();
+    let rel = claim.rel.display().to_string();
+    match shared.transport.recover(&claim) {
+        Ok(Some(done)) => {
+            finish_delivered(shared, &claim);
+            info!(
+                "{rel}: delivery finished after a restart via {} ({} files)",
+                done.route, done.units
+            );
+            return;
+        }
+        Ok(None) => {}
+        Err(e) => return defer(shared, claim, &e),
+    }
+    let bytes = match std::fs::read(&claim.path) {
+        Ok(b) => b,
+        Err(e) => {
+            error!("{}: {e}", claim.path.display());
+            return defer(
+                shared,
+                claim,
+                &DeliverError::Io {
+                    path: PathBuf::new(),
+                    source: e,
+                },
+            );
+        }
+    };
+    let state = shared.state.read().expect("state lock").clone();
+    let sealed = seal::seal(
+        &bytes,
+        &state.config.seal,
+        state.config.max_message_bytes,
+        &state.keyring,
+        unix_now(),
+    );
+    let copies = match sealed {
+        Ok(c) => c,
+        Err(e) => {
+            match finish::quarantine(&claim, &shared.failed, &e.to_string()) {
+                Ok(to) => {
+                    shared.failed_count.fetch_add(1, Ordering::SeqCst);
+                    warn!("{rel}: refused, moved to {}: {e}", to.display());
+                }
+                Err(io) => {
+                    error!(
+                        "{rel}: refused ({e}) but cannot move it to {}: {io}",
+                        shared.failed.display()
+                    );
+                    defer(
+                        shared,
+                        claim,
+                        &DeliverError::Io {
+                            path: shared.failed.clone(),
+                            source: io,
+                        },
+                    );
+                }
+            }
+            return;
+        }
+    };
+    match shared.transport.deliver(&claim, &copies) {
+        Ok(done) => {
+            finish_delivered(shared, &claim);
+            let recipients: usize = copies.iter().map(|c| c.envelope.recipients.len()).sum();
+            let out_bytes: usize = copies.iter().map(|c| c.data.len()).sum();
+            info!(
+                "{rel}: delivered via {} ({} files) message-id=<{}> sender={} recipients={recipients} bytes={out_bytes} ms={}",
+                done.route,
+                done.units,
+                copies[0].message_id,
+                copies[0].envelope.sender,
+                started.elapsed().as_millis()
+            );
+        }
+        Err(e) => defer(shared, claim, &e),
+    }
+}
+
+fn finish_delivered(shared: &Shared, claim: &Claim) {
+    if let Err(e) = finish::delivered(claim) {
+        // the outputs are in pickup; a leftover claim with its marker is finished again at restart
+        error!(
+            "{}: delivered, but cannot remove the claimed input: {e}",
+            claim.path.display()
+        );
+    }
+    shared
+        .attempts
+        .lock()
+        .expect("attempts lock")
+        .remove(&claim.id);
+    shared.delivered.fetch_add(1, Ordering::SeqCst);
+    if shared.pickup_down.swap(false, Ordering::SeqCst) {
+        info!("pickup route works again");
+    }
+}
+
+/// Keeps a claimed input for a retry (Run) or for the next start (Once).
+fn defer(shared: &Shared, claim: Claim, why: &DeliverError) {
+    if !shared.pickup_down.swap(true, Ordering::SeqCst) {
+        warn!("{}: deferred: {why}", claim.rel.display());
+    } else {
+        debug!("{}: deferred: {why}", claim.rel.display());
+    }
+    if shared.mode == Mode::Once || shared.shutdown.load(Ordering::SeqCst) {
+        shared.deferred.fetch_add(1, Ordering::SeqCst);
+        return;
+    }
+    let max = shared.state.read().expect("state lock").config.retry_max;
+    let attempt = {
+        let mut attempts = shared.attempts.lock().expect("attempts lock");
+        let a = attempts.entry(claim.id.clone()).or_insert(0);
+        *a += 1;
+        *a - 1
+    };
+    shared
+        .retries
+        .lock()
+        .expect("retries lock")
+        .push((Instant::now() + backoff(attempt, max), claim));
+}
+
+/// SIGHUP: a new config, keys and certificates, or the old ones if anything is wrong.
+fn reload_state(shared: &Shared) {
+    let old = shared.state.read().expect("state lock").clone();
+    let Some(path) = old.config.source.clone() else {
+        warn!("reload: running on built-in defaults, nothing to re-read");
+        return;
+    };
+    let loaded = Config::read(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            keyring::load(&config)
+                .map(|keyring| State { config, keyring })
+                .map_err(|e| e.to_string())
+        });
+    match loaded {
+        Ok(new) => {
+            let c = &new.config;
+            if (
+                &c.spool, &c.pickup, &c.failed, &c.work, &c.staging, c.workers,
+            ) != (
+                &old.config.spool,
+                &old.config.pickup,
+                &old.config.failed,
+                &old.config.work,
+                &old.config.staging,
+                old.config.workers,
+            ) {
+                warn!("reload: folder and worker changes take effect at the next start");
+            }
+            info!(
+                "reloaded {}: {} signing keys, {} recipient addresses",
+                path.display(),
+                new.keyring.keys.len(),
+                new.keyring.certs.addresses()
+            );
+            *shared.state.write().expect("state lock") = Arc::new(new);
+        }
+        Err(e) => error!("reload refused, keeping the running configuration: {e}"),
+    }
+}
+
+/// Markers whose claim is gone belong to finished deliveries (see `finish::delivered`).
+fn drop_orphan_markers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(claim) = name.strip_suffix(COMMIT_SUFFIX)
+            && !dir.join(claim).exists()
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let max = Duration::from_secs(300);
+        let table = [
+            (0, 1),
+            (1, 2),
+            (2, 4),
+            (5, 32),
+            (8, 256),
+            (9, 300),
+            (40, 300),
+            (u32::MAX, 300),
+        ];
+        for (attempt, secs) in table {
+            assert_eq!(
+                backoff(attempt, max),
+                Duration::from_secs(secs),
+                "attempt {attempt}"
+            );
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Writing sealed copies into the MTA's pickup directory, exactly once across `kill -9` at any instant.
+//!
+//! The protocol, for a claim `WORK/<inst>/<id>,<rel>`:
+//! 1. write each pickup file to `STAGING/<id>.<n>.eml` (same filesystem as pickup) and fsync it;
+//! 2. **commit point**: write the list of those names to `<claim>.commit.tmp`, fsync, rename to
+//!    `<claim>.commit`, fsync the work folder;
+//! 3. rename every staged file into `PICKUP/` (atomic: PowerMTA never sees a partial file), fsync the
+//!    pickup folder;
+//! 4. the caller removes the claim, then the marker (`finish`).
+//!
+//! Recovery looks only at the marker and the staging folder, never at pickup (PowerMTA may have
+//! consumed files already): without a marker nothing reached pickup yet, so staged leftovers are
+//! removed and the input is sealed again; with a marker, every listed name still in staging is renamed
+//! into pickup and the ones already gone were renamed before the crash. So each output lands once.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::{DeliverError, Delivered, Transport};
+use crate::seal::Sealed;
+use crate::spool::claim::{COMMIT_SUFFIX, Claim, sync_dir};
+
+pub struct Pickup {
+    pub dir: PathBuf,
+    pub staging: PathBuf,
+    pub max_recipients: usize,
+}
+
+/// Where the commit marker of `claim` lives.
+pub fn marker(claim: &Claim) -> PathBuf {
+    let mut name = claim.path.as_os_str().to_owned();
+    name.push(COMMIT_SUFFIX);
+    PathBuf::from(name)
+}
+
+impl Pickup {
+    /// The pickup folder is usable: it exists and is a folder. Never created here: a missing one
+    /// usually means an unmounted volume, and creating it would hide that.
+    pub fn check(&self) -> Result<(), DeliverError> {
+        match std::fs::metadata(&self.dir) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(self.unavailable("not a directory".into())),
+            Err(e) => Err(self.unavailable(e.to_string())),
+        }
+    }
+
+    /// Files waiting in the pickup folder (PowerMTA not consuming when this grows).
+    pub fn backlog(&self) -> std::io::Result<usize> {
+        Ok(std::fs::read_dir(&self.dir)?.count())
+    }
+
+    fn unavailable(&self, why: String) -> DeliverError {
+        DeliverError::Unavailable {
+            path: self.dir.clone(),
+            why,
+        }
+    }
+
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DeliverError + '_ {
+        move |source| DeliverError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Renames the listed staged files into pickup; the ones not in staging were renamed before.
+    fn publish(&self, names: &[String]) -> Result<usize, DeliverError> {
+        let mut moved = 0;
+        for name in names {
+            let from = self.staging.join(name);
+            match std::fs::rename(&from, self.dir.join(name)) {
+                Ok(()) => moved += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !from.exists() => {}
+                Err(e) => return Err(Self::io(&self.dir)(e)),
+            }
+        }
+        sync_dir(&self.dir).map_err(Self::io(&self.dir))?;
+        Ok(moved)
+    }
+}
+
+/// The pickup file for one copy and one slice of its recipients: envelope lines first, then the
+/// message; CRLF; no dot-stuffing.
+pub fn pickup_file(copy: &Sealed, recipients: &[String]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(copy.data.len() + 64 * (recipients.len() + 1));
+    out.extend_from_slice(b"x-sender: ");
+    out.extend_from_slice(copy.envelope.sender.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for r in recipients {
+        out.extend_from_slice(b"x-receiver: ");
+        out.extend_from_slice(r.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in &copy.envelope.extras {
+        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    out.extend_from_slice(&copy.data);
+    out
+}
+
+impl Transport for Pickup {
+    fn deliver(&self, claim: &Claim, copies: &[Sealed]) -> Result<Delivered, DeliverError> {
+        self.check()?;
+        std::fs::create_dir_all(&self.staging).map_err(Self::io(&self.staging))?;
+        let mut names = Vec::new();
+        for copy in copies {
+            for slice in copy.envelope.recipients.chunks(self.max_recipients.max(1)) {
+                let name = format!("{}.{}.eml", claim.id, names.len());
+                let path = self.staging.join(&name);
+                let mut file = std::fs::File::create(&path).map_err(Self::io(&path))?;
+                file.write_all(&pickup_file(copy, slice))
+                    .map_err(Self::io(&path))?;
+                file.sync_all().map_err(Self::io(&path))?;
+                names.push(name);
+            }
+        }
+        // the commit point
+        let marker = marker(claim);
+        let tmp = marker.with_extension("commit.tmp");
+        let mut file = std::fs::File::create(&tmp).map_err(Self::io(&tmp))?;
+        file.write_all((names.join("\n") + "\n").as_bytes())
+            .map_err(Self::io(&tmp))?;
+        file.sync_all().map_err(Self::io(&tmp))?;
+        std::fs::rename(&tmp, &marker).map_err(Self::io(&marker))?;
+        let work = claim.path.parent().unwrap_or(Path::new("."));
+        sync_dir(work).map_err(Self::io(work))?;
+        self.publish(&names)?;
+        Ok(Delivered {
+            route: "pickup",
+            units: names.len(),
+        })
+    }
+
+    fn recover(&self, claim: &Claim) -> Result<Option<Delivered>, DeliverError> {
+        let marker = marker(claim);
+        match std::fs::read_to_string(&marker) {
+            Ok(list) => {
+                self.check()?;
+                let names: Vec<String> = list
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                self.publish(&names)?;
+                Ok(Some(Delivered {
+                    route: "pickup",
+                    units: names.len(),
+                }))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // never committed: drop half-written staged files of an earlier attempt
+                if let Ok(entries) = std::fs::read_dir(&self.staging) {
+                    let prefix = format!("{}.", claim.id);
+                    for entry in entries.flatten() {
+                        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                            let _ = std::fs::remove_file(entry.path());
+                        }
+                    }
+                }
+                let _ = std::fs::remove_file(marker.with_extension("commit.tmp"));
+                Ok(None)
+            }
+            Err(e) => Err(Self::io(&marker)(e)),
+        }
+    }
+}

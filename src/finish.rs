@@ -1,0 +1,78 @@
+//! The end of one input's journey: removed after its outputs are durable, or moved to the failed
+//! folder with a reason beside it, or left claimed for a retry. Nothing is deleted before delivery.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::deliver::pickup::marker;
+use crate::spool::claim::{Claim, sync_dir};
+
+/// The input was delivered: drop the claim, then its commit marker (this order keeps recovery right:
+/// a marker without a claim is harmless, a claim without its marker would be sealed again).
+pub fn delivered(claim: &Claim) -> std::io::Result<()> {
+    std::fs::remove_file(&claim.path)?;
+    match std::fs::remove_file(marker(claim)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Moves a refused input to `failed/<relative path>` (subfolders kept; `.1`, `.2` … on a name
+/// clash) and writes `<that>.reason`: one line with the time and the cause. Returns the new path.
+pub fn quarantine(claim: &Claim, failed: &Path, reason: &str) -> std::io::Result<PathBuf> {
+    let wanted = failed.join(&claim.rel);
+    let parent = wanted.parent().unwrap_or(failed).to_path_buf();
+    std::fs::create_dir_all(&parent)?;
+    let mut target = wanted.clone();
+    let mut n = 0;
+    while target.exists() || reason_path(&target).exists() {
+        n += 1;
+        let mut name = wanted.file_name().unwrap_or_default().to_owned();
+        name.push(format!(".{n}"));
+        target = parent.join(name);
+    }
+    // the reason first: a crash between the two leaves the input claimed, to be refused again
+    let line = format!(
+        "{} {}\n",
+        crate::smime::certs::rfc3339(crate::smime::certs::unix_now()),
+        one_line(reason)
+    );
+    let reason_file = reason_path(&target);
+    let tmp = parent.join(format!(
+        ".{}.tmp",
+        reason_file
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+    ));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(line.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &reason_file)?;
+    move_file(&claim.path, &target)?;
+    sync_dir(&parent)?;
+    Ok(target)
+}
+
+fn reason_path(p: &Path) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(".reason");
+    PathBuf::from(s)
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// rename, or copy + fsync + remove when `failed` is on another filesystem.
+fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    match std::fs::rename(from, to) {
+        Err(e) if e.raw_os_error() == Some(18) => {
+            // EXDEV
+            std::fs::copy(from, to)?;
+            std::fs::File::open(to)?.sync_all()?;
+            std::fs::remove_file(from)
+        }
+        other => other,
+    }
+}

@@ -1,0 +1,254 @@
+//! Claiming spool files, maildir style: an input is ours once `rename()` has moved it into this
+//! instance's work folder, on the spool's filesystem. A rename either happens or not, so two daemons on
+//! one spool (two hosts on NFS included) never both get a file: the loser sees ENOENT and moves on.
+//!
+//! Each instance owns `WORK/<instance>/`, holding an exclusive lock on `WORK/<instance>/.lock` for its
+//! lifetime. An instance that died (`kill -9`, reboot) leaves its folder unlocked; any instance that can
+//! take the lock adopts the claims inside (renames them into its own folder) and removes the folder.
+//! The folder is created under a dot-name and renamed into place with the lock already held, so nobody
+//! can adopt a folder that is still being set up.
+//!
+//! A claim's file name carries everything recovery needs: `<instance>-<seq>,<relative path>` with `%`
+//! and `/` escaped. The part before the comma is globally unique and names its outputs.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// This process's work folder and lock.
+pub struct Instance {
+    pub id: String,
+    pub dir: PathBuf,
+    root: PathBuf,
+    _lock: File,
+    seq: AtomicU64,
+}
+
+/// One claimed input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// Where it is now, in a work folder
+    pub path: PathBuf,
+    /// Globally unique id (names outputs and the commit marker)
+    pub id: String,
+    /// Path relative to the spool, as it arrived (kept for the failed folder)
+    pub rel: PathBuf,
+}
+
+/// Marks claims whose outputs are staged and listed (see `deliver::pickup`).
+pub const COMMIT_SUFFIX: &str = ".commit";
+
+impl Instance {
+    /// Creates and locks a new work folder below `root`.
+    pub fn start(root: &Path) -> std::io::Result<Instance> {
+        std::fs::create_dir_all(root)?;
+        let mut rnd = [0u8; 4];
+        openssl::rand::rand_bytes(&mut rnd).map_err(std::io::Error::other)?;
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let id = format!(
+            "i{secs:x}{:x}{}",
+            std::process::id(),
+            rnd.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        let tmp = root.join(format!(".{id}.new"));
+        std::fs::create_dir(&tmp)?;
+        let lock = File::create(tmp.join(".lock"))?;
+        lock.try_lock()
+            .map_err(|e| std::io::Error::other(format!("lock {}: {e}", tmp.display())))?;
+        let dir = root.join(&id);
+        std::fs::rename(&tmp, &dir)?;
+        sync_dir(root)?;
+        Ok(Instance {
+            id,
+            dir,
+            root: root.to_path_buf(),
+            _lock: lock,
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    /// Claims `path` (below `spool`) by renaming it into our folder. `Ok(None)`: someone else got it
+    /// first, or it is gone.
+    pub fn claim(&self, spool: &Path, path: &Path) -> std::io::Result<Option<Claim>> {
+        let rel = path.strip_prefix(spool).unwrap_or(path).to_path_buf();
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{seq}", self.id);
+        let name = format!("{id},{}", encode_rel(&rel));
+        let target = self.dir.join(&name);
+        match std::fs::rename(path, &target) {
+            Ok(()) => Ok(Some(Claim {
+                path: target,
+                id,
+                rel,
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Claims in our own folder (after adoption: the dead instances' ones too).
+    pub fn claims(&self) -> std::io::Result<Vec<Claim>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if name.starts_with('.') || name.ends_with(COMMIT_SUFFIX) || name.ends_with(".tmp") {
+                continue;
+            }
+            if let Some(claim) = parse_claim(&path) {
+                out.push(claim);
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Adopts the claims of every dead instance under the work root; returns how many were taken.
+    pub fn adopt_dead(&self) -> std::io::Result<usize> {
+        let mut adopted = 0;
+        for entry in std::fs::read_dir(&self.root)? {
+            let dir = entry?.path();
+            let Some(name) = dir.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if dir == self.dir || !dir.is_dir() {
+                continue;
+            }
+            if name.starts_with('.') {
+                // a folder whose creation never finished: no claim can be inside (claims need the
+                // final name); remove it once it is clearly abandoned
+                let old = dir
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|e| e.as_secs() > 3600));
+                if old {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+                continue;
+            }
+            let lock = match File::open(dir.join(".lock")) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if lock.try_lock().is_err() {
+                continue; // alive
+            }
+            for entry in std::fs::read_dir(&dir)? {
+                let from = entry?.path();
+                let Some(file) = from.file_name() else {
+                    continue;
+                };
+                if file == ".lock" {
+                    continue;
+                }
+                // markers first would be harmless too: a claim is only acted on once both are here
+                std::fs::rename(&from, self.dir.join(file))?;
+                adopted += usize::from(!file.to_string_lossy().ends_with(COMMIT_SUFFIX));
+            }
+            sync_dir(&self.dir)?;
+            std::fs::remove_file(dir.join(".lock"))?;
+            std::fs::remove_dir(&dir)?;
+            drop(lock);
+        }
+        Ok(adopted)
+    }
+
+    /// Removes our folder at a clean exit when nothing is left in it.
+    pub fn close(self) {
+        let empty = std::fs::read_dir(&self.dir)
+            .map(|mut d| d.all(|e| e.is_ok_and(|e| e.file_name() == ".lock")))
+            .unwrap_or(false);
+        if empty {
+            let _ = std::fs::remove_file(self.dir.join(".lock"));
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
+}
+
+/// The claim a work-folder path stands for.
+pub fn parse_claim(path: &Path) -> Option<Claim> {
+    let name = path.file_name()?.to_str()?;
+    let (id, rel) = name.split_once(',')?;
+    Some(Claim {
+        path: path.to_path_buf(),
+        id: id.to_string(),
+        rel: PathBuf::from(decode_rel(rel)),
+    })
+}
+
+/// Longest encoded relative path kept in a claim name (file names stop at 255 bytes).
+const MAX_ENCODED: usize = 180;
+
+fn encode_rel(rel: &Path) -> String {
+    let s = rel.to_string_lossy();
+    let encoded = s.replace('%', "%25").replace('/', "%2F");
+    if encoded.len() <= MAX_ENCODED {
+        return encoded;
+    }
+    // too deep to keep whole: keep the file name, as much as fits
+    let base = rel
+        .file_name()
+        .map(|n| n.to_string_lossy().replace('%', "%25"))
+        .unwrap_or_default();
+    let mut cut = base.len().min(MAX_ENCODED);
+    while !base.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    base[base.len() - cut..].to_string()
+}
+
+fn decode_rel(s: &str) -> String {
+    s.replace("%2F", "/").replace("%25", "%")
+}
+
+/// fsync a directory, so renames into or out of it survive a crash.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_round_trip_through_claim_names() {
+        for rel in ["a.eml", "sub/dir/b.eml", "odd%2F/name,with,commas.eml"] {
+            let name = format!("i1-0,{}", encode_rel(Path::new(rel)));
+            let claim = parse_claim(Path::new(&name)).unwrap();
+            assert_eq!(claim.rel, Path::new(rel));
+            assert_eq!(claim.id, "i1-0");
+        }
+        let deep = "d/".repeat(150) + "x.eml";
+        assert!(encode_rel(Path::new(&deep)).ends_with("x.eml"));
+    }
+
+    #[test]
+    fn a_dead_instance_is_adopted_and_a_live_one_is_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = tmp.path().join("spool");
+        std::fs::create_dir(&spool).unwrap();
+        let work = tmp.path().join("work");
+        let dead = Instance::start(&work).unwrap();
+        std::fs::write(spool.join("m.eml"), "x").unwrap();
+        let c = dead.claim(&spool, &spool.join("m.eml")).unwrap().unwrap();
+        assert!(
+            dead.claim(&spool, &spool.join("m.eml")).unwrap().is_none(),
+            "second claim loses"
+        );
+        let live = Instance::start(&work).unwrap();
+        let me = Instance::start(&work).unwrap();
+        assert_eq!(me.adopt_dead().unwrap(), 0, "both others hold their locks");
+        drop(dead); // its lock goes with it, as with kill -9
+        assert_eq!(me.adopt_dead().unwrap(), 1);
+        let claims = me.claims().unwrap();
+        assert_eq!(claims.len(), 1);
+        assert_eq!(claims[0].id, c.id);
+        assert_eq!(claims[0].rel, Path::new("m.eml"));
+        assert!(live.dir.exists());
+    }
+}

@@ -1,0 +1,255 @@
+//! When is a spool file complete? A pure state machine over what the watcher and the scanner report,
+//! with the clock passed in, so every rule is tested with tables instead of sleeps.
+//!
+//! - renamed into the spool: complete at once (the writer finished elsewhere);
+//! - created or written in place: open until the kernel reports close-after-write, then complete once
+//!   it stayed unchanged for the settle time;
+//! - found by a scan (no events seen): complete once its mtime is older than the settle time and no
+//!   process holds it open for writing (see `writers`); a scan that finds a tracked file closed
+//!   repairs a missed close event (watch overflow).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// What was seen about one path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    Created,
+    Modified,
+    ClosedWrite,
+    RenamedIn,
+    Removed,
+    /// found by a scan: `age` since its mtime, and whether a process has it open for writing
+    Scanned {
+        age: Duration,
+        open_for_write: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    open: bool,
+    ready_at: Instant,
+}
+
+/// Files not yet complete, and when the others become so.
+#[derive(Debug)]
+pub struct Tracker {
+    settle: Duration,
+    files: HashMap<PathBuf, Entry>,
+}
+
+impl Tracker {
+    pub fn new(settle: Duration) -> Tracker {
+        Tracker {
+            settle,
+            files: HashMap::new(),
+        }
+    }
+
+    pub fn seen(&mut self, path: &Path, what: Seen, now: Instant) {
+        let settle = self.settle;
+        match what {
+            Seen::Removed => {
+                self.files.remove(path);
+            }
+            Seen::RenamedIn => {
+                self.files.insert(
+                    path.to_path_buf(),
+                    Entry {
+                        open: false,
+                        ready_at: now,
+                    },
+                );
+            }
+            Seen::Created | Seen::Modified => {
+                self.files.insert(
+                    path.to_path_buf(),
+                    Entry {
+                        open: true,
+                        ready_at: now + settle,
+                    },
+                );
+            }
+            Seen::ClosedWrite => {
+                self.files.insert(
+                    path.to_path_buf(),
+                    Entry {
+                        open: false,
+                        ready_at: now + settle,
+                    },
+                );
+            }
+            Seen::Scanned {
+                age,
+                open_for_write,
+            } => {
+                let entry = self.files.entry(path.to_path_buf()).or_insert(Entry {
+                    open: true,
+                    ready_at: now,
+                });
+                if open_for_write {
+                    entry.open = true;
+                } else {
+                    entry.open = false;
+                    entry.ready_at = entry.ready_at.max(now + settle.saturating_sub(age));
+                }
+            }
+        }
+    }
+
+    /// Removes and returns the paths complete at `now`.
+    pub fn take_ready(&mut self, now: Instant) -> Vec<PathBuf> {
+        let ready: Vec<PathBuf> = self
+            .files
+            .iter()
+            .filter(|(_, e)| !e.open && e.ready_at <= now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in &ready {
+            self.files.remove(p);
+        }
+        ready
+    }
+
+    /// The earliest moment a closed file becomes complete.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.files
+            .values()
+            .filter(|e| !e.open)
+            .map(|e| e.ready_at)
+            .min()
+    }
+
+    pub fn contains(&self, path: &Path) -> bool {
+        self.files.contains_key(path)
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    /// name, events at millisecond offsets, moment checked (ms), expected ready
+    type Case = (&'static str, Vec<(u64, Seen)>, u64, bool);
+
+    #[test]
+    fn readiness_table() {
+        let scanned = |age_ms: u64, open: bool| Seen::Scanned {
+            age: Duration::from_millis(age_ms),
+            open_for_write: open,
+        };
+        let cases: Vec<Case> = vec![
+            (
+                "renamed in is ready at once",
+                vec![(0, Seen::RenamedIn)],
+                0,
+                true,
+            ),
+            (
+                "created and still open",
+                vec![(0, Seen::Created), (500, Seen::Modified)],
+                10_000,
+                false,
+            ),
+            (
+                "slow writer, chunks 2 s apart",
+                vec![
+                    (0, Seen::Created),
+                    (2000, Seen::Modified),
+                    (4000, Seen::Modified),
+                ],
+                5500,
+                false,
+            ),
+            (
+                "closed, not yet settled",
+                vec![(0, Seen::Created), (100, Seen::ClosedWrite)],
+                900,
+                false,
+            ),
+            (
+                "closed and settled",
+                vec![(0, Seen::Created), (100, Seen::ClosedWrite)],
+                1100,
+                true,
+            ),
+            (
+                "reopened after close",
+                vec![(0, Seen::ClosedWrite), (500, Seen::Modified)],
+                5000,
+                false,
+            ),
+            (
+                "scan finds an old file",
+                vec![(0, scanned(5000, false))],
+                0,
+                true,
+            ),
+            (
+                "scan finds a fresh file",
+                vec![(0, scanned(200, false))],
+                500,
+                false,
+            ),
+            (
+                "fresh file settles",
+                vec![(0, scanned(200, false))],
+                800,
+                true,
+            ),
+            (
+                "scan finds a file open for writing",
+                vec![(0, scanned(9000, true))],
+                60_000,
+                false,
+            ),
+            (
+                "scan repairs a missed close",
+                vec![(0, Seen::Created), (30_000, scanned(29_000, false))],
+                30_000,
+                true,
+            ),
+            (
+                "removed before ready",
+                vec![(0, Seen::ClosedWrite), (10, Seen::Removed)],
+                5000,
+                false,
+            ),
+        ];
+        for (name, events, at, want) in cases {
+            let t0 = Instant::now();
+            let mut t = Tracker::new(S);
+            let p = Path::new("/spool/a.eml");
+            for (ms, what) in events {
+                t.seen(p, what, t0 + Duration::from_millis(ms));
+            }
+            let ready = t.take_ready(t0 + Duration::from_millis(at));
+            assert_eq!(ready.len() == 1, want, "{name}");
+            if want {
+                assert!(t.is_empty(), "{name}: taken once");
+            }
+        }
+    }
+
+    #[test]
+    fn next_deadline_ignores_open_files() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new(S);
+        t.seen(Path::new("/a"), Seen::Created, t0);
+        assert_eq!(t.next_deadline(), None);
+        t.seen(Path::new("/b"), Seen::ClosedWrite, t0);
+        assert_eq!(t.next_deadline(), Some(t0 + S));
+    }
+}
