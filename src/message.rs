@@ -362,23 +362,24 @@ fn canonical_entity(fields: &[Field], body: &[u8], top: bool, out: &mut Vec<u8>)
         canonical_multipart(body, boundary.as_bytes(), out);
         return;
     }
-    if ctype == "message" && (subtype == "rfc822" || subtype == "global") {
-        if let Ok((inner_fields, inner_body)) = split_entity(body) {
-            write_fields(fields, out);
+    if ctype == "message"
+        && (subtype == "rfc822" || subtype == "global")
+        && let Ok((inner_fields, inner_body)) = split_entity(body)
+    {
+        write_fields(fields, out);
+        out.extend_from_slice(b"\r\n");
+        // the embedded message's routing headers as they are, then its own entity made canonical
+        for f in inner_fields.iter().filter(|f| !f.is_content()) {
+            push_crlf(out, f.raw);
             out.extend_from_slice(b"\r\n");
-            // the embedded message's routing headers as they are, then its own entity made canonical
-            for f in inner_fields.iter().filter(|f| !f.is_content()) {
-                push_crlf(out, f.raw);
-                out.extend_from_slice(b"\r\n");
-            }
-            let inner_ct: Vec<Field> = inner_fields
-                .iter()
-                .filter(|f| f.is_content())
-                .cloned()
-                .collect();
-            canonical_entity(&inner_ct, inner_body, false, out);
-            return;
         }
+        let inner_ct: Vec<Field> = inner_fields
+            .iter()
+            .filter(|f| f.is_content())
+            .cloned()
+            .collect();
+        canonical_entity(&inner_ct, inner_body, false, out);
+        return;
     }
 
     let is_text = ctype == "text";
@@ -535,16 +536,14 @@ fn split_multipart<'a>(body: &'a [u8], boundary: &[u8]) -> Option<Multipart<'a>>
 fn write_fields_with_cte(fields: &[Field], cte: Option<&str>, out: &mut Vec<u8>) {
     let mut wrote = false;
     for f in fields {
-        if f.is("content-transfer-encoding") {
-            if let Some(cte) = cte {
-                if !wrote {
-                    out.extend_from_slice(
-                        format!("Content-Transfer-Encoding: {cte}\r\n").as_bytes(),
-                    );
-                    wrote = true;
-                }
-                continue;
+        if f.is("content-transfer-encoding")
+            && let Some(cte) = cte
+        {
+            if !wrote {
+                out.extend_from_slice(format!("Content-Transfer-Encoding: {cte}\r\n").as_bytes());
+                wrote = true;
             }
+            continue;
         }
         push_crlf(out, f.raw);
         out.extend_from_slice(b"\r\n");
