@@ -146,18 +146,22 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
         Command::Demo(args) => {
-            let (ok, copies, refused) = crate::demo::run(&args.fixtures, &args.out)?;
-            let (out, pki) = (args.out.display(), args.fixtures.join("pki"));
+            let summary = crate::demo::run(&args.fixtures, &args.out)?;
+            let out = args.out.display();
+            let pki = args.fixtures.join("pki");
             let pki = pki.display();
-            let summary = format!(
-                "\n{ok} messages sealed or passed through into {copies} pickup files in {out}/sealed, \
-                 {refused} refused into {out}/failed\n\
+            let sample = crate::demo::find_pickup_file(&args.out.join("pickup"), "plain-text")
+                .map_or_else(|| format!("{out}/pickup/FILE"), |p| p.display().to_string());
+            let text = format!(
+                "\ndemo: {summary}\n\
+                 pickup files (envelope lines + sealed message): {out}/pickup/\n\
+                 refused inputs, each with NAME.reason:          {out}/failed/\n\
                  open one as its recipient:\n  \
-                 openssl cms -decrypt -in {out}/sealed/plain-text.0.eml -recip {pki}/private/bob@example.com.crt \\\n    \
+                 openssl cms -decrypt -in {sample} -recip {pki}/private/bob@example.com.crt \\\n    \
                  -inkey {pki}/private/bob@example.com.key | openssl cms -verify -CAfile {pki}/ca.pem\n"
             );
             std::io::stdout()
-                .write_all(summary.as_bytes())
+                .write_all(text.as_bytes())
                 .map_err(|source| CliError::Output {
                     path: "(stdout)".into(),
                     source,

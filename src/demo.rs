@@ -1,21 +1,20 @@
-//! `smime-pickup demo`: seals the bundled fixture corpus with the bundled test PKI, so a new user sees
-//! what the tool does with no setup. The fixtures are never modified: the PKI is copied (keys get the
-//! 0600 mode the key loader insists on) and every result is written under the output folder:
-//! `sealed/` holds one PowerMTA pickup-format file per sealed copy, `failed/` holds each refused input
-//! with a `.reason` file beside it.
+//! `smime-pickup demo`: the real pipeline (`once`) on the bundled fixture corpus with the bundled test
+//! PKI, so a new user sees what the tool does with no setup. The fixtures are never modified: the PKI
+//! and the messages are copied into the output folder (keys get the 0600 mode the key loader insists
+//! on), which then holds `spool/` (drained), `pickup/` (one PowerMTA pickup file per sealed copy) and
+//! `failed/` (each refused input with a `.reason` file beside it).
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use crate::cli::CliError;
 use crate::config::Config;
-use crate::keyring;
-use crate::seal;
-use crate::smime::certs::unix_now;
+use crate::daemon::{self, Mode, Summary};
 
-/// Runs the demo; returns (sealed inputs, sealed copies, refused inputs).
-pub fn run(fixtures: &Path, out: &Path) -> Result<(usize, usize, usize), CliError> {
+/// Runs the demo into `out`.
+pub fn run(fixtures: &Path, out: &Path) -> Result<Summary, CliError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| CliError::Output { path, source }
@@ -48,99 +47,48 @@ pub fn run(fixtures: &Path, out: &Path) -> Result<(usize, usize, usize), CliErro
     let config_path = out.join("smime-pickup.toml");
     std::fs::write(
         &config_path,
-        "keys = \"pki/keys\"\ncerts = \"pki/certs\"\nca = \"pki/ca.pem\"\nkey_passphrase_file = \"pki/passphrase.txt\"\n",
+        "spool = \"spool\"\npickup = \"pickup\"\nfailed = \"failed\"\n\
+         keys = \"pki/keys\"\ncerts = \"pki/certs\"\nca = \"pki/ca.pem\"\n\
+         key_passphrase_file = \"pki/passphrase.txt\"\n",
     )
     .map_err(io(&config_path))?;
-    let config = Config::read(&config_path)?;
-    let ring = keyring::load(&config)?;
-
-    let mut inputs: Vec<PathBuf> = walkdir::WalkDir::new(fixtures.join("eml"))
-        .sort_by_file_name()
-        .into_iter()
-        .filter_map(Result::ok)
-        .map(|e| e.into_path())
-        .filter(|p| p.extension().is_some_and(|e| e == "eml"))
-        .collect();
-    inputs.sort();
-    let (sealed_dir, failed_dir) = (out.join("sealed"), out.join("failed"));
-    std::fs::create_dir_all(&sealed_dir).map_err(io(&sealed_dir))?;
-    std::fs::create_dir_all(&failed_dir).map_err(io(&failed_dir))?;
-    let (mut ok, mut copies, mut refused) = (0, 0, 0);
-    // a closed stdout (`demo | head`) ends the demo with an error, not a panic
-    let mut so = std::io::stdout().lock();
-    let stdout_err = |source| CliError::Output {
-        path: "(stdout)".into(),
-        source,
-    };
-    for input in &inputs {
-        let name = input
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("input")
-            .to_string();
-        let bytes = std::fs::read(input).map_err(|source| CliError::Input {
-            path: input.clone(),
-            source,
-        })?;
-        match seal::seal(
-            &bytes,
-            &config.seal,
-            config.max_message_bytes,
-            &ring,
-            unix_now(),
-        ) {
-            Ok(sealed) => {
-                ok += 1;
-                for (i, copy) in sealed.iter().enumerate() {
-                    let path = sealed_dir.join(format!("{name}.{i}.eml"));
-                    let mut file = format!("x-sender: {}\r\n", copy.envelope.sender).into_bytes();
-                    for r in &copy.envelope.recipients {
-                        file.extend_from_slice(format!("x-receiver: {r}\r\n").as_bytes());
-                    }
-                    for (k, v) in &copy.envelope.extras {
-                        file.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
-                    }
-                    file.extend_from_slice(&copy.data);
-                    std::fs::write(&path, file).map_err(io(&path))?;
-                    let verb = if copy.protection == seal::Protection::Passthrough {
-                        "passed"
-                    } else {
-                        "sealed"
-                    };
-                    writeln!(
-                        so,
-                        "{verb}   {:<34} -> {} ({}, to {})",
-                        display(input, fixtures),
-                        display(&path, out),
-                        copy.protection,
-                        copy.envelope.recipients.join(", ")
-                    )
-                    .map_err(stdout_err)?;
-                    copies += 1;
-                }
-            }
-            Err(e) => {
-                refused += 1;
-                let target = failed_dir.join(format!("{name}.eml"));
-                std::fs::copy(input, &target).map_err(io(&target))?;
-                let reason = failed_dir.join(format!("{name}.eml.reason"));
-                std::fs::write(&reason, format!("{e}\n")).map_err(io(&reason))?;
-                println!(
-                    "refused  {:<34} -> {}: {e}",
-                    display(input, fixtures),
-                    display(&target, out)
-                );
+    // the corpus goes into the spool (the malformed cases in a subfolder), the pipeline does the rest
+    for (from, to) in [
+        (fixtures.join("eml"), out.join("spool")),
+        (fixtures.join("eml/malformed"), out.join("spool/malformed")),
+    ] {
+        std::fs::create_dir_all(&to).map_err(io(&to))?;
+        for entry in std::fs::read_dir(&from).map_err(io(&from))? {
+            let path = entry.map_err(io(&from))?.path();
+            if path.extension().is_some_and(|e| e == "eml") {
+                std::fs::copy(&path, to.join(path.file_name().unwrap_or_default()))
+                    .map_err(io(&path))?;
             }
         }
     }
-    Ok((ok, copies, refused))
+    std::fs::create_dir_all(out.join("pickup")).map_err(io(out))?;
+    let mut config = Config::read(&config_path)?;
+    // the files were just copied: they are complete, no need to wait for them to settle
+    config.settle = std::time::Duration::ZERO;
+    let no = || Arc::new(AtomicBool::new(false));
+    Ok(daemon::run(config, Mode::Once, no(), no())?)
 }
 
-fn display(path: &Path, base: &Path) -> String {
-    path.strip_prefix(base)
-        .unwrap_or(path)
-        .display()
-        .to_string()
+/// The pickup file holding the message whose Message-ID contains `needle`, for the "open one" hint.
+pub fn find_pickup_file(pickup: &Path, needle: &str) -> Option<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(pickup)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    files.into_iter().find(|f| {
+        std::fs::read(f).is_ok_and(|b| {
+            let head = &b[..b.len().min(4096)];
+            String::from_utf8_lossy(head)
+                .lines()
+                .any(|l| l.starts_with("Message-ID:") && l.contains(needle))
+        })
+    })
 }
 
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {

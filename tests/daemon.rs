@@ -1,0 +1,572 @@
+//! The spool daemon end to end: the real binary on a real filesystem (tmpfs under /dev/shm for the
+//! bursts), checked file by file: every input ends delivered exactly once or quarantined with a reason.
+
+mod util;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use util::*;
+
+/// A spool, pickup and failed folder beside a copy of the test PKI.
+struct Setup {
+    d: Dir,
+    config: PathBuf,
+}
+
+impl Setup {
+    fn new(extra: &str) -> Setup {
+        Setup::in_dir(Dir::new(), extra)
+    }
+
+    /// On tmpfs: bursts of thousands of fsyncs stay fast and the disk is not worn.
+    fn on_tmpfs(extra: &str) -> Setup {
+        let tmp = tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap());
+        copy_tree(&pki(), &tmp.path().join("pki"));
+        for entry in std::fs::read_dir(tmp.path().join("pki/keys")).unwrap() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                entry.unwrap().path(),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+        }
+        Setup::in_dir(Dir { tmp }, extra)
+    }
+
+    fn in_dir(d: Dir, extra: &str) -> Setup {
+        for sub in ["spool", "pickup"] {
+            std::fs::create_dir_all(d.path().join(sub)).unwrap();
+        }
+        let config = d.config(&format!(
+            "spool = \"spool\"\npickup = \"pickup\"\nfailed = \"failed\"\n{extra}"
+        ));
+        Setup { d, config }
+    }
+
+    fn path(&self, sub: &str) -> PathBuf {
+        self.d.path().join(sub)
+    }
+
+    fn cmd(&self, sub: &str) -> Command {
+        let mut c = bin(self.d.path());
+        c.arg("-c")
+            .arg(&self.config)
+            .arg(sub)
+            .env("RUST_LOG", "info");
+        c
+    }
+
+    fn once(&self) -> std::process::Output {
+        run(&mut self.cmd("once"))
+    }
+
+    fn start(&self, log: &str) -> Child {
+        let log = std::fs::File::create(self.path(log)).unwrap();
+        self.cmd("run")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// Drops a message into the spool the way a well-behaved exporter does: write beside, rename in.
+    fn drop_message(&self, rel: &str, bytes: &[u8]) {
+        let target = self.path("spool").join(rel);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        let tmp = self
+            .path("spool")
+            .join(format!(".incoming-{}", rel.replace('/', "_")));
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, &target).unwrap();
+    }
+
+    fn pickup_files(&self) -> Vec<PathBuf> {
+        list_files(&self.path("pickup"))
+    }
+
+    /// Message-ID → number of pickup files carrying it.
+    fn delivered_ids(&self) -> HashMap<String, usize> {
+        let mut ids = HashMap::new();
+        for f in self.pickup_files() {
+            let bytes = std::fs::read(&f).unwrap();
+            let id = header(&bytes, "message-id")
+                .unwrap_or_else(|| panic!("{}: no Message-ID", f.display()));
+            *ids.entry(id).or_default() += 1;
+        }
+        ids
+    }
+
+    fn wait_for(&self, what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// No claimed input left in any work folder, no staged output left behind.
+    fn assert_nothing_in_flight(&self) {
+        let work = self.path("spool/.smime-pickup");
+        let leftovers: Vec<PathBuf> = list_files(&work)
+            .into_iter()
+            .filter(|p| p.file_name().unwrap() != ".lock")
+            .collect();
+        assert!(leftovers.is_empty(), "work folder not empty: {leftovers:?}");
+        let staged = list_files(&self.d.path().join(".smime-pickup-staging"));
+        assert!(staged.is_empty(), "staging not empty: {staged:?}");
+    }
+}
+
+fn list_files(dir: &Path) -> Vec<PathBuf> {
+    if !dir.exists() {
+        return Vec::new();
+    }
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect()
+}
+
+/// A small message to bob with a unique Message-ID.
+fn message(n: usize) -> Vec<u8> {
+    format!(
+        "From: Alice <alice@example.com>\nTo: Bob <bob@example.com>\nSubject: number {n}\n\
+         Message-ID: <m{n}@test.example.com>\nDate: Mon, 1 Jan 2024 00:00:00 +0000\n\n\
+         This is message {n}.\n"
+    )
+    .into_bytes()
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            panic!("the daemon did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn once_seals_the_corpus_into_pickup_and_quarantines_the_rest() {
+    let s = Setup::new("");
+    let mut inputs = 0;
+    for entry in std::fs::read_dir(fixtures().join("eml")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "eml") {
+            std::fs::copy(&p, s.path("spool").join(p.file_name().unwrap())).unwrap();
+            inputs += 1;
+        }
+    }
+    std::fs::create_dir_all(s.path("spool/bad")).unwrap();
+    let mut bad = 0;
+    for entry in std::fs::read_dir(fixtures().join("eml/malformed")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "eml") {
+            std::fs::copy(&p, s.path("spool/bad").join(p.file_name().unwrap())).unwrap();
+            bad += 1;
+        }
+    }
+    std::fs::write(s.path("spool/.dotfile.eml"), message(1)).unwrap();
+    std::fs::write(s.path("spool/half.eml.part"), message(2)).unwrap();
+    std::fs::write(s.path("spool/half.eml.tmp"), message(3)).unwrap();
+
+    let o = s.once();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(65), "{out}\n{}", stderr(&o));
+    assert!(
+        out.contains(&format!("{inputs} delivered, {bad} failed, 0 deferred")),
+        "{out}"
+    );
+    assert!(inputs >= 15 && bad >= 10);
+
+    // every pickup file: envelope lines first, then the message, CRLF throughout
+    let files = s.pickup_files();
+    assert_eq!(
+        files.len(),
+        inputs + 3,
+        "bcc.eml makes 3 files, pickup-format.eml 2"
+    );
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        assert!(bytes.starts_with(b"x-sender: "), "{}", f.display());
+        assert_crlf_only(&bytes, &f.display().to_string());
+        assert!(String::from_utf8_lossy(&bytes).contains("\r\nx-receiver: "));
+    }
+    // Bcc copies are separate: bcc.eml's three files name 2, 1 and 1 recipients
+    let mut bcc_counts: Vec<usize> = files
+        .iter()
+        .map(|f| std::fs::read(f).unwrap())
+        .filter(|b| header(b, "message-id").unwrap().contains("bcc."))
+        .map(|b| String::from_utf8_lossy(&b).matches("x-receiver: ").count())
+        .collect();
+    bcc_counts.sort();
+    assert_eq!(bcc_counts, [1, 1, 2]);
+    // the pickup-format input keeps its envelope extras
+    let pf = files
+        .iter()
+        .map(|f| std::fs::read(f).unwrap())
+        .find(|b| header(b, "message-id").unwrap().contains("pickup-format"))
+        .unwrap();
+    let text = String::from_utf8_lossy(&pf);
+    assert!(
+        text.starts_with("x-sender: bounces@example.com\r\nx-receiver: "),
+        "{text}"
+    );
+    assert!(
+        text.contains("\r\nx-envid: env-42\r\nx-job: spring-sale\r\nx-virtual-mta: vmta-1\r\n")
+    );
+
+    // a sample opens with openssl and gpgsm
+    let plain = files
+        .iter()
+        .map(|f| std::fs::read(f).unwrap())
+        .find(|b| header(b, "message-id").unwrap().contains("plain-text"))
+        .unwrap();
+    let inner = openssl_decrypt(s.d.path(), &plain, "bob@example.com").unwrap();
+    openssl_verify(s.d.path(), &inner).unwrap();
+    let g = gpgsm();
+    let decrypted = g.decrypt(s.d.path(), &b64_decode(body_of(&plain))).unwrap();
+    assert_eq!(decrypted, inner);
+    let (signed, sig) = split_signed(&inner);
+    g.verify_detached(s.d.path(), &sig, &signed).unwrap();
+    drop(g);
+
+    // each malformed input is in failed/ under its subfolder, with the reason
+    for entry in std::fs::read_dir(fixtures().join("eml/malformed")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_none_or(|e| e != "eml") {
+            continue;
+        }
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let expect = std::fs::read_to_string(p.with_extension("expect")).unwrap();
+        let want = expect
+            .lines()
+            .find_map(|l| l.strip_prefix("error = "))
+            .unwrap()
+            .trim_matches('"')
+            .to_string();
+        let moved = s.path("failed/bad").join(&name);
+        assert_eq!(
+            std::fs::read(&moved).unwrap(),
+            std::fs::read(&p).unwrap(),
+            "{name} kept intact"
+        );
+        let reason =
+            std::fs::read_to_string(s.path("failed/bad").join(format!("{name}.reason"))).unwrap();
+        assert_eq!(reason.lines().count(), 1, "{name}: one line");
+        assert!(
+            reason.to_ascii_lowercase().contains(&want),
+            "{name}: {reason}"
+        );
+    }
+    // what is left in the spool is exactly what must be ignored
+    let mut left: Vec<String> = list_files(&s.path("spool"))
+        .iter()
+        .map(|p| {
+            p.strip_prefix(s.path("spool"))
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect();
+    left.sort();
+    assert_eq!(left, [".dotfile.eml", "half.eml.part", "half.eml.tmp"]);
+    s.assert_nothing_in_flight();
+}
+
+#[test]
+fn a_burst_of_5000_files_in_subfolders_is_delivered_exactly_once() {
+    let s = Setup::on_tmpfs("");
+    for n in 0..5000 {
+        s.drop_message(&format!("batch{}/m{n}.eml", n % 10), &message(n));
+    }
+    let o = s.once();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("5000 delivered, 0 failed, 0 deferred"));
+    let ids = s.delivered_ids();
+    assert_eq!(ids.len(), 5000);
+    assert!(ids.values().all(|&c| c == 1));
+    assert!(list_files(&s.path("spool")).is_empty());
+    s.assert_nothing_in_flight();
+}
+
+#[test]
+fn recipients_over_the_limit_are_split_across_pickup_files() {
+    let s = Setup::new("max_recipients_per_file = 4\n");
+    std::fs::copy(
+        fixtures().join("eml/many-recipients.eml"),
+        s.path("spool/many.eml"),
+    )
+    .unwrap();
+    let o = s.once();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut all = Vec::new();
+    for f in s.pickup_files() {
+        let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned();
+        let rcpts: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("x-receiver: "))
+            .map(str::to_string)
+            .collect();
+        assert!(rcpts.len() <= 4);
+        all.extend(rcpts);
+    }
+    all.sort();
+    assert_eq!(all.len(), 6);
+    all.dedup();
+    assert_eq!(all.len(), 6);
+}
+
+#[test]
+fn the_daemon_takes_renamed_files_at_once_and_waits_for_slow_writers() {
+    let s = Setup::new("settle_ms = 500\n");
+    let mut child = s.start("run.log");
+    for n in 0..20 {
+        s.drop_message(&format!("m{n}.eml"), &message(n));
+    }
+    // a writer that writes in place, in chunks a second and a half apart, keeping the file open
+    let slow = s.path("spool/slow.eml");
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&slow).unwrap();
+        f.write_all(b"From: alice@example.com\nTo: bob@example.com\nSubject: slow\nMessage-ID: <slow@test>\n\n").unwrap();
+        for i in 1..=4 {
+            std::thread::sleep(Duration::from_millis(1500));
+            f.write_all(format!("chunk-{i}\n").as_bytes()).unwrap();
+            f.flush().unwrap();
+        }
+    });
+    s.wait_for("20 renamed files", Duration::from_secs(20), || {
+        s.pickup_files().len() >= 20
+    });
+    assert!(
+        !s.delivered_ids().contains_key("<slow@test>"),
+        "the slow file was taken while being written"
+    );
+    writer.join().unwrap();
+    s.wait_for("the slow file", Duration::from_secs(20), || {
+        s.delivered_ids().contains_key("<slow@test>")
+    });
+    let file = s
+        .pickup_files()
+        .into_iter()
+        .map(|f| std::fs::read(f).unwrap())
+        .find(|b| header(b, "message-id").as_deref() == Some("<slow@test>"))
+        .unwrap();
+    let content = openssl_verify(
+        s.d.path(),
+        &openssl_decrypt(s.d.path(), &file, "bob@example.com").unwrap(),
+    )
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&content).contains("chunk-4"),
+        "complete, not truncated"
+    );
+    // a dotfile written meanwhile is left alone
+    std::fs::write(s.path("spool/.ignored.eml"), message(99)).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(s.path("spool/.ignored.eml").exists());
+
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(20));
+    assert!(status.success(), "SIGTERM exits 0: {status:?}");
+    assert_eq!(s.delivered_ids().len(), 21);
+    s.assert_nothing_in_flight();
+    let log = std::fs::read_to_string(s.path("run.log")).unwrap();
+    assert!(log.contains("slow.eml: delivered via pickup"), "{log}");
+}
+
+/// A tiny deterministic generator for the kill moments (the seed is printed for reruns).
+fn lcg(state: &mut u64) -> u64 {
+    *state = state
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    *state >> 33
+}
+
+#[test]
+fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
+    let s = Setup::on_tmpfs("settle_ms = 100\n");
+    let total = 2000;
+    for n in 0..total {
+        s.drop_message(&format!("d{}/m{n}.eml", n % 7), &message(n));
+    }
+    std::thread::sleep(Duration::from_millis(200)); // settled: every round can start work at once
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("kill -9 test seed: {seed}");
+    for round in 0..10 {
+        let mut child = s.start(&format!("kill-{round}.log"));
+        std::thread::sleep(Duration::from_millis(30 + lcg(&mut seed) % 120));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    let before = s.pickup_files().len();
+    let recovered: usize = (0..10)
+        .map(|r| std::fs::read_to_string(s.path(&format!("kill-{r}.log"))).unwrap())
+        .map(|log| log.matches("recovered ").count())
+        .sum();
+    eprintln!(
+        "delivered before the final run: {before}; restarts that recovered claims: {recovered}"
+    );
+    assert!(before < total, "the kills came too late to test anything");
+    let o = s.once();
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+    let ids = s.delivered_ids();
+    let dupes: Vec<_> = ids.iter().filter(|(_, c)| **c != 1).collect();
+    assert!(dupes.is_empty(), "duplicated: {dupes:?}");
+    assert_eq!(ids.len(), total, "every message exactly once");
+    assert!(list_files(&s.path("spool")).is_empty(), "spool drained");
+    s.assert_nothing_in_flight();
+}
+
+#[test]
+fn two_instances_on_one_spool_deliver_each_file_once() {
+    let s = Setup::on_tmpfs("");
+    let total = 2000;
+    let mut a = s.start("a.log");
+    let mut b = s.start("b.log");
+    for n in 0..total {
+        s.drop_message(&format!("m{n}.eml"), &message(n));
+    }
+    s.wait_for("all files", Duration::from_secs(120), || {
+        s.pickup_files().len() >= total
+    });
+    signal(&a, "-TERM");
+    signal(&b, "-TERM");
+    assert!(wait_exit(&mut a, Duration::from_secs(20)).success());
+    assert!(wait_exit(&mut b, Duration::from_secs(20)).success());
+    let ids = s.delivered_ids();
+    assert_eq!(ids.len(), total);
+    assert!(ids.values().all(|&c| c == 1), "a file delivered twice");
+    let logs = std::fs::read_to_string(s.path("a.log")).unwrap()
+        + &std::fs::read_to_string(s.path("b.log")).unwrap();
+    assert_eq!(logs.matches(": delivered via pickup").count(), total);
+    s.assert_nothing_in_flight();
+}
+
+#[test]
+fn sighup_picks_up_a_new_recipient_certificate() {
+    let s = Setup::new("");
+    let stash = s.path("stash");
+    std::fs::create_dir_all(&stash).unwrap();
+    for name in ["bob@example.com.crt", "bob-2020.pem"] {
+        std::fs::rename(s.d.certs().join(name), stash.join(name)).unwrap();
+    }
+    let mut child = s.start("run.log");
+    s.drop_message("before.eml", &message(1));
+    s.wait_for("the refusal", Duration::from_secs(20), || {
+        s.path("failed/before.eml.reason").exists()
+    });
+    let reason = std::fs::read_to_string(s.path("failed/before.eml.reason")).unwrap();
+    assert!(
+        reason.contains("bob@example.com: no certificate"),
+        "{reason}"
+    );
+
+    std::fs::rename(
+        stash.join("bob@example.com.crt"),
+        s.d.certs().join("bob@example.com.crt"),
+    )
+    .unwrap();
+    signal(&child, "-HUP");
+    s.wait_for("the reload", Duration::from_secs(10), || {
+        std::fs::read_to_string(s.path("run.log"))
+            .unwrap()
+            .contains("reloaded")
+    });
+    s.drop_message("after.eml", &message(2));
+    s.wait_for("delivery", Duration::from_secs(20), || {
+        s.delivered_ids().contains_key("<m2@test.example.com>")
+    });
+
+    // a broken config is refused and the running one stays
+    std::fs::write(&s.config, "spool = \"spool\"\nbogus = 1\n").unwrap();
+    signal(&child, "-HUP");
+    s.wait_for("the refusal", Duration::from_secs(10), || {
+        std::fs::read_to_string(s.path("run.log"))
+            .unwrap()
+            .contains("reload refused")
+    });
+    s.drop_message("still.eml", &message(3));
+    s.wait_for("delivery", Duration::from_secs(20), || {
+        s.delivered_ids().contains_key("<m3@test.example.com>")
+    });
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+}
+
+#[test]
+fn a_missing_pickup_directory_defers_and_nothing_is_lost() {
+    let s = Setup::new("");
+    std::fs::remove_dir(s.path("pickup")).unwrap();
+    for n in 0..3 {
+        s.drop_message(&format!("m{n}.eml"), &message(n));
+    }
+    // once: deferred, left in the spool, exit 75
+    let o = s.once();
+    assert_eq!(o.status.code(), Some(75), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("0 delivered, 0 failed, 3 deferred"));
+    assert_eq!(list_files(&s.path("spool")).len(), 3);
+    assert!(!s.path("pickup").exists(), "never created by us");
+
+    // run: waits, delivers when the directory comes back, waits again when it goes
+    let mut child = s.start("run.log");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!s.path("failed").exists() || list_files(&s.path("failed")).is_empty());
+    std::fs::create_dir(s.path("pickup")).unwrap();
+    s.wait_for("delivery", Duration::from_secs(20), || {
+        s.delivered_ids().len() == 3
+    });
+    let delivered: Vec<PathBuf> = s.pickup_files();
+    std::fs::create_dir(s.path("consumed")).unwrap();
+    for f in &delivered {
+        std::fs::rename(f, s.path("consumed").join(f.file_name().unwrap())).unwrap(); // the MTA takes them
+    }
+    std::fs::remove_dir(s.path("pickup")).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    for n in 3..5 {
+        s.drop_message(&format!("m{n}.eml"), &message(n));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let waiting = list_files(&s.path("spool"))
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().contains("/.smime-pickup/"))
+        .count();
+    assert_eq!(waiting, 2, "waiting in the spool");
+    std::fs::create_dir(s.path("pickup")).unwrap();
+    s.wait_for("delivery", Duration::from_secs(20), || {
+        s.delivered_ids().len() == 2
+    });
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+    let log = std::fs::read_to_string(s.path("run.log")).unwrap();
+    assert!(log.contains("is unavailable"), "{log}");
+    s.assert_nothing_in_flight();
+}
