@@ -87,6 +87,9 @@ struct Shared {
     attempts: Mutex<HashMap<String, u32>>,
     pickup_down: AtomicBool,
     gate: Mutex<Option<(Instant, Gate)>>,
+    /// pickup files written since the gate last counted the pickup folder
+    published_since_count: AtomicUsize,
+    last_count: AtomicUsize,
 }
 
 /// May workers take new inputs from the spool?
@@ -169,6 +172,8 @@ pub fn run(
         attempts: Mutex::new(HashMap::new()),
         pickup_down: AtomicBool::new(false),
         gate: Mutex::new(None),
+        published_since_count: AtomicUsize::new(0),
+        last_count: AtomicUsize::new(0),
     });
     drop_orphan_markers(&shared.instance.dir);
 
@@ -335,26 +340,40 @@ fn take_new(shared: &Shared, path: &Path) {
     }
 }
 
-/// Whether new inputs may be taken, re-checked at most once a second (it lists the pickup folder).
+/// Whether new inputs may be taken. Listing the pickup folder costs, so it is re-counted once a
+/// second, or sooner when what we wrote since the last count could have crossed the limit.
 fn gate(shared: &Shared) -> Gate {
-    let mut cached = shared.gate.lock().expect("gate lock");
-    if let Some((at, g)) = &*cached
-        && at.elapsed() < Duration::from_secs(1)
-    {
-        return g.clone();
-    }
     let max = shared
         .state
         .read()
         .expect("state lock")
         .config
         .pickup_max_backlog;
+    let mut cached = shared.gate.lock().expect("gate lock");
+    let estimate = shared.last_count.load(Ordering::SeqCst)
+        + shared.published_since_count.load(Ordering::SeqCst);
+    if let Some((at, g)) = &*cached
+        && at.elapsed() < Duration::from_secs(1)
+        && (estimate < max || *g != Gate::Open)
+    {
+        return g.clone();
+    }
     let g = match shared.transport.check() {
         Err(e) => Gate::Unavailable(e.to_string()),
-        Ok(()) => match shared.transport.backlog() {
-            Ok(n) if n > max => Gate::Backlog(n),
-            _ => Gate::Open,
-        },
+        Ok(()) => {
+            shared.published_since_count.store(0, Ordering::SeqCst);
+            match shared.transport.backlog() {
+                Ok(n) => {
+                    shared.last_count.store(n, Ordering::SeqCst);
+                    if n >= max {
+                        Gate::Backlog(n)
+                    } else {
+                        Gate::Open
+                    }
+                }
+                Err(_) => Gate::Open,
+            }
+        }
     };
     let previous = cached.as_ref().map(|(_, g)| g.clone());
     if previous.as_ref() != Some(&g) {
@@ -365,7 +384,7 @@ fn gate(shared: &Shared) -> Gate {
             Gate::Open => {}
             Gate::Unavailable(why) => warn!("{why}: new inputs wait in the spool"),
             Gate::Backlog(n) => warn!(
-                "pickup directory holds {n} files (over pickup_max_backlog = {max}); is the MTA consuming? pausing"
+                "pickup directory holds {n} files (pickup_max_backlog = {max}); is the MTA consuming? pausing"
             ),
         }
     }
@@ -378,7 +397,7 @@ fn process(shared: &Shared, claim: Claim) {
     let rel = claim.rel.display().to_string();
     match shared.transport.recover(&claim) {
         Ok(Some(done)) => {
-            finish_delivered(shared, &claim);
+            finish_delivered(shared, &claim, 0);
             info!(
                 "{rel}: delivery finished after a restart via {} ({} files)",
                 done.route, done.units
@@ -438,7 +457,7 @@ fn process(shared: &Shared, claim: Claim) {
     };
     match shared.transport.deliver(&claim, &copies) {
         Ok(done) => {
-            finish_delivered(shared, &claim);
+            finish_delivered(shared, &claim, done.units);
             let recipients: usize = copies.iter().map(|c| c.envelope.recipients.len()).sum();
             let out_bytes: usize = copies.iter().map(|c| c.data.len()).sum();
             info!(
@@ -454,7 +473,10 @@ fn process(shared: &Shared, claim: Claim) {
     }
 }
 
-fn finish_delivered(shared: &Shared, claim: &Claim) {
+fn finish_delivered(shared: &Shared, claim: &Claim, units: usize) {
+    shared
+        .published_since_count
+        .fetch_add(units, Ordering::SeqCst);
     if let Err(e) = finish::delivered(claim) {
         // the outputs are in pickup; a leftover claim with its marker is finished again at restart
         error!(

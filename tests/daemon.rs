@@ -570,3 +570,73 @@ fn a_missing_pickup_directory_defers_and_nothing_is_lost() {
     assert!(log.contains("is unavailable"), "{log}");
     s.assert_nothing_in_flight();
 }
+
+#[test]
+fn a_full_pickup_directory_pauses_intake_until_the_mta_catches_up() {
+    let s = Setup::new("pickup_max_backlog = 5\nworkers = 2\n");
+    for n in 0..20 {
+        s.drop_message(&format!("m{n}.eml"), &message(n));
+    }
+    let mut child = s.start("run.log");
+    s.wait_for("the first files", Duration::from_secs(20), || {
+        s.pickup_files().len() >= 5
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let held = s.pickup_files().len();
+    assert!(held <= 5 + 2, "paused near the limit, not {held}");
+    let log = std::fs::read_to_string(s.path("run.log")).unwrap();
+    assert!(log.contains("is the MTA consuming? pausing"), "{log}");
+    // the MTA consumes: everything else follows
+    let consumed = s.path("consumed");
+    std::fs::create_dir(&consumed).unwrap();
+    let mut seen = 0;
+    s.wait_for("the rest", Duration::from_secs(30), || {
+        for f in s.pickup_files() {
+            std::fs::rename(&f, consumed.join(f.file_name().unwrap())).unwrap();
+            seen += 1;
+        }
+        seen >= 20
+    });
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+    assert_eq!(list_files(&consumed).len(), 20);
+}
+
+#[test]
+fn once_waits_for_a_file_written_moments_ago_and_a_minimal_config_works() {
+    let d = Dir::new();
+    for sub in ["spool", "pickup"] {
+        std::fs::create_dir(d.path().join(sub)).unwrap();
+    }
+    // only the six keys the issue names (no passphrase file: the passphrase key is simply unusable)
+    let config = d.path().join("minimal.toml");
+    std::fs::write(
+        &config,
+        "spool = \"spool\"\npickup = \"pickup\"\nfailed = \"failed\"\nkeys = \"pki/keys\"\ncerts = \"pki/certs\"\nca = \"pki/ca.pem\"\n",
+    )
+    .unwrap();
+    std::fs::write(d.path().join("spool/fresh.eml"), message(7)).unwrap(); // in place, just now
+    let started = Instant::now();
+    let o = run(bin(d.path()).arg("-c").arg(&config).arg("once"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("1 delivered, 0 failed, 0 deferred"));
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "it waited for the file to settle"
+    );
+    assert!(!d.path().join("spool/fresh.eml").exists());
+}
+
+#[test]
+fn run_and_once_name_missing_settings_and_folders() {
+    let d = Dir::new();
+    let o = run(bin(d.path()).arg("-c").arg(d.config("")).arg("once"));
+    assert_eq!(o.status.code(), Some(78), "{}", stderr(&o));
+    assert!(stderr(&o).contains("`spool` is not set"), "{}", stderr(&o));
+    let o = run(bin(d.path())
+        .arg("-c")
+        .arg(d.config("spool = \"nope\"\npickup = \"p\"\nfailed = \"f\"\n"))
+        .arg("once"));
+    assert_eq!(o.status.code(), Some(66), "{}", stderr(&o));
+    assert!(stderr(&o).contains("nope"), "{}", stderr(&o));
+}
