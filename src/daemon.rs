@@ -145,10 +145,6 @@ pub fn run(
     });
     let keyring = keyring::load(&config)?;
     let instance = Instance::start(&work_root).map_err(folder(&work_root))?;
-    let adopted = instance.adopt_dead().map_err(folder(&work_root))?;
-    if adopted > 0 {
-        warn!("recovered {adopted} inputs left by an instance that stopped without finishing");
-    }
     let transport = Pickup {
         dir: pickup_dir,
         staging,
@@ -175,7 +171,6 @@ pub fn run(
         published_since_count: AtomicUsize::new(0),
         last_count: AtomicUsize::new(0),
     });
-    drop_orphan_markers(&shared.instance.dir);
 
     let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(workers * 16);
     let rx = Arc::new(Mutex::new(rx));
@@ -194,15 +189,7 @@ pub fn run(
         move |job: Job| send_job(&tx, &shared, job)
     };
     // inputs a crash left claimed come first
-    for claim in shared
-        .instance
-        .claims()
-        .map_err(folder(&shared.instance.dir))?
-    {
-        if !send(Job::Claim(claim)) {
-            break;
-        }
-    }
+    adopt(&shared, &send);
     let emit: Emit = {
         let send = send.clone();
         Arc::new(move |path| send(Job::Path(path)))
@@ -215,10 +202,16 @@ pub fn run(
         shared.transport.dir.display()
     );
 
+    let mut last_adoption = Instant::now();
     loop {
         if shutdown.load(Ordering::SeqCst) {
             info!("stopping: finishing the messages in progress");
             break;
+        }
+        if last_adoption.elapsed() >= rescan {
+            // another instance sharing the spool may have died since
+            adopt(&shared, &send);
+            last_adoption = Instant::now();
         }
         if reload.swap(false, Ordering::SeqCst) {
             reload_state(&shared);
@@ -260,6 +253,31 @@ pub fn run(
         shared.instance.close();
     }
     Ok(summary)
+}
+
+/// Takes over the claims of instances that died, and queues them.
+fn adopt(shared: &Shared, send: &impl Fn(Job) -> bool) {
+    let adopted = shared.instance.adopt_dead();
+    drop_orphan_markers(&shared.instance.dir);
+    match adopted {
+        Ok(claims) => {
+            if !claims.is_empty() {
+                warn!(
+                    "recovered {} inputs left by an instance that stopped without finishing",
+                    claims.len()
+                );
+            }
+            for claim in claims {
+                if !send(Job::Claim(claim)) {
+                    break;
+                }
+            }
+        }
+        Err(e) => error!(
+            "{}: cannot adopt the claims of stopped instances: {e}",
+            shared.instance.dir.display()
+        ),
+    }
 }
 
 /// Queues a job, waiting while the queue is full; false once shutting down.

@@ -107,9 +107,9 @@ impl Instance {
         Ok(out)
     }
 
-    /// Adopts the claims of every dead instance under the work root; returns how many were taken.
-    pub fn adopt_dead(&self) -> std::io::Result<usize> {
-        let mut adopted = 0;
+    /// Adopts the claims of every dead instance under the work root; returns them (now in our folder).
+    pub fn adopt_dead(&self) -> std::io::Result<Vec<Claim>> {
+        let mut adopted = Vec::new();
         for entry in std::fs::read_dir(&self.root)? {
             let dir = entry?.path();
             let Some(name) = dir.file_name().and_then(|n| n.to_str()) else {
@@ -147,8 +147,12 @@ impl Instance {
                     continue;
                 }
                 // markers first would be harmless too: a claim is only acted on once both are here
-                std::fs::rename(&from, self.dir.join(file))?;
-                adopted += usize::from(!file.to_string_lossy().ends_with(COMMIT_SUFFIX));
+                let to = self.dir.join(file);
+                std::fs::rename(&from, &to)?;
+                let name = file.to_string_lossy();
+                if !name.ends_with(COMMIT_SUFFIX) && !name.ends_with(".tmp") {
+                    adopted.extend(parse_claim(&to));
+                }
             }
             sync_dir(&self.dir)?;
             std::fs::remove_file(dir.join(".lock"))?;
@@ -242,9 +246,12 @@ mod tests {
         );
         let live = Instance::start(&work).unwrap();
         let me = Instance::start(&work).unwrap();
-        assert_eq!(me.adopt_dead().unwrap(), 0, "both others hold their locks");
+        assert!(
+            me.adopt_dead().unwrap().is_empty(),
+            "both others hold their locks"
+        );
         drop(dead); // its lock goes with it, as with kill -9
-        assert_eq!(me.adopt_dead().unwrap(), 1);
+        assert_eq!(me.adopt_dead().unwrap().len(), 1);
         let claims = me.claims().unwrap();
         assert_eq!(claims.len(), 1);
         assert_eq!(claims[0].id, c.id);
