@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicBool;
 
 use crate::config::{Config, ConfigError};
 use crate::daemon::{self, DaemonError, Mode, Summary};
+use crate::deliver::smtp::{SmtpError, SmtpRoute};
 use crate::keyring::{self, KeyringError};
 use crate::seal::{self, Protection, SealError};
 use crate::smime::SignatureMode;
@@ -33,6 +34,8 @@ pub enum Command {
     Seal(SealArgs),
     /// Seal the bundled fixture corpus with the bundled test PKI (no setup needed)
     Demo(DemoArgs),
+    /// Seal one message and send it by SMTP (SMTP_HOST, SMTP_PORT, SMTP_USER, SMTP_PASSWORD or [smtp])
+    Send(SendArgs),
     /// The daemon, in the foreground: watch the spool, seal, write into pickup (systemd runs this)
     Run,
     /// Process everything in the spool now, then exit (0 all delivered, 65 some failed, 75 some deferred)
@@ -77,6 +80,27 @@ pub struct SealArgs {
     pub file: PathBuf,
 }
 
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Sign (with neither --sign nor --encrypt: the [seal] defaults, normally both)
+    #[arg(long)]
+    pub sign: bool,
+    /// Encrypt for every recipient
+    #[arg(long)]
+    pub encrypt: bool,
+    /// Opaque signature instead of multipart/signed
+    #[arg(long)]
+    pub opaque: bool,
+    /// Accepted for the sparkpostSMIME tool's scripts: sending is always by SMTP here
+    #[arg(long = "send_smtp", hide = true)]
+    pub send_smtp: bool,
+    /// The sparkpostSMIME tool's spelling of a detached signature (--sign)
+    #[arg(long = "sign_detached", hide = true)]
+    pub sign_detached: bool,
+    /// The message file
+    pub file: PathBuf,
+}
+
 /// A command's failure, with the exit code it maps to.
 #[derive(Debug, Error)]
 pub enum CliError {
@@ -98,6 +122,12 @@ pub enum CliError {
     },
     #[error(transparent)]
     Daemon(#[from] DaemonError),
+    #[error("no SMTP server: set SMTP_HOST, or host in the [smtp] section of the config")]
+    NoSmtpHost,
+    #[error(transparent)]
+    Smtp(#[from] SmtpError),
+    #[error("the server refused the message for {0}")]
+    Refused(String),
     /// `once` finished with inputs failed or deferred (the summary is already printed)
     #[error("not everything was delivered: {0}")]
     Outcome(Summary),
@@ -118,6 +148,10 @@ impl CliError {
                 66
             }
             CliError::Daemon(DaemonError::Folder { .. }) => 74,
+            CliError::NoSmtpHost => 78,
+            CliError::Smtp(e) if e.is_permanent() => 65,
+            CliError::Smtp(_) => 69,
+            CliError::Refused(_) => 65,
             CliError::Outcome(s) if s.failed > 0 => 65,
             CliError::Outcome(_) => 75,
         }
@@ -127,6 +161,7 @@ impl CliError {
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Seal(args) => seal_command(cli.config.as_deref(), args),
+        Command::Send(args) => send_command(cli.config.as_deref(), args),
         Command::Run => {
             let config = Config::locate(cli.config.as_deref())?;
             let (shutdown, reload) = signal_flags()?;
@@ -239,6 +274,82 @@ fn seal_command(config_path: Option<&Path>, args: SealArgs) -> Result<(), CliErr
             path: "(stdout)".into(),
             source,
         })
+}
+
+/// `send`: seal one message and inject it over SMTP, printing what the sparkpostSMIME tool printed.
+fn send_command(config_path: Option<&Path>, args: SendArgs) -> Result<(), CliError> {
+    let mut config = Config::locate(config_path)?;
+    if config.smtp.host.is_empty() {
+        return Err(CliError::NoSmtpHost);
+    }
+    let sign = args.sign || args.sign_detached;
+    if sign || args.encrypt {
+        config.seal.sign = sign;
+        config.seal.encrypt = args.encrypt;
+    }
+    if args.opaque {
+        config.seal.signature = SignatureMode::Opaque;
+    }
+    let input = std::fs::read(&args.file).map_err(|source| CliError::Input {
+        path: args.file.clone(),
+        source,
+    })?;
+    let keyring = keyring::load(&config)?;
+    let sealed = seal::seal(
+        &input,
+        &config.seal,
+        config.max_message_bytes,
+        &keyring,
+        unix_now(),
+    )
+    .map_err(|source| CliError::Seal {
+        path: args.file.clone(),
+        source,
+    })?;
+    let route = SmtpRoute::new(config.smtp.clone()).map_err(|why| {
+        CliError::Config(ConfigError::Invalid {
+            path: config.source.clone().unwrap_or_default(),
+            why,
+        })
+    })?;
+    let mut conn = route.open()?;
+    let s = &config.smtp;
+    println!(
+        "Opened SMTP connection ({}) to {}, port {}, user=\"{}\", password=\"{}\"",
+        conn.security,
+        s.host,
+        s.port,
+        s.user.as_deref().unwrap_or(""),
+        if s.password.is_some() { "********" } else { "" }
+    );
+    let mut refused = Vec::new();
+    for copy in &sealed {
+        println!(
+            "Sending {} From: {} To: {}",
+            args.file.display(),
+            copy.envelope.sender,
+            copy.envelope.recipients.join(", ")
+        );
+        let (outcome, took) = route.send_on(
+            &mut conn,
+            &copy.envelope.sender,
+            &copy.envelope.recipients,
+            &copy.data,
+        )?;
+        for (r, why) in &outcome.rejected {
+            println!("Refused {r}: {why}");
+            refused.push(r.clone());
+        }
+        if !outcome.accepted.is_empty() {
+            println!("OK - in {:.3} seconds", took.as_secs_f64());
+        }
+    }
+    conn.quit();
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Refused(refused.join(", ")))
+    }
 }
 
 /// SIGTERM and SIGINT set the shutdown flag, SIGHUP the reload flag; nothing else happens in the

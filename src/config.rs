@@ -51,8 +51,98 @@ struct File {
     ca: Option<PathBuf>,
     key_passphrase_file: Option<PathBuf>,
     max_message_bytes: Option<usize>,
+    route: Option<Route>,
+    min_free_bytes: Option<u64>,
     #[serde(default)]
     seal: Policy,
+    #[serde(default)]
+    smtp: SmtpFile,
+}
+
+/// How sealed messages leave (`route`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Route {
+    #[serde(rename = "pickup")]
+    Pickup,
+    #[serde(rename = "smtp")]
+    Smtp,
+    #[serde(rename = "pickup-then-smtp")]
+    PickupThenSmtp,
+}
+
+/// TLS towards the SMTP server (`[smtp] tls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// STARTTLS required
+    Starttls,
+    /// STARTTLS when the server offers it
+    #[default]
+    Opportunistic,
+    /// TLS from the first byte (port 465)
+    Tls,
+    /// never; AUTH is then allowed in clear text because this was chosen explicitly
+    None,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct SmtpFile {
+    host: String,
+    port: u16,
+    user: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    tls: TlsMode,
+    tls_ca: Option<PathBuf>,
+    tls_verify: bool,
+    helo: Option<String>,
+    timeout: u64,
+    max_messages_per_connection: usize,
+}
+
+impl Default for SmtpFile {
+    fn default() -> Self {
+        SmtpFile {
+            host: String::new(),
+            port: 25,
+            user: None,
+            password: None,
+            password_file: None,
+            tls: TlsMode::Opportunistic,
+            tls_ca: None,
+            tls_verify: true,
+            helo: None,
+            timeout: 30,
+            max_messages_per_connection: 100,
+        }
+    }
+}
+
+/// A password: never printed, not even its length.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"********\"")
+    }
+}
+
+/// The resolved `[smtp]` section (after the SMTP_* environment variables).
+#[derive(Debug, Clone)]
+pub struct Smtp {
+    /// empty: no SMTP route
+    pub host: String,
+    pub port: u16,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub tls: TlsMode,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_verify: bool,
+    pub helo: String,
+    pub timeout: std::time::Duration,
+    pub max_messages_per_connection: usize,
 }
 
 /// The resolved configuration.
@@ -84,6 +174,11 @@ pub struct Config {
     pub retry_max: std::time::Duration,
     /// Recipients per pickup file (PowerMTA recommends at most 5,000)
     pub max_recipients_per_file: usize,
+    /// Where sealed messages go; default pickup-then-smtp when an SMTP host is set, else pickup
+    pub route: Route,
+    /// The pickup route counts as unhealthy below this much free space
+    pub min_free_bytes: u64,
+    pub smtp: Smtp,
     /// Sender signing identities (default: `keys` beside the config file)
     pub keys: PathBuf,
     /// Recipient certificates (default: `certs` beside the config file)
@@ -163,8 +258,23 @@ impl Config {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
+        let smtp = resolve_smtp(file.smtp, &resolve, &shown)?;
+        let route = file.route.unwrap_or(if smtp.host.is_empty() {
+            Route::Pickup
+        } else {
+            Route::PickupThenSmtp
+        });
+        if route != Route::Pickup && smtp.host.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: shown,
+                why: "route needs an SMTP server: set [smtp] host or SMTP_HOST".into(),
+            });
+        }
         Ok(Config {
             source: path.map(Path::to_path_buf),
+            route,
+            min_free_bytes: file.min_free_bytes.unwrap_or(100 * 1024 * 1024),
+            smtp,
             spool: file.spool.map(resolve),
             pickup: file.pickup.map(resolve),
             failed: file.failed.map(resolve),
@@ -196,6 +306,57 @@ impl Config {
             seal: file.seal,
         })
     }
+}
+
+/// `[smtp]` with the variables the sparkpostSMIME tool used layered on top: SMTP_HOST, SMTP_PORT,
+/// SMTP_USER, SMTP_PASSWORD, SMTP_PASSWORD_FILE.
+fn resolve_smtp(
+    file: SmtpFile,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+    shown: &Path,
+) -> Result<Smtp, ConfigError> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let invalid = |why: String| ConfigError::Invalid {
+        path: shown.to_path_buf(),
+        why,
+    };
+    let port = match env("SMTP_PORT") {
+        Some(p) => p
+            .parse()
+            .map_err(|_| invalid(format!("SMTP_PORT={p:?} is not a port number")))?,
+        None => file.port,
+    };
+    let password_file = env("SMTP_PASSWORD_FILE")
+        .map(PathBuf::from)
+        .or(file.password_file.map(resolve));
+    let password = match (env("SMTP_PASSWORD"), password_file) {
+        (Some(p), _) => Some(p),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| invalid(format!("password_file {}: {e}", path.display())))?;
+            Some(text.lines().next().unwrap_or_default().to_string())
+        }
+        (None, None) => file.password,
+    };
+    let helo = file.helo.unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into())
+    });
+    Ok(Smtp {
+        host: env("SMTP_HOST").unwrap_or(file.host),
+        port,
+        user: env("SMTP_USER").or(file.user),
+        password: password.map(Secret),
+        tls: file.tls,
+        tls_ca: file.tls_ca.map(resolve),
+        tls_verify: file.tls_verify,
+        helo,
+        timeout: std::time::Duration::from_secs(file.timeout.max(1)),
+        max_messages_per_connection: file.max_messages_per_connection.max(1),
+    })
 }
 
 #[cfg(test)]

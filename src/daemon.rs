@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info, warn};
 use thiserror::Error;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Route};
+use crate::deliver::fallback::Fallback;
 use crate::deliver::pickup::Pickup;
-use crate::deliver::{DeliverError, Transport};
+use crate::deliver::smtp::SmtpRoute;
+use crate::deliver::{DeliverError, Transport, rejections};
 use crate::finish;
 use crate::keyring::{self, KeyringError};
 use crate::seal::{self, Keyring};
@@ -76,7 +78,9 @@ struct Shared {
     spool: PathBuf,
     failed: PathBuf,
     state: RwLock<Arc<State>>,
-    transport: Pickup,
+    transport: Box<dyn Transport>,
+    /// the pickup directory, watched by the intake gate when it is the only route
+    gate_pickup: Option<Pickup>,
     instance: Instance,
     shutdown: Arc<AtomicBool>,
     inflight: AtomicUsize,
@@ -99,6 +103,9 @@ enum Gate {
     Unavailable(String),
     Backlog(usize),
 }
+
+/// Deferred inputs held for a retry before intake pauses (memory stays bounded when no route works).
+const MAX_DEFERRED: usize = 1000;
 
 /// Delay before retry number `attempt` (0-based): 1 s doubling, capped at `max`.
 pub fn backoff(attempt: u32, max: Duration) -> Duration {
@@ -129,7 +136,10 @@ pub fn run(
         move |source| DaemonError::Folder { path, source }
     };
     let spool_cfg = required(&config, &config.spool, "spool")?;
-    let pickup_dir = required(&config, &config.pickup, "pickup")?;
+    let pickup_dir = match config.route {
+        Route::Smtp => config.pickup.clone(),
+        _ => Some(required(&config, &config.pickup, "pickup")?),
+    };
     let failed = required(&config, &config.failed, "failed")?;
     let spool = spool_cfg.canonicalize().map_err(folder(&spool_cfg))?;
     std::fs::create_dir_all(&failed).map_err(folder(&failed))?;
@@ -137,19 +147,51 @@ pub fn run(
         .work
         .clone()
         .unwrap_or_else(|| spool.join(".smime-pickup"));
-    let staging = config.staging.clone().unwrap_or_else(|| {
-        pickup_dir
-            .parent()
-            .unwrap_or(Path::new("/"))
-            .join(".smime-pickup-staging")
-    });
     let keyring = keyring::load(&config)?;
-    let instance = Instance::start(&work_root).map_err(folder(&work_root))?;
-    let transport = Pickup {
-        dir: pickup_dir,
-        staging,
+    let pickup = |dir: &PathBuf| Pickup {
+        dir: dir.clone(),
+        staging: config.staging.clone().unwrap_or_else(|| {
+            dir.parent()
+                .unwrap_or(Path::new("/"))
+                .join(".smime-pickup-staging")
+        }),
         max_recipients: config.max_recipients_per_file,
     };
+    let smtp = || {
+        SmtpRoute::new(config.smtp.clone()).map_err(|why| ConfigError::Invalid {
+            path: config.source.clone().unwrap_or_default(),
+            why,
+        })
+    };
+    let (transport, gate_pickup, target): (Box<dyn Transport>, Option<Pickup>, String) =
+        match (config.route, &pickup_dir) {
+            (Route::Smtp, _) => {
+                let s = smtp()?;
+                let target = format!("SMTP {}", s.server());
+                (Box::new(s), None, target)
+            }
+            (Route::PickupThenSmtp, Some(dir)) => {
+                let s = smtp()?;
+                let target = format!("pickup {}, else SMTP {}", dir.display(), s.server());
+                let f = Fallback::new(
+                    pickup(dir),
+                    s,
+                    config.min_free_bytes,
+                    config.pickup_max_backlog,
+                );
+                (Box::new(f), None, target)
+            }
+            (_, Some(dir)) => (
+                Box::new(pickup(dir)),
+                Some(pickup(dir)),
+                format!("pickup {}", dir.display()),
+            ),
+            (_, None) => unreachable!("pickup is required for this route"),
+        };
+    if !config.smtp.tls_verify && config.route != Route::Pickup {
+        warn!("[smtp] tls_verify = false: the SMTP server's certificate is not checked");
+    }
+    let instance = Instance::start(&work_root).map_err(folder(&work_root))?;
     let workers = config.workers;
     let (settle, rescan) = (config.settle, config.rescan);
     let shared = Arc::new(Shared {
@@ -158,6 +200,7 @@ pub fn run(
         failed,
         state: RwLock::new(Arc::new(State { config, keyring })),
         transport,
+        gate_pickup,
         instance,
         shutdown: shutdown.clone(),
         inflight: AtomicUsize::new(0),
@@ -197,9 +240,8 @@ pub fn run(
     let producers = Producers::start(spool, settle, rescan, emit, shutdown.clone())
         .map_err(folder(&shared.spool))?;
     info!(
-        "watching {} with {workers} workers; pickup {}",
-        shared.spool.display(),
-        shared.transport.dir.display()
+        "watching {} with {workers} workers; delivering to {target}",
+        shared.spool.display()
     );
 
     let mut last_adoption = Instant::now();
@@ -367,6 +409,15 @@ fn gate(shared: &Shared) -> Gate {
         .expect("state lock")
         .config
         .pickup_max_backlog;
+    let Some(pickup) = &shared.gate_pickup else {
+        // SMTP can take over from pickup: only a pile of deferred inputs stops intake
+        let waiting = shared.retries.lock().expect("retries lock").len();
+        return if waiting > MAX_DEFERRED {
+            Gate::Unavailable(format!("{waiting} inputs wait for a retry"))
+        } else {
+            Gate::Open
+        };
+    };
     let mut cached = shared.gate.lock().expect("gate lock");
     let estimate = shared.last_count.load(Ordering::SeqCst)
         + shared.published_since_count.load(Ordering::SeqCst);
@@ -376,11 +427,11 @@ fn gate(shared: &Shared) -> Gate {
     {
         return g.clone();
     }
-    let g = match shared.transport.check() {
+    let g = match pickup.check() {
         Err(e) => Gate::Unavailable(e.to_string()),
         Ok(()) => {
             shared.published_since_count.store(0, Ordering::SeqCst);
-            match shared.transport.backlog() {
+            match pickup.backlog() {
                 Ok(n) => {
                     shared.last_count.store(n, Ordering::SeqCst);
                     if n >= max {
@@ -475,6 +526,19 @@ fn process(shared: &Shared, claim: Claim) {
     };
     match shared.transport.deliver(&claim, &copies) {
         Ok(done) => {
+            if !done.rejected.is_empty() {
+                let reason = format!(
+                    "refused by the server for some recipients (the others got it): {}",
+                    rejections(&done.rejected)
+                );
+                match finish::quarantine_copy(&claim, &shared.failed, &reason) {
+                    Ok(to) => warn!("{rel}: {reason}; a copy is in {}", to.display()),
+                    Err(e) => error!(
+                        "{rel}: {reason}; cannot write a copy to {}: {e}",
+                        shared.failed.display()
+                    ),
+                }
+            }
             finish_delivered(shared, &claim, done.units);
             let recipients: usize = copies.iter().map(|c| c.envelope.recipients.len()).sum();
             let out_bytes: usize = copies.iter().map(|c| c.data.len()).sum();
@@ -486,6 +550,31 @@ fn process(shared: &Shared, claim: Claim) {
                 copies[0].envelope.sender,
                 started.elapsed().as_millis()
             );
+        }
+        Err(e) if !e.is_transient() => {
+            match finish::quarantine(&claim, &shared.failed, &e.to_string()) {
+                Ok(to) => {
+                    shared.failed_count.fetch_add(1, Ordering::SeqCst);
+                    warn!(
+                        "{rel}: refused by the server, moved to {}: {e}",
+                        to.display()
+                    );
+                }
+                Err(io) => {
+                    error!(
+                        "{rel}: refused ({e}) but cannot move it to {}: {io}",
+                        shared.failed.display()
+                    );
+                    defer(
+                        shared,
+                        claim,
+                        &DeliverError::Io {
+                            path: shared.failed.clone(),
+                            source: io,
+                        },
+                    );
+                }
+            }
         }
         Err(e) => defer(shared, claim, &e),
     }

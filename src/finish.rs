@@ -11,15 +11,33 @@ use crate::spool::claim::{Claim, sync_dir};
 /// a marker without a claim is harmless, a claim without its marker would be sealed again).
 pub fn delivered(claim: &Claim) -> std::io::Result<()> {
     std::fs::remove_file(&claim.path)?;
-    match std::fs::remove_file(marker(claim)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+    for sidecar in [marker(claim), crate::deliver::smtp::progress_path(claim)] {
+        match std::fs::remove_file(sidecar) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
     }
+    Ok(())
 }
 
 /// Moves a refused input to `failed/<relative path>` (subfolders kept; `.1`, `.2` … on a name
 /// clash) and writes `<that>.reason`: one line with the time and the cause. Returns the new path.
 pub fn quarantine(claim: &Claim, failed: &Path, reason: &str) -> std::io::Result<PathBuf> {
+    place_in_failed(claim, failed, reason, false)
+}
+
+/// Like `quarantine`, but leaves the input claimed: for the recipients a server refused while the
+/// others got the message (the input is then finished as delivered).
+pub fn quarantine_copy(claim: &Claim, failed: &Path, reason: &str) -> std::io::Result<PathBuf> {
+    place_in_failed(claim, failed, reason, true)
+}
+
+fn place_in_failed(
+    claim: &Claim,
+    failed: &Path,
+    reason: &str,
+    copy: bool,
+) -> std::io::Result<PathBuf> {
     let wanted = failed.join(&claim.rel);
     let parent = wanted.parent().unwrap_or(failed).to_path_buf();
     std::fs::create_dir_all(&parent)?;
@@ -49,7 +67,12 @@ pub fn quarantine(claim: &Claim, failed: &Path, reason: &str) -> std::io::Result
     f.write_all(line.as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, &reason_file)?;
-    move_file(&claim.path, &target)?;
+    if copy {
+        std::fs::copy(&claim.path, &target)?;
+        std::fs::File::open(&target)?.sync_all()?;
+    } else {
+        move_file(&claim.path, &target)?;
+    }
     sync_dir(&parent)?;
     Ok(target)
 }

@@ -1,7 +1,10 @@
 //! Delivery routes behind one small trait, so the pipeline is tested without the outside world and
 //! the SMTP route can join the pickup one later.
 
+pub mod fallback;
+mod nodelay;
 pub mod pickup;
+pub mod smtp;
 
 use thiserror::Error;
 
@@ -22,22 +25,39 @@ pub enum DeliverError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Smtp(Box<smtp::SmtpError>),
+    #[error("every recipient was refused: {}", rejections(.0))]
+    Rejected(Vec<(String, String)>),
+}
+
+/// "a@x: 550 ...; b@y: 550 ..." for reasons and logs.
+pub fn rejections(list: &[(String, String)]) -> String {
+    list.iter()
+        .map(|(r, why)| format!("{r}: {why}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl DeliverError {
-    /// Everything a route reports today is worth a retry: a missing volume comes back, a full disk
-    /// gets room.
+    /// A missing volume comes back, a full disk gets room, a 4xx clears: retry. A 5xx does not.
     pub fn is_transient(&self) -> bool {
-        true
+        match self {
+            DeliverError::Smtp(e) => !e.is_permanent(),
+            DeliverError::Rejected(_) => false,
+            _ => true,
+        }
     }
 }
 
 /// What a route did with one claimed input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivered {
     pub route: &'static str,
     /// files or transactions made
     pub units: usize,
+    /// recipients the server refused for good, with its reply (the others got the message)
+    pub rejected: Vec<(String, String)>,
 }
 
 pub trait Transport: Send + Sync {

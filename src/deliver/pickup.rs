@@ -49,6 +49,32 @@ impl Pickup {
         Ok(std::fs::read_dir(&self.dir)?.count())
     }
 
+    /// Why the pickup route should not be used now, if it should not: missing, not writable, less than
+    /// `min_free` bytes free, or `max_backlog` files or more waiting.
+    pub fn health(&self, min_free: u64, max_backlog: usize) -> Result<(), String> {
+        self.check().map_err(|e| e.to_string())?;
+        let shown = self.dir.display();
+        rustix::fs::access(&self.dir, rustix::fs::Access::WRITE_OK)
+            .map_err(|e| format!("pickup directory {shown} is not writable: {e}"))?;
+        let free = rustix::fs::statvfs(&self.dir)
+            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+            .map_err(|e| format!("pickup directory {shown}: {e}"))?;
+        if free < min_free {
+            return Err(format!(
+                "pickup directory {shown} has {free} bytes free (min_free_bytes = {min_free})"
+            ));
+        }
+        let backlog = self
+            .backlog()
+            .map_err(|e| format!("pickup directory {shown}: {e}"))?;
+        if backlog >= max_backlog {
+            return Err(format!(
+                "pickup directory {shown} holds {backlog} files (pickup_max_backlog = {max_backlog})"
+            ));
+        }
+        Ok(())
+    }
+
     fn unavailable(&self, why: String) -> DeliverError {
         DeliverError::Unavailable {
             path: self.dir.clone(),
@@ -128,6 +154,7 @@ impl Transport for Pickup {
         Ok(Delivered {
             route: "pickup",
             units: names.len(),
+            rejected: Vec::new(),
         })
     }
 
@@ -145,6 +172,7 @@ impl Transport for Pickup {
                 Ok(Some(Delivered {
                     route: "pickup",
                     units: names.len(),
+                    rejected: Vec::new(),
                 }))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -96,7 +96,7 @@ impl Instance {
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
-            if name.starts_with('.') || name.ends_with(COMMIT_SUFFIX) || name.ends_with(".tmp") {
+            if name.starts_with('.') || !is_claim_name(name) {
                 continue;
             }
             if let Some(claim) = parse_claim(&path) {
@@ -150,7 +150,7 @@ impl Instance {
                 let to = self.dir.join(file);
                 std::fs::rename(&from, &to)?;
                 let name = file.to_string_lossy();
-                if !name.ends_with(COMMIT_SUFFIX) && !name.ends_with(".tmp") {
+                if is_claim_name(&name) {
                     adopted.extend(parse_claim(&to));
                 }
             }
@@ -172,6 +172,14 @@ impl Instance {
             let _ = std::fs::remove_dir(&self.dir);
         }
     }
+}
+
+/// Work-folder files beside a claim: its pickup commit marker (and its temporary), its SMTP progress.
+const SIDECARS: [&str; 3] = [COMMIT_SUFFIX, ".commit.tmp", ".smtp"];
+
+/// Whether a work-folder file name is a claim (not one of its sidecar files).
+fn is_claim_name(name: &str) -> bool {
+    !SIDECARS.iter().any(|s| name.ends_with(s))
 }
 
 /// The claim a work-folder path stands for.

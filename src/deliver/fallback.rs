@@ -1,0 +1,101 @@
+//! `route = "pickup-then-smtp"`: the pickup directory while it is healthy, SMTP while it is not.
+//! Health is checked before each delivery, at most once a second (it lists the pickup folder); each
+//! switch is logged once with its cause, not once per message.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+
+use super::pickup::Pickup;
+use super::smtp::SmtpRoute;
+use super::{DeliverError, Delivered, Transport};
+use crate::seal::Sealed;
+use crate::spool::claim::Claim;
+
+pub struct Fallback {
+    pub pickup: Pickup,
+    pub smtp: SmtpRoute,
+    pub min_free: u64,
+    pub max_backlog: usize,
+    /// when last checked, and why pickup was unhealthy then (None: healthy)
+    health: Mutex<Option<(Instant, Option<String>)>>,
+}
+
+/// Which route a delivery takes, given the pickup route's health.
+pub fn choose(pickup_problem: Option<&str>) -> &'static str {
+    if pickup_problem.is_none() {
+        "pickup"
+    } else {
+        "smtp"
+    }
+}
+
+impl Fallback {
+    pub fn new(pickup: Pickup, smtp: SmtpRoute, min_free: u64, max_backlog: usize) -> Fallback {
+        Fallback {
+            pickup,
+            smtp,
+            min_free,
+            max_backlog,
+            health: Mutex::new(None),
+        }
+    }
+
+    /// The pickup route's problem, if any, re-checked at most once a second; logs changes.
+    fn pickup_problem(&self, force: bool) -> Option<String> {
+        let mut cached = self.health.lock().expect("health lock");
+        if let Some((at, problem)) = &*cached
+            && !force
+            && at.elapsed() < Duration::from_secs(1)
+        {
+            return problem.clone();
+        }
+        let problem = self.pickup.health(self.min_free, self.max_backlog).err();
+        let before = cached.as_ref().map(|(_, p)| p.clone());
+        match (&before, &problem) {
+            (Some(None) | None, Some(why)) => {
+                warn!("route: SMTP to {} because {why}", self.smtp.server())
+            }
+            (Some(Some(_)), None) => info!(
+                "route: back to the pickup directory {}",
+                self.pickup.dir.display()
+            ),
+            _ => {}
+        }
+        *cached = Some((Instant::now(), problem.clone()));
+        problem
+    }
+}
+
+impl Transport for Fallback {
+    fn deliver(&self, claim: &Claim, copies: &[Sealed]) -> Result<Delivered, DeliverError> {
+        if choose(self.pickup_problem(false).as_deref()) == "pickup" {
+            match self.pickup.deliver(claim, copies) {
+                Ok(d) => return Ok(d),
+                // it broke between the check and the write: re-check now and use SMTP
+                Err(e) => warn!("{}: pickup failed ({e}); trying SMTP", claim.rel.display()),
+            }
+            self.pickup_problem(true);
+        }
+        self.smtp.deliver(claim, copies)
+    }
+
+    fn recover(&self, claim: &Claim) -> Result<Option<Delivered>, DeliverError> {
+        // an interrupted pickup delivery is finished through pickup; SMTP needs no recovery step
+        if super::pickup::marker(claim).exists() {
+            self.pickup.recover(claim)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_route_follows_pickup_health() {
+        assert_eq!(super::choose(None), "pickup");
+        assert_eq!(super::choose(Some("missing")), "smtp");
+    }
+}

@@ -1,0 +1,390 @@
+//! SMTP injection with lettre's synchronous client: one reused connection per worker (a small pool),
+//! STARTTLS with verified certificates, AUTH only over TLS, and per-recipient replies so a partial
+//! rejection delivers to the accepted recipients and reports the others.
+//!
+//! Crash safety is at-least-once with the smallest window we can have: after the server's 250 to the
+//! end of DATA, the copy's index is appended (and fsynced) to `<claim>.smtp` before anything else; a
+//! retry or a restart skips the copies listed there. A crash between the 250 and that fsync (a few
+//! microseconds) is the only way a copy is sent twice.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use lettre::Address;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{Certificate, SmtpConnection, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
+use lettre::transport::smtp::extension::ClientId;
+use thiserror::Error;
+
+use super::{DeliverError, Delivered, Transport};
+use crate::config::{Smtp as Settings, TlsMode};
+use crate::seal::Sealed;
+use crate::spool::claim::Claim;
+
+/// Why an SMTP step failed. Everything but a permanent (5xx) reply is worth a retry.
+#[derive(Debug, Error)]
+pub enum SmtpError {
+    #[error("{server}: cannot connect: {source}")]
+    Connect {
+        server: String,
+        source: lettre::transport::smtp::Error,
+    },
+    #[error("{server}: the server offers no STARTTLS (tls = \"starttls\")")]
+    NoStarttls { server: String },
+    #[error("{server}: STARTTLS failed: {source}")]
+    Starttls {
+        server: String,
+        source: lettre::transport::smtp::Error,
+    },
+    #[error(
+        "{server}: refusing to send the password over an unencrypted connection (set tls = \"none\" to allow it)"
+    )]
+    AuthWithoutTls { server: String },
+    #[error("{server}: authentication as {user:?} failed: {source}")]
+    Auth {
+        server: String,
+        user: String,
+        source: lettre::transport::smtp::Error,
+    },
+    #[error("{server}: {stage} refused: {source}")]
+    Reply {
+        server: String,
+        stage: &'static str,
+        source: lettre::transport::smtp::Error,
+    },
+    #[error("{0}: not a valid address")]
+    Address(String),
+    #[error("{path}: {source}")]
+    Progress {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl SmtpError {
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            SmtpError::Reply { source, .. } => source.is_permanent(),
+            SmtpError::Address(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// What the server did with one transaction.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub accepted: Vec<String>,
+    /// (recipient, the server's reply)
+    pub rejected: Vec<(String, String)>,
+}
+
+/// An open, authenticated connection and how many messages it carried.
+pub struct Connection {
+    conn: SmtpConnection,
+    sent: usize,
+    /// "STARTTLS", "TLS" or "plain", for the `send` command's banner
+    pub security: &'static str,
+}
+
+pub struct SmtpRoute {
+    pub settings: Settings,
+    tls: TlsParameters,
+    pool: Mutex<Vec<Connection>>,
+}
+
+impl SmtpRoute {
+    pub fn new(settings: Settings) -> Result<SmtpRoute, String> {
+        let mut builder = TlsParameters::builder(settings.host.clone());
+        if let Some(ca) = &settings.tls_ca {
+            let pem = std::fs::read(ca).map_err(|e| format!("tls_ca {}: {e}", ca.display()))?;
+            let cert =
+                Certificate::from_pem(&pem).map_err(|e| format!("tls_ca {}: {e}", ca.display()))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        if !settings.tls_verify {
+            builder = builder
+                .dangerous_accept_invalid_certs(true)
+                .dangerous_accept_invalid_hostnames(true);
+        }
+        let tls = builder
+            .build_native()
+            .map_err(|e| format!("TLS setup for {}: {e}", settings.host))?;
+        Ok(SmtpRoute {
+            settings,
+            tls,
+            pool: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn server(&self) -> String {
+        format!("{}:{}", self.settings.host, self.settings.port)
+    }
+
+    /// Connects, secures and authenticates as configured.
+    pub fn open(&self) -> Result<Connection, SmtpError> {
+        let s = &self.settings;
+        let server = self.server();
+        let id = ClientId::Domain(s.helo.clone());
+        let wrapped = (s.tls == TlsMode::Tls).then_some(&self.tls);
+        let mut conn = SmtpConnection::connect(
+            (s.host.as_str(), s.port),
+            Some(s.timeout),
+            &id,
+            wrapped,
+            None,
+        )
+        .map_err(|source| SmtpError::Connect {
+            server: server.clone(),
+            source,
+        })?;
+        set_nodelay(&s.host, s.port);
+        let mut security = if wrapped.is_some() { "TLS" } else { "plain" };
+        match s.tls {
+            TlsMode::Starttls if !conn.can_starttls() => {
+                return Err(SmtpError::NoStarttls { server });
+            }
+            TlsMode::Starttls | TlsMode::Opportunistic if conn.can_starttls() => {
+                conn.starttls(&self.tls, &id)
+                    .map_err(|source| SmtpError::Starttls {
+                        server: server.clone(),
+                        source,
+                    })?;
+                security = "STARTTLS";
+            }
+            _ => {}
+        }
+        if let Some(user) = &s.user {
+            if !conn.is_encrypted() && s.tls != TlsMode::None {
+                conn.abort();
+                return Err(SmtpError::AuthWithoutTls { server });
+            }
+            let password = s.password.as_ref().map(|p| p.0.clone()).unwrap_or_default();
+            conn.auth(
+                &[Mechanism::Plain, Mechanism::Login],
+                &Credentials::new(user.clone(), password),
+            )
+            .map_err(|source| SmtpError::Auth {
+                server: server.clone(),
+                user: user.clone(),
+                source,
+            })?;
+        }
+        Ok(Connection {
+            conn,
+            sent: 0,
+            security,
+        })
+    }
+
+    /// A pooled connection, or a new one.
+    fn take(&self) -> Result<Connection, SmtpError> {
+        let pooled = self.pool.lock().expect("pool lock").pop();
+        match pooled {
+            Some(c) => Ok(c),
+            None => self.open(),
+        }
+    }
+
+    fn give_back(&self, mut c: Connection) {
+        if c.sent >= self.settings.max_messages_per_connection || c.conn.has_broken() {
+            let _ = c.conn.quit();
+            return;
+        }
+        self.pool.lock().expect("pool lock").push(c);
+    }
+}
+
+/// QUIT, politely; errors do not matter any more.
+impl Connection {
+    pub fn quit(mut self) {
+        let _ = self.conn.quit();
+    }
+}
+
+impl SmtpRoute {
+    /// One transaction on a pooled connection; a connection that fails is dropped, and a stale pooled
+    /// one (closed by the server while idle) is replaced once before giving up.
+    pub fn send(
+        &self,
+        sender: &str,
+        recipients: &[String],
+        data: &[u8],
+    ) -> Result<Outcome, SmtpError> {
+        let mut fresh = false;
+        loop {
+            let mut c = if fresh { self.open()? } else { self.take()? };
+            let was_pooled = c.sent > 0;
+            match transact(&mut c, &self.server(), sender, recipients, data) {
+                Ok(outcome) => {
+                    c.sent += 1;
+                    self.give_back(c);
+                    return Ok(outcome);
+                }
+                Err(e)
+                    if was_pooled
+                        && !fresh
+                        && !e.is_permanent()
+                        && matches!(
+                            e,
+                            SmtpError::Reply {
+                                stage: "MAIL FROM",
+                                ..
+                            }
+                        ) =>
+                {
+                    c.conn.abort();
+                    fresh = true;
+                }
+                Err(e) => {
+                    c.conn.abort();
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Sends on a caller-held connection (the `send` command), timing the transaction.
+    pub fn send_on(
+        &self,
+        c: &mut Connection,
+        sender: &str,
+        recipients: &[String],
+        data: &[u8],
+    ) -> Result<(Outcome, std::time::Duration), SmtpError> {
+        let started = Instant::now();
+        let outcome = transact(c, &self.server(), sender, recipients, data)?;
+        c.sent += 1;
+        Ok((outcome, started.elapsed()))
+    }
+}
+
+/// See `nodelay`: without it every message waits 40 ms for a delayed ACK.
+fn set_nodelay(host: &str, port: u16) {
+    use std::net::ToSocketAddrs;
+    for peer in (host, port).to_socket_addrs().into_iter().flatten() {
+        if let Err(e) = super::nodelay::for_peer(peer) {
+            log::debug!("TCP_NODELAY for {peer}: {e}");
+        }
+    }
+}
+
+fn parse_address(a: &str) -> Result<Address, SmtpError> {
+    a.parse().map_err(|_| SmtpError::Address(a.to_string()))
+}
+
+/// MAIL FROM, RCPT TO each recipient (collecting permanent refusals), DATA.
+fn transact(
+    c: &mut Connection,
+    server: &str,
+    sender: &str,
+    recipients: &[String],
+    data: &[u8],
+) -> Result<Outcome, SmtpError> {
+    let reply = |stage: &'static str| {
+        let server = server.to_string();
+        move |source| SmtpError::Reply {
+            server,
+            stage,
+            source,
+        }
+    };
+    let from = if sender.is_empty() {
+        None
+    } else {
+        Some(parse_address(sender)?)
+    };
+    c.conn
+        .command(Mail::new(from, vec![]))
+        .map_err(reply("MAIL FROM"))?;
+    let mut outcome = Outcome::default();
+    for r in recipients {
+        let addr = match parse_address(r) {
+            Ok(a) => a,
+            Err(e) => {
+                outcome.rejected.push((r.clone(), e.to_string()));
+                continue;
+            }
+        };
+        match c.conn.command(Rcpt::new(addr, vec![])) {
+            Ok(_) => outcome.accepted.push(r.clone()),
+            Err(e) if e.is_permanent() => outcome.rejected.push((r.clone(), e.to_string())),
+            Err(e) => {
+                // a temporary refusal: nothing is sent, the whole transaction is retried later
+                let _ = c.conn.command(Rset);
+                return Err(reply("RCPT TO")(e));
+            }
+        }
+    }
+    if outcome.accepted.is_empty() {
+        let _ = c.conn.command(Rset);
+        return Ok(outcome);
+    }
+    c.conn.command(Data).map_err(reply("DATA"))?;
+    c.conn.message(data).map_err(reply("end of DATA"))?;
+    Ok(outcome)
+}
+
+/// Where the indices of copies already accepted by the server are recorded.
+pub fn progress_path(claim: &Claim) -> PathBuf {
+    let mut p = claim.path.as_os_str().to_owned();
+    p.push(".smtp");
+    PathBuf::from(p)
+}
+
+/// Copies already sent for `claim` (by an earlier attempt or before a crash).
+pub fn sent_copies(claim: &Claim) -> HashSet<usize> {
+    std::fs::read_to_string(progress_path(claim))
+        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+fn record_sent(claim: &Claim, index: usize) -> Result<(), SmtpError> {
+    let path = progress_path(claim);
+    let io = |source| SmtpError::Progress {
+        path: path.clone(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(io)?;
+    f.write_all(format!("{index}\n").as_bytes()).map_err(io)?;
+    f.sync_data().map_err(io)
+}
+
+impl Transport for SmtpRoute {
+    fn deliver(&self, claim: &Claim, copies: &[Sealed]) -> Result<Delivered, DeliverError> {
+        let done = sent_copies(claim);
+        let mut delivered = Delivered {
+            route: "smtp",
+            units: 0,
+            rejected: Vec::new(),
+        };
+        for (i, copy) in copies.iter().enumerate() {
+            if done.contains(&i) {
+                continue;
+            }
+            let outcome = self
+                .send(&copy.envelope.sender, &copy.envelope.recipients, &copy.data)
+                .map_err(|e| DeliverError::Smtp(Box::new(e)))?;
+            record_sent(claim, i).map_err(|e| DeliverError::Smtp(Box::new(e)))?;
+            delivered.units += usize::from(!outcome.accepted.is_empty());
+            delivered.rejected.extend(outcome.rejected);
+        }
+        if delivered.units == 0 && !delivered.rejected.is_empty() && done.is_empty() {
+            return Err(DeliverError::Rejected(delivered.rejected));
+        }
+        Ok(delivered)
+    }
+
+    fn recover(&self, _claim: &Claim) -> Result<Option<Delivered>, DeliverError> {
+        // the progress file makes a fresh delivery skip what was sent: nothing to finish here
+        Ok(None)
+    }
+}
