@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod mta;
+pub mod spool;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -1,0 +1,164 @@
+//! A spool daemon set up in a temp folder: config, folders, the binary in `run` or `once`, and the
+//! checks on what came out.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// A spool, pickup and failed folder beside a copy of the test PKI.
+pub struct Setup {
+    pub d: Dir,
+    pub config: PathBuf,
+}
+
+impl Setup {
+    pub fn new(extra: &str) -> Setup {
+        Setup::in_dir(Dir::new(), extra)
+    }
+
+    /// On tmpfs: bursts of thousands of fsyncs stay fast and the disk is not worn.
+    pub fn on_tmpfs(extra: &str) -> Setup {
+        let tmp = tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap());
+        copy_tree(&pki(), &tmp.path().join("pki"));
+        for entry in std::fs::read_dir(tmp.path().join("pki/keys")).unwrap() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                entry.unwrap().path(),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+        }
+        Setup::in_dir(Dir { tmp }, extra)
+    }
+
+    pub fn in_dir(d: Dir, extra: &str) -> Setup {
+        for sub in ["spool", "pickup"] {
+            std::fs::create_dir_all(d.path().join(sub)).unwrap();
+        }
+        let config = d.config(&format!(
+            "spool = \"spool\"\npickup = \"pickup\"\nfailed = \"failed\"\n{extra}"
+        ));
+        Setup { d, config }
+    }
+
+    pub fn path(&self, sub: &str) -> PathBuf {
+        self.d.path().join(sub)
+    }
+
+    pub fn cmd(&self, sub: &str) -> Command {
+        let mut c = bin(self.d.path());
+        c.arg("-c")
+            .arg(&self.config)
+            .arg(sub)
+            .env("RUST_LOG", "info");
+        c
+    }
+
+    pub fn once(&self) -> std::process::Output {
+        run(&mut self.cmd("once"))
+    }
+
+    pub fn start(&self, log: &str) -> Child {
+        let log = std::fs::File::create(self.path(log)).unwrap();
+        self.cmd("run")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// Drops a message into the spool the way a well-behaved exporter does: write beside, rename in.
+    pub fn drop_message(&self, rel: &str, bytes: &[u8]) {
+        let target = self.path("spool").join(rel);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        let tmp = self
+            .path("spool")
+            .join(format!(".incoming-{}", rel.replace('/', "_")));
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, &target).unwrap();
+    }
+
+    pub fn pickup_files(&self) -> Vec<PathBuf> {
+        list_files(&self.path("pickup"))
+    }
+
+    /// Message-ID → number of pickup files carrying it.
+    pub fn delivered_ids(&self) -> HashMap<String, usize> {
+        let mut ids = HashMap::new();
+        for f in self.pickup_files() {
+            let bytes = std::fs::read(&f).unwrap();
+            let id = header(&bytes, "message-id")
+                .unwrap_or_else(|| panic!("{}: no Message-ID", f.display()));
+            *ids.entry(id).or_default() += 1;
+        }
+        ids
+    }
+
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// No claimed input left in any work folder, no staged output left behind.
+    pub fn assert_nothing_in_flight(&self) {
+        let work = self.path("spool/.smime-pickup");
+        let leftovers: Vec<PathBuf> = list_files(&work)
+            .into_iter()
+            .filter(|p| p.file_name().unwrap() != ".lock")
+            .collect();
+        assert!(leftovers.is_empty(), "work folder not empty: {leftovers:?}");
+        let staged = list_files(&self.d.path().join(".smime-pickup-staging"));
+        assert!(staged.is_empty(), "staging not empty: {staged:?}");
+    }
+}
+
+pub fn list_files(dir: &Path) -> Vec<PathBuf> {
+    if !dir.exists() {
+        return Vec::new();
+    }
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect()
+}
+
+/// A small message to bob with a unique Message-ID.
+pub fn message(n: usize) -> Vec<u8> {
+    format!(
+        "From: Alice <alice@example.com>\nTo: Bob <bob@example.com>\nSubject: number {n}\n\
+         Message-ID: <m{n}@test.example.com>\nDate: Mon, 1 Jan 2024 00:00:00 +0000\n\n\
+         This is message {n}.\n"
+    )
+    .into_bytes()
+}
+
+pub fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            panic!("the daemon did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
