@@ -2,10 +2,11 @@
 //! STARTTLS with verified certificates, AUTH only over TLS, and per-recipient replies so a partial
 //! rejection delivers to the accepted recipients and reports the others.
 //!
-//! Crash safety is at-least-once with the smallest window we can have: after the server's 250 to the
-//! end of DATA, the copy's index is appended (and fsynced) to `<claim>.smtp` before anything else; a
-//! retry or a restart skips the copies listed there. A crash between the 250 and that fsync (a few
-//! microseconds) is the only way a copy is sent twice.
+//! Crash safety is at-least-once with the smallest window we can have. For a message with several
+//! copies (Bcc), after the server's 250 to the end of DATA the copy's index is appended (and fsynced)
+//! to `<claim>.smtp` before anything else, and a retry or a restart skips the copies listed there. A
+//! single copy is finished (its claim removed) right after its 250. Either way only a crash in the
+//! moment between the 250 and that local write sends a copy twice.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -373,7 +374,10 @@ impl Transport for SmtpRoute {
             let outcome = self
                 .send(&copy.envelope.sender, &copy.envelope.recipients, &copy.data)
                 .map_err(|e| DeliverError::Smtp(Box::new(e)))?;
-            record_sent(claim, i).map_err(|e| DeliverError::Smtp(Box::new(e)))?;
+            // a single copy needs no record: the claim is finished right after this transaction
+            if copies.len() > 1 {
+                record_sent(claim, i).map_err(|e| DeliverError::Smtp(Box::new(e)))?;
+            }
             delivered.units += usize::from(!outcome.accepted.is_empty());
             delivered.rejected.extend(outcome.rejected);
         }

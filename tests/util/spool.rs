@@ -8,6 +8,31 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
+/// A daemon child that is killed if a test fails before stopping it.
+pub struct Running(pub Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// A spool, pickup and failed folder beside a copy of the test PKI.
 pub struct Setup {
     pub d: Dir,
@@ -61,12 +86,13 @@ impl Setup {
         run(&mut self.cmd("once"))
     }
 
-    pub fn start(&self, log: &str) -> Child {
+    pub fn start(&self, log: &str) -> Running {
         let log = std::fs::File::create(self.path(log)).unwrap();
         self.cmd("run")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
+            .map(Running)
             .unwrap()
     }
 

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# End-to-end benchmark, one run, one generated corpus, everything side by side:
+#   1. drain N x 19 KB (and M x 577 KB) from spool to pickup with `once`, durable writes on
+#   2. the baseline: `openssl smime -sign | openssl smime -encrypt` per message, one per core in
+#      parallel, over a sample of the same files; the ratio ours / baseline
+#   3. drop-to-pickup latency (p50, p99) with the daemon running and files arriving at 200/s
+#   4. peak RSS draining N files, and with a 100,000-file backlog at start (+ time to first delivery)
+#   5. SMTP throughput to a local smtp-sink, one reused connection per worker versus one connection
+#      per message
+# Usage: bash benches/e2e.sh [N] [M] [BACKLOG]        (defaults 10000 1000 100000)
+# Needs: openssl, python3, /usr/bin/time, smtp-sink (postfix package). Work files go to
+# target/e2e-bench on the project's own disk (so fsync is real), removed at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-10000}; M=${2:-1000}; BACKLOG=${3:-100000}
+cargo build --release -q
+BIN=$PWD/target/release/smime-pickup
+W=$PWD/target/e2e-bench
+rm -rf "$W"; mkdir -p "$W"
+trap 'pkill -f "smtp-sink.*127.0.0.1:2727" 2>/dev/null || true; rm -rf "$W"' EXIT
+cp -r fixtures/pki "$W/pki"; chmod 600 "$W"/pki/keys/*
+cores=$(nproc)
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(openssl version)"
+
+config() { # config DIR [extra toml]
+  mkdir -p "$1/spool" "$1/pickup"
+  printf 'spool = "spool"\npickup = "pickup"\nfailed = "failed"\nkeys = "%s/pki/keys"\ncerts = "%s/pki/certs"\nca = "%s/pki/ca.pem"\npickup_max_backlog = 100000000\nsettle_ms = 200\n%s\n' \
+    "$W" "$W" "$W" "${2:-}" > "$1/c.toml"
+}
+
+gen() { # gen DIR COUNT FIXTURE: COUNT copies of FIXTURE to bob with unique Message-IDs
+  python3 - "$1" "$2" "$3" <<'PY'
+import os, sys
+d, n, fx = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+raw = open(fx, 'rb').read()
+head, body = raw.split(b'\n\n', 1)
+keep = [l for l in head.split(b'\n') if not l.lower().startswith((b'to:', b'cc:', b'bcc:', b'message-id:'))]
+os.makedirs(d, exist_ok=True)
+for i in range(n):
+    h = b'\n'.join(keep) + b'\nTo: bob@example.com\nMessage-ID: <bench-%d@example.com>\n\n' % i
+    tmp = os.path.join(d, '.t%d' % i)
+    with open(tmp, 'wb') as f:
+        f.write(h + body)
+    os.rename(tmp, os.path.join(d, 'm%06d.eml' % i))
+PY
+}
+
+now() { date +%s.%N; }
+rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.0f", n / s }'; }
+
+drain() { # drain LABEL COUNT FIXTURE -> prints msg/s, MB/s, peak RSS
+  local d=$W/$1; config "$d"; gen "$d/spool" "$2" "$3"; sleep 0.3
+  local bytes; bytes=$(du -sb "$d/spool" | cut -f1)
+  local t0 t1; t0=$(now)
+  (cd "$d" && RUST_LOG=warn /usr/bin/time -v "$BIN" -c c.toml once > "$d/out" 2> "$d/time")
+  t1=$(now)
+  local secs; secs=$(echo "$t1 - $t0" | bc)
+  local rss; rss=$(awk '/Maximum resident/ {print $6}' "$d/time")
+  printf '%-28s %6d msgs in %6.2f s: %6s msg/s, %6.1f MB/s in, peak RSS %5.1f MB (%s)\n' \
+    "$1" "$2" "$secs" "$(rate "$2" "$secs")" "$(echo "$bytes / $secs / 1000000" | bc -l)" "$(echo "$rss / 1024" | bc -l)" "$(cat "$d/out")"
+  echo "$(rate "$2" "$secs")" > "$W/$1.rate"
+}
+
+echo; echo "== 1. drain with once (durable: fsync of every file, marker and folder) =="
+drain "drain-19k" "$N" fixtures/eml/html-19k.eml
+drain "drain-577k" "$M" fixtures/eml/large-577k.eml
+
+echo; echo "== 2. baseline: openssl smime -sign | openssl smime -encrypt, $cores in parallel =="
+S=$W/baseline; mkdir -p "$S/out"; gen "$S/in" 400 fixtures/eml/html-19k.eml
+t0=$(now)
+ls "$S/in" | xargs -P "$cores" -I{} sh -c \
+  "openssl smime -sign -signer $W/pki/private/alice@example.com.crt -inkey $W/pki/private/alice@example.com.key -in $S/in/{} | openssl smime -encrypt -aes256 -out $S/out/{} $W/pki/certs/bob@example.com.crt"
+t1=$(now)
+base=$(rate 400 "$(echo "$t1 - $t0" | bc)")
+ours=$(cat "$W/drain-19k.rate")
+printf 'openssl pipeline (19 KB)    %6s msg/s\nsmime-pickup once (19 KB)   %6s msg/s\nratio ours / baseline        %6.1fx\n' \
+  "$base" "$ours" "$(echo "$ours / $base" | bc -l)"
+
+echo; echo "== 3. latency, daemon running, 200 files/s for 10 s (rename into spool -> rename into pickup) =="
+L=$W/latency; config "$L"
+(cd "$L" && RUST_LOG=warn exec "$BIN" -c c.toml run 2> "$L/log") & DAEMON=$!
+sleep 1
+python3 - "$L" fixtures/eml/html-19k.eml <<'PY'
+import os, sys, time
+d, fx = sys.argv[1], sys.argv[2]
+raw = open(fx, 'rb').read()
+head, body = raw.split(b'\n\n', 1)
+keep = [l for l in head.split(b'\n') if not l.lower().startswith((b'to:', b'message-id:'))]
+sent = {}
+start = time.time()
+for i in range(2000):
+    due = start + i / 200.0
+    pause = due - time.time()
+    if pause > 0:
+        time.sleep(pause)
+    tmp = os.path.join(d, 'tmp%d' % i)
+    with open(tmp, 'wb') as f:
+        f.write(b'\n'.join(keep) + b'\nTo: bob@example.com\nMessage-ID: <lat-%d@example.com>\n\n' % i + body)
+    sent['<lat-%d@example.com>' % i] = time.time_ns()  # just before the rename: an upper bound
+    os.rename(tmp, os.path.join(d, 'spool', 'l%d.eml' % i))
+deadline = time.time() + 30
+while len(os.listdir(os.path.join(d, 'pickup'))) < 2000 and time.time() < deadline:
+    time.sleep(0.1)
+lat = []
+for name in os.listdir(os.path.join(d, 'pickup')):
+    p = os.path.join(d, 'pickup', name)
+    with open(p, 'rb') as f:
+        for line in f.read(4096).split(b'\r\n'):
+            if line.startswith(b'Message-ID: '):
+                mid = line[12:].decode()
+                lat.append((os.stat(p).st_ctime_ns - sent[mid]) / 1e6)
+                break
+lat.sort()
+print('delivered %d of 2000; latency p50 %.1f ms, p99 %.1f ms, max %.1f ms' % (
+    len(lat), lat[len(lat) // 2], lat[int(len(lat) * 0.99)], lat[-1]))
+PY
+kill -TERM "$DAEMON"; wait "$DAEMON" || true
+
+echo; echo "== 4. memory with a $BACKLOG-file backlog at start (tiny messages) =="
+B=$W/backlog; config "$B"
+python3 - "$B/spool" "$BACKLOG" <<'PY'
+import os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    sub = os.path.join(d, 'd%d' % (i % 50)); os.makedirs(sub, exist_ok=True)
+    with open(os.path.join(sub, 'm%d.eml' % i), 'w') as f:
+        f.write('From: alice@example.com\nTo: bob@example.com\nSubject: %d\nMessage-ID: <b%d@x>\n\nhello\n' % (i, i))
+PY
+sleep 0.3
+t0=$(date +%s%N)
+(cd "$B" && RUST_LOG=warn /usr/bin/time -v "$BIN" -c c.toml once > "$B/out" 2> "$B/time")
+first=$(python3 -c "import os,sys; d=sys.argv[1]; print(min(os.stat(os.path.join(d,f)).st_ctime_ns for f in os.listdir(d)))" "$B/pickup")
+printf 'backlog %d: %s; peak RSS %.1f MB; first delivery %.0f ms after start; %s\n' "$BACKLOG" "$(cat "$B/out")" \
+  "$(echo "$(awk '/Maximum resident/ {print $6}' "$B/time") / 1024" | bc -l)" "$(echo "($first - $t0) / 1000000" | bc -l)" \
+  "$(awk -F': ' '/Elapsed/ {print "elapsed " $2}' "$B/time")"
+
+echo; echo "== 5. SMTP to smtp-sink (19 KB), 2,000 messages =="
+smtp_run() { # smtp_run LABEL MAX_PER_CONNECTION
+  local d=$W/smtp-$1; config "$d" "route = \"smtp\"
+[smtp]
+host = \"127.0.0.1\"
+port = 2727
+max_messages_per_connection = $2"
+  gen "$d/spool" 2000 fixtures/eml/html-19k.eml; sleep 0.3
+  local t0 t1; t0=$(now)
+  (cd "$d" && RUST_LOG=warn "$BIN" -c c.toml once > "$d/out" 2>&1) || true
+  t1=$(now)
+  printf '%-34s %6s msg/s (%s)\n' "$1" "$(rate 2000 "$(echo "$t1 - $t0" | bc)")" "$(tail -1 "$d/out")"
+}
+smtp-sink $( [ "$(id -u)" = 0 ] && echo "-u nobody" ) 127.0.0.1:2727 256 & SINK=$!
+sleep 0.3
+smtp_run "reused connections (100 each)" 100
+smtp_run "one connection per message" 1
+kill "$SINK" 2>/dev/null || true
