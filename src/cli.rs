@@ -312,6 +312,9 @@ fn send_command(config_path: Option<&Path>, args: SendArgs) -> Result<(), CliErr
             why,
         })
     })?;
+    if !config.smtp.tls_verify {
+        eprintln!("warning: [smtp] tls_verify = false: the server's certificate is not checked");
+    }
     let mut conn = route.open()?;
     let s = &config.smtp;
     println!(

@@ -16,10 +16,10 @@ use crate::config::{Config, ConfigError, Route};
 use crate::deliver::fallback::Fallback;
 use crate::deliver::pickup::Pickup;
 use crate::deliver::smtp::SmtpRoute;
-use crate::deliver::{DeliverError, Transport, rejections};
+use crate::deliver::{DeliverError, Delivered, Transport, rejections};
 use crate::finish;
 use crate::keyring::{self, KeyringError};
-use crate::seal::{self, Keyring};
+use crate::seal::{self, Keyring, Sealed};
 use crate::smime::certs::unix_now;
 use crate::spool::claim::{COMMIT_SUFFIX, Claim, Instance};
 use crate::spool::watch::{Emit, Producers};
@@ -344,13 +344,16 @@ fn send_job(tx: &SyncSender<Job>, shared: &Shared, mut job: Job) -> bool {
     }
 }
 
+/// Claims sealed in one go by a worker before their delivery; made durable together.
+const BATCH: usize = 32;
+
 fn worker(shared: &Shared, rx: &Mutex<Receiver<Job>>) {
     loop {
-        let job = {
+        let first = {
             let rx = rx.lock().expect("queue lock");
             rx.recv_timeout(Duration::from_millis(100))
         };
-        let job = match job {
+        let first = match first {
             Ok(job) => job,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 if shared.shutdown.load(Ordering::SeqCst) {
@@ -360,20 +363,46 @@ fn worker(shared: &Shared, rx: &Mutex<Receiver<Job>>) {
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
         };
+        // whatever else is already waiting joins the batch: under load, one sync serves many
+        // messages; at a trickle, a batch is one message and nothing waits for company
+        let mut jobs = vec![first];
+        {
+            let rx = rx.lock().expect("queue lock");
+            while jobs.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        let taken = jobs.len();
         // after shutdown, queued jobs are left where they are: unclaimed files stay in the spool,
         // claims stay in the work folder for the next start
         if !shared.shutdown.load(Ordering::SeqCst) {
-            match job {
-                Job::Path(path) => take_new(shared, &path),
-                Job::Claim(claim) => process(shared, claim),
+            let ready: Vec<Ready> = jobs
+                .into_iter()
+                .filter_map(|job| match job {
+                    Job::Path(path) => {
+                        take_new(shared, &path).and_then(|claim| prepare(shared, claim))
+                    }
+                    Job::Claim(claim) => prepare(shared, claim),
+                })
+                .collect();
+            if !ready.is_empty() {
+                let items: Vec<(&Claim, &[Sealed])> =
+                    ready.iter().map(|r| (&r.claim, &r.copies[..])).collect();
+                let results = shared.transport.deliver_batch(&items);
+                for (r, result) in ready.into_iter().zip(results) {
+                    complete(shared, r, result);
+                }
             }
         }
-        shared.inflight.fetch_sub(1, Ordering::SeqCst);
+        shared.inflight.fetch_sub(taken, Ordering::SeqCst);
     }
 }
 
-/// Claims a spool file once the pickup route can take it.
-fn take_new(shared: &Shared, path: &Path) {
+/// Claims a spool file once the route can take it; `None` when it waits, is gone or was taken.
+fn take_new(shared: &Shared, path: &Path) -> Option<Claim> {
     loop {
         match gate(shared) {
             Gate::Open => break,
@@ -383,10 +412,10 @@ fn take_new(shared: &Shared, path: &Path) {
                     if path.exists() {
                         shared.deferred.fetch_add(1, Ordering::SeqCst);
                     }
-                    return;
+                    return None;
                 }
                 if shared.shutdown.load(Ordering::SeqCst) {
-                    return;
+                    return None;
                 }
                 debug!("{}: waiting, {reason:?}", path.display());
                 std::thread::sleep(Duration::from_millis(200));
@@ -394,9 +423,11 @@ fn take_new(shared: &Shared, path: &Path) {
         }
     }
     match shared.instance.claim(&shared.spool, path) {
-        Ok(Some(claim)) => process(shared, claim),
-        Ok(None) => {} // another instance or an earlier event took it
-        Err(e) => warn!("{}: cannot claim: {e}", path.display()),
+        Ok(claim) => claim, // None: another instance or an earlier event took it
+        Err(e) => {
+            warn!("{}: cannot claim: {e}", path.display());
+            None
+        }
     }
 }
 
@@ -461,33 +492,40 @@ fn gate(shared: &Shared) -> Gate {
     g
 }
 
-fn process(shared: &Shared, claim: Claim) {
+/// A claim sealed and waiting for its delivery.
+struct Ready {
+    claim: Claim,
+    copies: Vec<Sealed>,
+    started: Instant,
+}
+
+/// Finishes an interrupted delivery, or reads and seals the claim. Refusals and deferrals are dealt
+/// with here; `Some` means: deliver these copies.
+fn prepare(shared: &Shared, claim: Claim) -> Option<Ready> {
     let started = Instant::now();
-    let rel = claim.rel.display().to_string();
     match shared.transport.recover(&claim) {
         Ok(Some(done)) => {
             finish_delivered(shared, &claim, 0);
             info!(
-                "{rel}: delivery finished after a restart via {} ({} files)",
-                done.route, done.units
+                "{}: delivery finished after a restart via {} ({} files)",
+                claim.rel.display(),
+                done.route,
+                done.units
             );
-            return;
+            return None;
         }
         Ok(None) => {}
-        Err(e) => return defer(shared, claim, &e),
+        Err(e) => {
+            defer(shared, claim, &e);
+            return None;
+        }
     }
     let bytes = match std::fs::read(&claim.path) {
         Ok(b) => b,
         Err(e) => {
-            error!("{}: {e}", claim.path.display());
-            return defer(
-                shared,
-                claim,
-                &DeliverError::Io {
-                    path: PathBuf::new(),
-                    source: e,
-                },
-            );
+            let path = claim.path.clone();
+            defer(shared, claim, &DeliverError::Io { path, source: e });
+            return None;
         }
     };
     let state = shared.state.read().expect("state lock").clone();
@@ -498,33 +536,28 @@ fn process(shared: &Shared, claim: Claim) {
         &state.keyring,
         unix_now(),
     );
-    let copies = match sealed {
-        Ok(c) => c,
+    match sealed {
+        Ok(copies) => Some(Ready {
+            claim,
+            copies,
+            started,
+        }),
         Err(e) => {
-            match finish::quarantine(&claim, &shared.failed, &e.to_string()) {
-                Ok(to) => {
-                    shared.failed_count.fetch_add(1, Ordering::SeqCst);
-                    warn!("{rel}: refused, moved to {}: {e}", to.display());
-                }
-                Err(io) => {
-                    error!(
-                        "{rel}: refused ({e}) but cannot move it to {}: {io}",
-                        shared.failed.display()
-                    );
-                    defer(
-                        shared,
-                        claim,
-                        &DeliverError::Io {
-                            path: shared.failed.clone(),
-                            source: io,
-                        },
-                    );
-                }
-            }
-            return;
+            refuse(shared, claim, &e, "refused");
+            None
         }
-    };
-    match shared.transport.deliver(&claim, &copies) {
+    }
+}
+
+/// Acts on what the route did with one sealed claim.
+fn complete(shared: &Shared, ready: Ready, result: Result<Delivered, DeliverError>) {
+    let Ready {
+        claim,
+        copies,
+        started,
+    } = ready;
+    let rel = claim.rel.display().to_string();
+    match result {
         Ok(done) => {
             if !done.rejected.is_empty() {
                 let reason = format!(
@@ -551,32 +584,34 @@ fn process(shared: &Shared, claim: Claim) {
                 started.elapsed().as_millis()
             );
         }
-        Err(e) if !e.is_transient() => {
-            match finish::quarantine(&claim, &shared.failed, &e.to_string()) {
-                Ok(to) => {
-                    shared.failed_count.fetch_add(1, Ordering::SeqCst);
-                    warn!(
-                        "{rel}: refused by the server, moved to {}: {e}",
-                        to.display()
-                    );
-                }
-                Err(io) => {
-                    error!(
-                        "{rel}: refused ({e}) but cannot move it to {}: {io}",
-                        shared.failed.display()
-                    );
-                    defer(
-                        shared,
-                        claim,
-                        &DeliverError::Io {
-                            path: shared.failed.clone(),
-                            source: io,
-                        },
-                    );
-                }
-            }
-        }
+        Err(e) if !e.is_transient() => refuse(shared, claim, &e, "refused by the server"),
         Err(e) => defer(shared, claim, &e),
+    }
+}
+
+/// Moves a claim that can never be delivered to the failed folder, with the reason.
+fn refuse(shared: &Shared, claim: Claim, why: &dyn std::fmt::Display, what: &str) {
+    let rel = claim.rel.display().to_string();
+    match finish::quarantine(&claim, &shared.failed, &why.to_string()) {
+        Ok(to) => {
+            shared.failed_count.fetch_add(1, Ordering::SeqCst);
+            warn!("{rel}: {what}, moved to {}: {why}", to.display());
+        }
+        Err(io) => {
+            error!(
+                "{rel}: {what} ({why}) but cannot move it to {}: {io}",
+                shared.failed.display()
+            );
+            let failed = shared.failed.clone();
+            defer(
+                shared,
+                claim,
+                &DeliverError::Io {
+                    path: failed,
+                    source: io,
+                },
+            );
+        }
     }
 }
 

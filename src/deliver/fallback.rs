@@ -73,12 +73,39 @@ impl Transport for Fallback {
         if choose(self.pickup_problem(false).as_deref()) == "pickup" {
             match self.pickup.deliver(claim, copies) {
                 Ok(d) => return Ok(d),
+                // committed to pickup already: recovery publishes it, SMTP would send it twice
+                Err(e) if super::pickup::marker(claim).exists() => return Err(e),
                 // it broke between the check and the write: re-check now and use SMTP
                 Err(e) => warn!("{}: pickup failed ({e}); trying SMTP", claim.rel.display()),
             }
             self.pickup_problem(true);
         }
         self.smtp.deliver(claim, copies)
+    }
+
+    fn deliver_batch(&self, items: &[(&Claim, &[Sealed])]) -> Vec<Result<Delivered, DeliverError>> {
+        if choose(self.pickup_problem(false).as_deref()) == "pickup" {
+            let results = self.pickup.deliver_batch(items);
+            if results.iter().all(Result::is_ok) {
+                return results;
+            }
+            self.pickup_problem(true);
+            // the ones pickup could not take go by SMTP
+            return results
+                .into_iter()
+                .zip(items)
+                .map(|(r, (claim, copies))| match r {
+                    // committed to pickup already: recovery publishes it, SMTP would send it twice
+                    Err(e) if super::pickup::marker(claim).exists() => Err(e),
+                    Err(_) => self.smtp.deliver(claim, copies),
+                    ok => ok,
+                })
+                .collect();
+        }
+        items
+            .iter()
+            .map(|(claim, copies)| self.smtp.deliver(claim, copies))
+            .collect()
     }
 
     fn recover(&self, claim: &Claim) -> Result<Option<Delivered>, DeliverError> {

@@ -65,6 +65,15 @@ pub trait Transport: Send + Sync {
     /// (see `recover`).
     fn deliver(&self, claim: &Claim, copies: &[Sealed]) -> Result<Delivered, DeliverError>;
 
+    /// Delivers several claims at once (a route may make them durable together); one result each,
+    /// in order.
+    fn deliver_batch(&self, items: &[(&Claim, &[Sealed])]) -> Vec<Result<Delivered, DeliverError>> {
+        items
+            .iter()
+            .map(|(claim, copies)| self.deliver(claim, copies))
+            .collect()
+    }
+
     /// Finishes a delivery a crash interrupted after its commit point; `Ok(None)` when `claim` never
     /// reached it (then it is sealed and delivered again from the start).
     fn recover(&self, claim: &Claim) -> Result<Option<Delivered>, DeliverError>;

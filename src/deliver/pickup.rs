@@ -124,38 +124,129 @@ pub fn pickup_file(copy: &Sealed, recipients: &[String]) -> Vec<u8> {
     out
 }
 
-impl Transport for Pickup {
-    fn deliver(&self, claim: &Claim, copies: &[Sealed]) -> Result<Delivered, DeliverError> {
-        self.check()?;
-        std::fs::create_dir_all(&self.staging).map_err(Self::io(&self.staging))?;
-        let mut names = Vec::new();
-        for copy in copies {
-            for slice in copy.envelope.recipients.chunks(self.max_recipients.max(1)) {
-                let name = format!("{}.{}.eml", claim.id, names.len());
-                let path = self.staging.join(&name);
-                let mut file = std::fs::File::create(&path).map_err(Self::io(&path))?;
-                file.write_all(&pickup_file(copy, slice))
-                    .map_err(Self::io(&path))?;
-                file.sync_all().map_err(Self::io(&path))?;
-                names.push(name);
+impl Pickup {
+    /// Stages every copy of every item, then makes the batch durable with one sync per file and one
+    /// per folder, whatever the batch size: the commit protocol above, for many claims at once.
+    fn deliver_many(&self, items: &[(&Claim, &[Sealed])]) -> Vec<Result<Delivered, DeliverError>> {
+        let fail_all = |e: &dyn Fn() -> DeliverError| items.iter().map(|_| Err(e())).collect();
+        if let Err(e) = self.check() {
+            let why = e.to_string();
+            return fail_all(&|| self.unavailable(why.clone()));
+        }
+        if let Err(e) = std::fs::create_dir_all(&self.staging) {
+            let kind = e.kind();
+            return fail_all(&|| Self::io(&self.staging)(std::io::Error::from(kind)));
+        }
+        let mut results: Vec<Option<Result<Delivered, DeliverError>>> =
+            items.iter().map(|_| None).collect();
+        let mut names: Vec<Vec<String>> = vec![Vec::new(); items.len()];
+        let mut open_files = Vec::new();
+        // 1. stage every file, then sync them (after the first, a journalling filesystem has little left to do)
+        for (i, (claim, copies)) in items.iter().enumerate() {
+            let staged = (|| {
+                for copy in copies.iter() {
+                    for slice in copy.envelope.recipients.chunks(self.max_recipients.max(1)) {
+                        let name = format!("{}.{}.eml", claim.id, names[i].len());
+                        let path = self.staging.join(&name);
+                        let mut file = std::fs::File::create(&path).map_err(Self::io(&path))?;
+                        file.write_all(&pickup_file(copy, slice))
+                            .map_err(Self::io(&path))?;
+                        open_files.push((i, path, file));
+                        names[i].push(name);
+                    }
+                }
+                Ok(())
+            })();
+            if let Err(e) = staged {
+                results[i] = Some(Err(e));
             }
         }
-        // the commit point
-        let marker = marker(claim);
-        let tmp = marker.with_extension("commit.tmp");
-        let mut file = std::fs::File::create(&tmp).map_err(Self::io(&tmp))?;
-        file.write_all((names.join("\n") + "\n").as_bytes())
-            .map_err(Self::io(&tmp))?;
-        file.sync_all().map_err(Self::io(&tmp))?;
-        std::fs::rename(&tmp, &marker).map_err(Self::io(&marker))?;
-        let work = claim.path.parent().unwrap_or(Path::new("."));
-        sync_dir(work).map_err(Self::io(work))?;
-        self.publish(&names)?;
-        Ok(Delivered {
-            route: "pickup",
-            units: names.len(),
-            rejected: Vec::new(),
-        })
+        for (i, path, file) in open_files.drain(..) {
+            if results[i].is_none()
+                && let Err(e) = file.sync_data()
+            {
+                results[i] = Some(Err(Self::io(&path)(e)));
+            }
+        }
+        // 2. the commit point: markers written, synced, renamed into place, work folder synced
+        let mut markers = Vec::new();
+        for (i, (claim, _)) in items.iter().enumerate() {
+            if results[i].is_some() {
+                continue;
+            }
+            let marker = marker(claim);
+            let tmp = marker.with_extension("commit.tmp");
+            let written = std::fs::File::create(&tmp).and_then(|mut f| {
+                f.write_all((names[i].join("\n") + "\n").as_bytes())
+                    .map(|()| f)
+            });
+            match written {
+                Ok(f) => markers.push((i, tmp, marker, f)),
+                Err(e) => results[i] = Some(Err(Self::io(&tmp)(e))),
+            }
+        }
+        let mut work_dirs: Vec<PathBuf> = Vec::new();
+        for (i, tmp, marker, file) in markers {
+            match file
+                .sync_data()
+                .and_then(|()| std::fs::rename(&tmp, &marker))
+            {
+                Ok(()) => {
+                    let dir = items[i]
+                        .0
+                        .path
+                        .parent()
+                        .unwrap_or(Path::new("."))
+                        .to_path_buf();
+                    if !work_dirs.contains(&dir) {
+                        work_dirs.push(dir);
+                    }
+                }
+                Err(e) => results[i] = Some(Err(Self::io(&marker)(e))),
+            }
+        }
+        for dir in &work_dirs {
+            if let Err(e) = sync_dir(dir) {
+                // not durable: nothing of this batch may be published
+                let kind = e.kind();
+                for r in results.iter_mut().filter(|r| r.is_none()) {
+                    *r = Some(Err(Self::io(dir)(std::io::Error::from(kind))));
+                }
+            }
+        }
+        // 3. publish: rename into pickup, one sync of the pickup folder
+        let committed: Vec<usize> = (0..items.len()).filter(|&i| results[i].is_none()).collect();
+        let all: Vec<String> = committed
+            .iter()
+            .flat_map(|&i| names[i].iter().cloned())
+            .collect();
+        let published = self.publish(&all);
+        for i in committed {
+            results[i] = Some(match &published {
+                Ok(_) => Ok(Delivered {
+                    route: "pickup",
+                    units: names[i].len(),
+                    rejected: Vec::new(),
+                }),
+                Err(e) => Err(self.unavailable(format!("publishing failed: {e}"))),
+            });
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every item has a result"))
+            .collect()
+    }
+}
+
+impl Transport for Pickup {
+    fn deliver(&self, claim: &Claim, copies: &[Sealed]) -> Result<Delivered, DeliverError> {
+        self.deliver_many(&[(claim, copies)])
+            .pop()
+            .expect("one result")
+    }
+
+    fn deliver_batch(&self, items: &[(&Claim, &[Sealed])]) -> Vec<Result<Delivered, DeliverError>> {
+        self.deliver_many(items)
     }
 
     fn recover(&self, claim: &Claim) -> Result<Option<Delivered>, DeliverError> {
