@@ -21,7 +21,7 @@ use crate::finish;
 use crate::keyring::{self, KeyringError};
 use crate::seal::{self, Keyring, Sealed};
 use crate::smime::certs::unix_now;
-use crate::spool::claim::{COMMIT_SUFFIX, Claim, Instance};
+use crate::spool::claim::{Claim, Instance};
 use crate::spool::watch::{Emit, Producers};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +94,8 @@ struct Shared {
     /// pickup files written since the gate last counted the pickup folder
     published_since_count: AtomicUsize,
     last_count: AtomicUsize,
+    /// claims taken from the spool whose pickup files are not written yet (a batch in progress)
+    claimed_unwritten: AtomicUsize,
 }
 
 /// May workers take new inputs from the spool?
@@ -213,6 +215,7 @@ pub fn run(
         gate: Mutex::new(None),
         published_since_count: AtomicUsize::new(0),
         last_count: AtomicUsize::new(0),
+        claimed_unwritten: AtomicUsize::new(0),
     });
 
     let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(workers * 16);
@@ -300,7 +303,6 @@ pub fn run(
 /// Takes over the claims of instances that died, and queues them.
 fn adopt(shared: &Shared, send: &impl Fn(Job) -> bool) {
     let adopted = shared.instance.adopt_dead();
-    drop_orphan_markers(&shared.instance.dir);
     match adopted {
         Ok(claims) => {
             if !claims.is_empty() {
@@ -376,29 +378,50 @@ fn worker(shared: &Shared, rx: &Mutex<Receiver<Job>>) {
             }
         }
         let taken = jobs.len();
+        let mut claimed = 0;
         // after shutdown, queued jobs are left where they are: unclaimed files stay in the spool,
         // claims stay in the work folder for the next start
         if !shared.shutdown.load(Ordering::SeqCst) {
-            let ready: Vec<Ready> = jobs
-                .into_iter()
-                .filter_map(|job| match job {
+            let mut pending: Vec<Claim> = Vec::new();
+            for job in jobs {
+                match job {
+                    Job::Claim(claim) => pending.push(claim),
                     Job::Path(path) => {
-                        take_new(shared, &path).and_then(|claim| prepare(shared, claim))
+                        // the gate may wait for our own pending claims: write them first
+                        if !pending.is_empty() && gate(shared) != Gate::Open {
+                            flush(shared, &mut pending, &mut claimed);
+                        }
+                        if let Some(claim) = take_new(shared, &path) {
+                            claimed += 1;
+                            pending.push(claim);
+                        }
                     }
-                    Job::Claim(claim) => prepare(shared, claim),
-                })
-                .collect();
-            if !ready.is_empty() {
-                let items: Vec<(&Claim, &[Sealed])> =
-                    ready.iter().map(|r| (&r.claim, &r.copies[..])).collect();
-                let results = shared.transport.deliver_batch(&items);
-                for (r, result) in ready.into_iter().zip(results) {
-                    complete(shared, r, result);
                 }
             }
+            flush(shared, &mut pending, &mut claimed);
         }
         shared.inflight.fetch_sub(taken, Ordering::SeqCst);
     }
+}
+
+/// Seals and delivers the pending claims as one batch.
+fn flush(shared: &Shared, pending: &mut Vec<Claim>, claimed: &mut usize) {
+    let ready: Vec<Ready> = pending
+        .drain(..)
+        .filter_map(|claim| prepare(shared, claim))
+        .collect();
+    if !ready.is_empty() {
+        let items: Vec<(&Claim, &[Sealed])> =
+            ready.iter().map(|r| (&r.claim, &r.copies[..])).collect();
+        let results = shared.transport.deliver_batch(&items);
+        for (r, result) in ready.into_iter().zip(results) {
+            complete(shared, r, result);
+        }
+    }
+    shared
+        .claimed_unwritten
+        .fetch_sub(*claimed, Ordering::SeqCst);
+    *claimed = 0;
 }
 
 /// Claims a spool file once the route can take it; `None` when it waits, is gone or was taken.
@@ -423,7 +446,12 @@ fn take_new(shared: &Shared, path: &Path) -> Option<Claim> {
         }
     }
     match shared.instance.claim(&shared.spool, path) {
-        Ok(claim) => claim, // None: another instance or an earlier event took it
+        Ok(Some(claim)) => {
+            // counted for the backlog gate now, not only once written: a batch claims many first
+            shared.claimed_unwritten.fetch_add(1, Ordering::SeqCst);
+            Some(claim)
+        }
+        Ok(None) => None, // another instance or an earlier event took it
         Err(e) => {
             warn!("{}: cannot claim: {e}", path.display());
             None
@@ -450,8 +478,10 @@ fn gate(shared: &Shared) -> Gate {
         };
     };
     let mut cached = shared.gate.lock().expect("gate lock");
+    let unwritten = shared.claimed_unwritten.load(Ordering::SeqCst);
     let estimate = shared.last_count.load(Ordering::SeqCst)
-        + shared.published_since_count.load(Ordering::SeqCst);
+        + shared.published_since_count.load(Ordering::SeqCst)
+        + unwritten;
     if let Some((at, g)) = &*cached
         && at.elapsed() < Duration::from_secs(1)
         && (estimate < max || *g != Gate::Open)
@@ -465,7 +495,7 @@ fn gate(shared: &Shared) -> Gate {
             match pickup.backlog() {
                 Ok(n) => {
                     shared.last_count.store(n, Ordering::SeqCst);
-                    if n >= max {
+                    if n + unwritten >= max {
                         Gate::Backlog(n)
                     } else {
                         Gate::Open
@@ -620,7 +650,7 @@ fn finish_delivered(shared: &Shared, claim: &Claim, units: usize) {
         .published_since_count
         .fetch_add(units, Ordering::SeqCst);
     if let Err(e) = finish::delivered(claim) {
-        // the outputs are in pickup; a leftover claim with its marker is finished again at restart
+        // the outputs are in pickup; a leftover committed claim is finished again at restart
         error!(
             "{}: delivered, but cannot remove the claimed input: {e}",
             claim.path.display()
@@ -700,21 +730,6 @@ fn reload_state(shared: &Shared) {
             *shared.state.write().expect("state lock") = Arc::new(new);
         }
         Err(e) => error!("reload refused, keeping the running configuration: {e}"),
-    }
-}
-
-/// Markers whose claim is gone belong to finished deliveries (see `finish::delivered`).
-fn drop_orphan_markers(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(claim) = name.strip_suffix(COMMIT_SUFFIX)
-            && !dir.join(claim).exists()
-        {
-            let _ = std::fs::remove_file(entry.path());
-        }
     }
 }
 

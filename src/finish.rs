@@ -4,15 +4,16 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::deliver::pickup::marker;
 use crate::spool::claim::{Claim, sync_dir};
 
-/// The input was delivered: drop the claim, then its commit marker (this order keeps recovery right:
-/// a marker without a claim is harmless, a claim without its marker would be sealed again).
+/// The input was delivered: drop the claim (committed or not) and its SMTP progress record.
 pub fn delivered(claim: &Claim) -> std::io::Result<()> {
-    std::fs::remove_file(&claim.path)?;
-    for sidecar in [marker(claim), crate::deliver::smtp::progress_path(claim)] {
-        match std::fs::remove_file(sidecar) {
+    for path in [
+        claim.committed_path(),
+        claim.path.clone(),
+        crate::deliver::smtp::progress_path(claim),
+    ] {
+        match std::fs::remove_file(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
@@ -68,10 +69,10 @@ fn place_in_failed(
     f.sync_all()?;
     std::fs::rename(&tmp, &reason_file)?;
     if copy {
-        std::fs::copy(&claim.path, &target)?;
+        std::fs::copy(claim.current_path(), &target)?;
         std::fs::File::open(&target)?.sync_all()?;
     } else {
-        move_file(&claim.path, &target)?;
+        move_file(&claim.current_path(), &target)?;
     }
     sync_dir(&parent)?;
     Ok(target)

@@ -74,7 +74,7 @@ impl Transport for Fallback {
             match self.pickup.deliver(claim, copies) {
                 Ok(d) => return Ok(d),
                 // committed to pickup already: recovery publishes it, SMTP would send it twice
-                Err(e) if super::pickup::marker(claim).exists() => return Err(e),
+                Err(e) if claim.committed_path().exists() => return Err(e),
                 // it broke between the check and the write: re-check now and use SMTP
                 Err(e) => warn!("{}: pickup failed ({e}); trying SMTP", claim.rel.display()),
             }
@@ -96,7 +96,7 @@ impl Transport for Fallback {
                 .zip(items)
                 .map(|(r, (claim, copies))| match r {
                     // committed to pickup already: recovery publishes it, SMTP would send it twice
-                    Err(e) if super::pickup::marker(claim).exists() => Err(e),
+                    Err(e) if claim.committed_path().exists() => Err(e),
                     Err(_) => self.smtp.deliver(claim, copies),
                     ok => ok,
                 })
@@ -110,7 +110,7 @@ impl Transport for Fallback {
 
     fn recover(&self, claim: &Claim) -> Result<Option<Delivered>, DeliverError> {
         // an interrupted pickup delivery is finished through pickup; SMTP needs no recovery step
-        if super::pickup::marker(claim).exists() {
+        if claim.committed_path().exists() {
             self.pickup.recover(claim)
         } else {
             Ok(None)

@@ -35,8 +35,27 @@ pub struct Claim {
     pub rel: PathBuf,
 }
 
-/// Marks claims whose outputs are staged and listed (see `deliver::pickup`).
-pub const COMMIT_SUFFIX: &str = ".commit";
+impl Claim {
+    /// Where the claim is once its pickup outputs are committed (`path` is where it is before).
+    pub fn committed_path(&self) -> PathBuf {
+        let mut p = self.path.as_os_str().to_owned();
+        p.push(COMMITTED);
+        PathBuf::from(p)
+    }
+
+    /// The claimed input, committed or not.
+    pub fn current_path(&self) -> PathBuf {
+        let committed = self.committed_path();
+        if committed.exists() {
+            committed
+        } else {
+            self.path.clone()
+        }
+    }
+}
+
+/// Appended to a claim's name at the pickup commit point (see `deliver::pickup`).
+pub const COMMITTED: &str = "#committed";
 
 impl Instance {
     /// Creates and locks a new work folder below `root`.
@@ -146,7 +165,6 @@ impl Instance {
                 if file == ".lock" {
                     continue;
                 }
-                // markers first would be harmless too: a claim is only acted on once both are here
                 let to = self.dir.join(file);
                 std::fs::rename(&from, &to)?;
                 let name = file.to_string_lossy();
@@ -174,8 +192,8 @@ impl Instance {
     }
 }
 
-/// Work-folder files beside a claim: its pickup commit marker (and its temporary), its SMTP progress.
-const SIDECARS: [&str; 3] = [COMMIT_SUFFIX, ".commit.tmp", ".smtp"];
+/// Work-folder files beside a claim: its SMTP progress record.
+const SIDECARS: [&str; 1] = [".smtp"];
 
 /// Whether a work-folder file name is a claim (not one of its sidecar files).
 fn is_claim_name(name: &str) -> bool {
