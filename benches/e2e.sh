@@ -61,7 +61,7 @@ drain() { # drain LABEL COUNT FIXTURE -> prints msg/s, MB/s, peak RSS
   echo "$(rate "$2" "$secs")" > "$W/$1.rate"
 }
 
-echo; echo "== 1. drain with once (durable: fsync of every file, marker and folder) =="
+echo; echo "== 1. drain with once (durable: every staged file, the work and pickup folders synced) =="
 drain "drain-19k" "$N" fixtures/eml/html-19k.eml
 drain "drain-577k" "$M" fixtures/eml/large-577k.eml
 
@@ -135,8 +135,9 @@ printf 'backlog %d: %s; peak RSS %.1f MB; first delivery %.0f ms after start; %s
   "$(awk -F': ' '/Elapsed/ {print "elapsed " $2}' "$B/time")"
 
 echo; echo "== 5. SMTP to smtp-sink (19 KB), 2,000 messages =="
-smtp_run() { # smtp_run LABEL MAX_PER_CONNECTION
-  local d=$W/smtp-$1; config "$d" "route = \"smtp\"
+smtp_run() { # smtp_run LABEL MAX_PER_CONNECTION WORKERS
+  local d=$W/smtp-$3-$2; config "$d" "route = \"smtp\"
+workers = $3
 [smtp]
 host = \"127.0.0.1\"
 port = 2727
@@ -149,6 +150,7 @@ max_messages_per_connection = $2"
 }
 smtp-sink $( [ "$(id -u)" = 0 ] && echo "-u nobody" ) 127.0.0.1:2727 256 & SINK=$!
 sleep 0.3
-smtp_run "reused connections (100 each)" 100
-smtp_run "one connection per message" 1
+smtp_run "reused connections (100 each)" 100 "$cores"
+smtp_run "one connection per message" 1 "$cores"
+smtp_run "reused, 2 workers per core" 100 "$((cores * 2))"
 kill "$SINK" 2>/dev/null || true

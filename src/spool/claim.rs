@@ -29,7 +29,7 @@ pub struct Instance {
 pub struct Claim {
     /// Where it is now, in a work folder
     pub path: PathBuf,
-    /// Globally unique id (names outputs and the commit marker)
+    /// Globally unique id (names the outputs)
     pub id: String,
     /// Path relative to the spool, as it arrived (kept for the failed folder)
     pub rel: PathBuf,
