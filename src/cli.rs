@@ -52,8 +52,9 @@ pub struct DemoArgs {
     pub out: PathBuf,
 }
 
+/// What `seal` and `send` do to the message.
 #[derive(Debug, Args)]
-pub struct SealArgs {
+pub struct SealFlags {
     /// Sign (with neither --sign nor --encrypt: the [seal] defaults, normally both)
     #[arg(long)]
     pub sign: bool,
@@ -63,6 +64,25 @@ pub struct SealArgs {
     /// Opaque signature (application/pkcs7-mime) instead of multipart/signed
     #[arg(long)]
     pub opaque: bool,
+}
+
+impl SealFlags {
+    /// Applies the flags over the `[seal]` section: naming --sign or --encrypt means exactly those.
+    fn apply(&self, config: &mut Config) {
+        if self.sign || self.encrypt {
+            config.seal.sign = self.sign;
+            config.seal.encrypt = self.encrypt;
+        }
+        if self.opaque {
+            config.seal.signature = SignatureMode::Opaque;
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SealArgs {
+    #[command(flatten)]
+    pub how: SealFlags,
     /// Sender keys folder (overrides the config)
     #[arg(long, value_name = "DIR")]
     pub keys: Option<PathBuf>,
@@ -82,15 +102,8 @@ pub struct SealArgs {
 
 #[derive(Debug, Args)]
 pub struct SendArgs {
-    /// Sign (with neither --sign nor --encrypt: the [seal] defaults, normally both)
-    #[arg(long)]
-    pub sign: bool,
-    /// Encrypt for every recipient
-    #[arg(long)]
-    pub encrypt: bool,
-    /// Opaque signature instead of multipart/signed
-    #[arg(long)]
-    pub opaque: bool,
+    #[command(flatten)]
+    pub how: SealFlags,
     /// Accepted for the sparkpostSMIME tool's scripts: sending is always by SMTP here
     #[arg(long = "send_smtp", hide = true)]
     pub send_smtp: bool,
@@ -217,34 +230,13 @@ fn seal_command(config_path: Option<&Path>, args: SealArgs) -> Result<(), CliErr
     if let Some(ca) = args.ca {
         config.ca = Some(ca);
     }
-    if args.sign || args.encrypt {
-        config.seal.sign = args.sign;
-        config.seal.encrypt = args.encrypt;
-    }
-    if args.opaque {
-        config.seal.signature = SignatureMode::Opaque;
-    }
+    args.how.apply(&mut config);
     let input_name = if args.file == Path::new("-") {
         PathBuf::from("(stdin)")
     } else {
         args.file.clone()
     };
-    let input = read_input(&args.file).map_err(|source| CliError::Input {
-        path: input_name.clone(),
-        source,
-    })?;
-    let keyring = keyring::load(&config)?;
-    let sealed = seal::seal(
-        &input,
-        &config.seal,
-        config.max_message_bytes,
-        &keyring,
-        unix_now(),
-    )
-    .map_err(|source| CliError::Seal {
-        path: input_name.clone(),
-        source,
-    })?;
+    let sealed = seal_file(&config, &args.file, &input_name)?;
 
     if let Some(dir) = &args.output_dir {
         write_copies(dir, &sealed).map_err(|source| CliError::Output {
@@ -277,35 +269,16 @@ fn seal_command(config_path: Option<&Path>, args: SealArgs) -> Result<(), CliErr
 }
 
 /// `send`: seal one message and inject it over SMTP, printing what the sparkpostSMIME tool printed.
-fn send_command(config_path: Option<&Path>, args: SendArgs) -> Result<(), CliError> {
+fn send_command(config_path: Option<&Path>, mut args: SendArgs) -> Result<(), CliError> {
     let mut config = Config::locate(config_path)?;
     if config.smtp.host.is_empty() {
         return Err(CliError::NoSmtpHost);
     }
-    let sign = args.sign || args.sign_detached;
-    if sign || args.encrypt {
-        config.seal.sign = sign;
-        config.seal.encrypt = args.encrypt;
+    if args.sign_detached {
+        args.how.sign = true;
     }
-    if args.opaque {
-        config.seal.signature = SignatureMode::Opaque;
-    }
-    let input = std::fs::read(&args.file).map_err(|source| CliError::Input {
-        path: args.file.clone(),
-        source,
-    })?;
-    let keyring = keyring::load(&config)?;
-    let sealed = seal::seal(
-        &input,
-        &config.seal,
-        config.max_message_bytes,
-        &keyring,
-        unix_now(),
-    )
-    .map_err(|source| CliError::Seal {
-        path: args.file.clone(),
-        source,
-    })?;
+    args.how.apply(&mut config);
+    let sealed = seal_file(&config, &args.file, &args.file)?;
     let route = SmtpRoute::new(config.smtp.clone()).map_err(|why| {
         CliError::Config(ConfigError::Invalid {
             path: config.source.clone().unwrap_or_default(),
@@ -374,6 +347,26 @@ fn signal_flags() -> Result<(Arc<AtomicBool>, Arc<AtomicBool>), CliError> {
     register(signal_hook::consts::SIGINT, &shutdown)?;
     register(signal_hook::consts::SIGHUP, &reload)?;
     Ok((shutdown, reload))
+}
+
+/// Reads `file` (`-`: stdin) and seals it with `config`; errors name the input as `shown`.
+fn seal_file(config: &Config, file: &Path, shown: &Path) -> Result<Vec<seal::Sealed>, CliError> {
+    let input = read_input(file).map_err(|source| CliError::Input {
+        path: shown.to_path_buf(),
+        source,
+    })?;
+    let keyring = keyring::load(config)?;
+    seal::seal(
+        &input,
+        &config.seal,
+        config.max_message_bytes,
+        &keyring,
+        unix_now(),
+    )
+    .map_err(|source| CliError::Seal {
+        path: shown.to_path_buf(),
+        source,
+    })
 }
 
 fn read_input(path: &Path) -> std::io::Result<Vec<u8>> {
