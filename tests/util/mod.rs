@@ -132,6 +132,16 @@ pub fn assert_crlf_only(bytes: &[u8], what: &str) {
     }
 }
 
+/// Runs an openssl command: its stdout, or its stderr as the error.
+fn openssl(cmd: &mut Command) -> Result<Vec<u8>, String> {
+    let o = cmd.stdin(Stdio::null()).output().expect("openssl runs");
+    if o.status.success() {
+        Ok(o.stdout)
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
 /// `openssl cms -decrypt` as the holder of `address`'s key; returns the decrypted entity.
 pub fn openssl_decrypt(dir: &Path, sealed: &[u8], address: &str) -> Result<Vec<u8>, String> {
     let input = dir.join(format!("dec-in-{address}.eml"));
@@ -142,40 +152,26 @@ pub fn openssl_decrypt(dir: &Path, sealed: &[u8], address: &str) -> Result<Vec<u
     } else {
         pki().join("certs").join(format!("{address}.crt"))
     };
-    let o = Command::new("openssl")
-        .args(["cms", "-decrypt", "-binary", "-in"])
+    let mut o = Command::new("openssl");
+    o.args(["cms", "-decrypt", "-binary", "-in"])
         .arg(&input)
         .arg("-recip")
         .arg(cert)
         .arg("-inkey")
-        .arg(private.join(format!("{address}.key")))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    if o.status.success() {
-        Ok(o.stdout)
-    } else {
-        Err(String::from_utf8_lossy(&o.stderr).into_owned())
-    }
+        .arg(private.join(format!("{address}.key")));
+    openssl(&mut o)
 }
 
 /// `openssl cms -verify` (detached multipart/signed or opaque) against the test CA; returns the content.
 pub fn openssl_verify(dir: &Path, signed: &[u8]) -> Result<Vec<u8>, String> {
     let input = dir.join("verify-in.eml");
     std::fs::write(&input, signed).unwrap();
-    let o = Command::new("openssl")
-        .args(["cms", "-verify", "-purpose", "smimesign", "-in"])
+    let mut o = Command::new("openssl");
+    o.args(["cms", "-verify", "-purpose", "smimesign", "-in"])
         .arg(&input)
         .arg("-CAfile")
-        .arg(pki().join("ca.pem"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    if o.status.success() {
-        Ok(o.stdout)
-    } else {
-        Err(String::from_utf8_lossy(&o.stderr).into_owned())
-    }
+        .arg(pki().join("ca.pem"));
+    openssl(&mut o)
 }
 
 /// `openssl cms -verify -binary` of a DER detached signature over the exact bytes `content`.
@@ -183,30 +179,23 @@ pub fn openssl_verify_detached(dir: &Path, sig: &[u8], content: &[u8]) -> Result
     let (sig_path, content_path) = (dir.join("ossl-sig.der"), dir.join("ossl-content"));
     std::fs::write(&sig_path, sig).unwrap();
     std::fs::write(&content_path, content).unwrap();
-    let o = Command::new("openssl")
-        .args([
-            "cms",
-            "-verify",
-            "-binary",
-            "-purpose",
-            "smimesign",
-            "-inform",
-            "DER",
-            "-in",
-        ])
-        .arg(&sig_path)
-        .arg("-content")
-        .arg(&content_path)
-        .arg("-CAfile")
-        .arg(pki().join("ca.pem"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    if o.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&o.stderr).into_owned())
-    }
+    let mut o = Command::new("openssl");
+    o.args([
+        "cms",
+        "-verify",
+        "-binary",
+        "-purpose",
+        "smimesign",
+        "-inform",
+        "DER",
+        "-in",
+    ])
+    .arg(&sig_path)
+    .arg("-content")
+    .arg(&content_path)
+    .arg("-CAfile")
+    .arg(pki().join("ca.pem"));
+    openssl(&mut o).map(|_| ())
 }
 
 /// The body of a message or entity after its header block.
