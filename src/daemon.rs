@@ -248,7 +248,9 @@ pub fn run(
     );
 
     let mut last_adoption = Instant::now();
+    let mut notifier = Notifier::new();
     loop {
+        notifier.tick(&shared, producers.first_scan_done.load(Ordering::SeqCst));
         if shutdown.load(Ordering::SeqCst) {
             info!("stopping: finishing the messages in progress");
             break;
@@ -259,7 +261,9 @@ pub fn run(
             last_adoption = Instant::now();
         }
         if reload.swap(false, Ordering::SeqCst) {
+            notifier.send(&[sd_notify::NotifyState::Reloading]);
             reload_state(&shared);
+            notifier.send(&[sd_notify::NotifyState::Ready]);
             producers.rescan();
         }
         let due: Vec<Claim> = {
@@ -281,6 +285,7 @@ pub fn run(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    notifier.send(&[sd_notify::NotifyState::Stopping]);
     shutdown.store(true, Ordering::SeqCst);
     drop(tx);
     drop(send);
@@ -298,6 +303,70 @@ pub fn run(
         shared.instance.close();
     }
     Ok(summary)
+}
+
+/// Talks to systemd (`Type=notify`) when NOTIFY_SOCKET is set: READY=1 once the spool was scanned
+/// and everything it found complete is queued, STATUS= with the counts every second, WATCHDOG=1 at
+/// half the watchdog interval from this loop (so a stuck main loop gets the service restarted).
+struct Notifier {
+    enabled: bool,
+    ready: bool,
+    last_status: Instant,
+    watchdog: Option<Duration>,
+    last_watchdog: Instant,
+}
+
+impl Notifier {
+    fn new() -> Notifier {
+        let enabled = std::env::var_os("NOTIFY_SOCKET").is_some();
+        let now = Instant::now();
+        Notifier {
+            enabled,
+            ready: false,
+            last_status: now,
+            watchdog: if enabled {
+                sd_notify::watchdog_enabled()
+            } else {
+                None
+            },
+            last_watchdog: now,
+        }
+    }
+
+    fn send(&self, states: &[sd_notify::NotifyState]) {
+        if self.enabled
+            && let Err(e) = sd_notify::notify(states)
+        {
+            debug!("sd_notify: {e}");
+        }
+    }
+
+    fn tick(&mut self, shared: &Shared, scanned: bool) {
+        if !self.enabled {
+            return;
+        }
+        if scanned && !self.ready {
+            self.ready = true;
+            self.send(&[sd_notify::NotifyState::Ready]);
+        }
+        if self.last_status.elapsed() >= Duration::from_secs(1) {
+            self.last_status = Instant::now();
+            let status = format!(
+                "{} delivered, {} failed, {} deferred, {} queued",
+                shared.delivered.load(Ordering::SeqCst),
+                shared.failed_count.load(Ordering::SeqCst),
+                shared.retries.lock().expect("retries lock").len(),
+                shared.inflight.load(Ordering::SeqCst)
+            );
+            self.send(&[sd_notify::NotifyState::Status(&status)]);
+        }
+        if let Some(interval) = self.watchdog
+            && self.last_watchdog.elapsed() >= interval / 2
+        {
+            self.last_watchdog = Instant::now();
+            self.send(&[sd_notify::NotifyState::Watchdog]);
+        }
+    }
 }
 
 /// Takes over the claims of instances that died, and queues them.
