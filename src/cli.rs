@@ -36,6 +36,12 @@ pub enum Command {
     Demo(DemoArgs),
     /// Seal one message and send it by SMTP (SMTP_HOST, SMTP_PORT, SMTP_USER, SMTP_PASSWORD or [smtp])
     Send(SendArgs),
+    /// Verify the configuration, folders, keys, certificates (and with --smtp the SMTP server)
+    Check {
+        /// Also connect to the SMTP server: STARTTLS, certificate, AUTH, QUIT
+        #[arg(long)]
+        smtp: bool,
+    },
     /// The daemon, in the foreground: watch the spool, seal, write into pickup (systemd runs this)
     Run,
     /// Process everything in the spool now, then exit (0 all delivered, 65 some failed, 75 some deferred)
@@ -135,6 +141,9 @@ pub enum CliError {
     },
     #[error(transparent)]
     Daemon(#[from] DaemonError),
+    /// `check` found problems (the report is already printed)
+    #[error("check found problems")]
+    Check(u8),
     #[error("no SMTP server: set SMTP_HOST, or host in the [smtp] section of the config")]
     NoSmtpHost,
     #[error(transparent)]
@@ -162,6 +171,7 @@ impl CliError {
             }
             CliError::Daemon(DaemonError::Folder { .. }) => 74,
             CliError::NoSmtpHost => 78,
+            CliError::Check(code) => *code,
             CliError::Smtp(e) if e.is_permanent() => 65,
             CliError::Smtp(_) => 69,
             CliError::Refused(_) => 65,
@@ -175,6 +185,15 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Seal(args) => seal_command(cli.config.as_deref(), args),
         Command::Send(args) => send_command(cli.config.as_deref(), args),
+        Command::Check { smtp } => {
+            let config = Config::locate(cli.config.as_deref())?;
+            let report = crate::check::check(&config, smtp);
+            print!("{}", report.render());
+            match report.exit_code() {
+                0 => Ok(()),
+                code => Err(CliError::Check(code)),
+            }
+        }
         Command::Run => {
             let config = Config::locate(cli.config.as_deref())?;
             let (shutdown, reload) = signal_flags()?;

@@ -388,3 +388,59 @@ mod tests {
         assert!(e.contains("des"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod reference {
+    use super::*;
+
+    /// The keys serde accepts in a section, read from its "unknown field" error.
+    fn accepted(section: &str) -> Vec<String> {
+        let text = if section.is_empty() {
+            "not_a_key = 1\n".to_string()
+        } else {
+            format!("[{section}]\nnot_a_key = 1\n")
+        };
+        let err = Config::from_toml(&text, Some(Path::new("c.toml")))
+            .unwrap_err()
+            .to_string();
+        let list = err
+            .split("expected one of ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{err}"));
+        list.split(',')
+            .map(|k| {
+                k.trim()
+                    .trim_matches(|c| c == '`' || c == '.' || c == '\n')
+                    .to_string()
+            })
+            .filter(|k| !k.is_empty())
+            .collect()
+    }
+
+    /// Every key of the configuration is documented in the README's table, with its section.
+    #[test]
+    fn every_config_key_is_in_the_readme() {
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+                .unwrap();
+        let mut checked = 0;
+        for section in ["", "seal", "smtp"] {
+            for key in accepted(section) {
+                if section.is_empty() && (key == "seal" || key == "smtp") {
+                    continue;
+                }
+                let row = if section.is_empty() {
+                    format!("| `{key}` |")
+                } else {
+                    format!("| `[{section}] {key}` |")
+                };
+                assert!(
+                    readme.contains(&row),
+                    "README.md lacks a config reference row {row}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 30, "only {checked} keys checked");
+    }
+}

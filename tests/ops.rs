@@ -85,3 +85,98 @@ fn the_daemon_notifies_systemd() {
     assert!(seen.contains("STOPPING=1"), "{seen}");
     assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
 }
+
+fn check(s: &Setup, extra: &[&str]) -> (i32, String) {
+    let o = run(bin(s.d.path())
+        .arg("-c")
+        .arg(&s.config)
+        .arg("check")
+        .args(extra));
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned() + &stderr(&o),
+    )
+}
+
+#[test]
+fn check_reports_each_problem_by_name() {
+    let s = Setup::new("");
+    std::fs::remove_file(s.d.keys().join("oldsender@example.com.pem")).unwrap();
+    let (code, report) = check(&s, &[]);
+    assert_eq!(code, 0, "{report}");
+    assert!(report.contains("0 problems"), "{report}");
+    assert!(
+        report.contains("signing key alice@example.com: usable until 2124-01-01"),
+        "{report}"
+    );
+    assert!(
+        report.contains("expired@example.com: no usable certificate")
+            && report.contains("expired on 2021-01-01"),
+        "{report}"
+    );
+
+    // an expired signing identity, a key others can read
+    std::fs::copy(
+        pki().join("keys/oldsender@example.com.pem"),
+        s.d.keys().join("oldsender@example.com.pem"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        s.d.keys().join("oldsender@example.com.pem"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    let (code, report) = check(&s, &[]);
+    assert_eq!(code, 66, "{report}");
+    assert!(
+        report.contains(
+            "oldsender@example.com.pem: private key readable by group or others (mode 0640)"
+        ),
+        "{report}"
+    );
+
+    // a missing folder
+    std::fs::remove_dir(s.path("pickup")).unwrap();
+    let (code, report) = check(&s, &[]);
+    assert_eq!(code, 66);
+    assert!(
+        report.contains("PROBLEM pickup") && report.contains("No such file"),
+        "{report}"
+    );
+
+    // configuration errors name the key
+    std::fs::write(&s.config, "spool = \"spool\"\nbogus_key = 1\n").unwrap();
+    let (code, report) = check(&s, &[]);
+    assert_eq!(code, 78);
+    assert!(report.contains("bogus_key"), "{report}");
+    std::fs::write(&s.config, "keys = \"pki/keys\"\ncerts = \"pki/certs\"\n").unwrap();
+    let (code, report) = check(&s, &[]);
+    assert_eq!(code, 78);
+    assert!(report.contains("`spool` is not set"), "{report}");
+}
+
+#[test]
+fn check_smtp_connects_verifies_and_authenticates() {
+    let pf = util::mta::Postfix::start();
+    let s = Setup::new(&util::mta::postfix_section(&pf, ""));
+    std::fs::remove_file(s.d.keys().join("oldsender@example.com.pem")).unwrap();
+    let ok = run(bin(s.d.path())
+        .arg("-c")
+        .arg(&s.config)
+        .args(["check", "--smtp"])
+        .env("SMTP_PASSWORD", util::mta::SMTP_PASSWORD));
+    let report = String::from_utf8_lossy(&ok.stdout);
+    assert_eq!(ok.status.code(), Some(0), "{report}");
+    assert!(
+        report.contains("connected (STARTTLS, authenticated as \"relay\")"),
+        "{report}"
+    );
+    let bad = run(bin(s.d.path())
+        .arg("-c")
+        .arg(&s.config)
+        .args(["check", "--smtp"])
+        .env("SMTP_PASSWORD", "nope"));
+    assert_eq!(bad.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&bad.stdout).contains("authentication as \"relay\" failed"));
+}

@@ -1,0 +1,330 @@
+//! `smime-pickup check`: everything the daemon relies on, verified before it matters, as a readable
+//! report. Each problem names its path or address. Exit 0 only when all is well: 78 for configuration,
+//! 66 for missing folders or keys, 69 when the SMTP server cannot be used.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, Route};
+use crate::deliver::smtp::SmtpRoute;
+use crate::keyring;
+use crate::smime::certs::{CertProblem, Usage, unix_now, ymd};
+
+/// What one line of the report says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Ok,
+    Warning,
+    /// a missing folder, key or certificate: 66
+    Missing,
+    /// SMTP unusable: 69
+    Unavailable,
+    /// the configuration itself: 78
+    Config,
+}
+
+pub struct Report {
+    pub lines: Vec<(Level, String)>,
+}
+
+impl Report {
+    fn add(&mut self, level: Level, text: impl Into<String>) {
+        self.lines.push((level, text.into()));
+    }
+
+    /// sysexits code for the worst problem found (0 when there is none).
+    pub fn exit_code(&self) -> u8 {
+        match self
+            .lines
+            .iter()
+            .map(|(l, _)| *l)
+            .max()
+            .unwrap_or(Level::Ok)
+        {
+            Level::Ok | Level::Warning => 0,
+            Level::Missing => 66,
+            Level::Unavailable => 69,
+            Level::Config => 78,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (level, text) in &self.lines {
+            let tag = match level {
+                Level::Ok => "ok     ",
+                Level::Warning => "warning",
+                _ => "PROBLEM",
+            };
+            out.push_str(&format!("{tag} {text}\n"));
+        }
+        let problems = self
+            .lines
+            .iter()
+            .filter(|(l, _)| *l > Level::Warning)
+            .count();
+        let warnings = self
+            .lines
+            .iter()
+            .filter(|(l, _)| *l == Level::Warning)
+            .count();
+        out.push_str(&format!("{problems} problems, {warnings} warnings\n"));
+        out
+    }
+}
+
+/// Checks `config` (already parsed: a parse error is reported by the caller with code 78).
+pub fn check(config: &Config, smtp: bool) -> Report {
+    let mut r = Report { lines: Vec::new() };
+    match &config.source {
+        Some(p) => r.add(Level::Ok, format!("config {} parses", p.display())),
+        None => r.add(Level::Warning, "no config file: built-in defaults"),
+    }
+    folders(config, &mut r);
+    keys_and_certs(config, &mut r);
+    if smtp {
+        smtp_check(config, &mut r);
+    }
+    r
+}
+
+fn folders(config: &Config, r: &mut Report) {
+    let needs_pickup = config.route != Route::Smtp;
+    let mut wanted: Vec<(&str, Option<&PathBuf>, bool)> = vec![
+        ("spool", config.spool.as_ref(), true),
+        ("pickup", config.pickup.as_ref(), needs_pickup),
+        ("failed", config.failed.as_ref(), true),
+    ];
+    wanted.push(("keys", Some(&config.keys), true));
+    wanted.push(("certs", Some(&config.certs), true));
+    for (key, path, required) in wanted {
+        match path {
+            None if required => r.add(Level::Config, format!("`{key}` is not set")),
+            None => {}
+            Some(p) => match std::fs::metadata(p) {
+                Ok(m) if m.is_dir() => {
+                    let writable = key == "keys"
+                        || key == "certs"
+                        || rustix::fs::access(p, rustix::fs::Access::WRITE_OK).is_ok();
+                    if writable {
+                        r.add(Level::Ok, format!("{key} {} is a folder", p.display()));
+                    } else {
+                        r.add(
+                            Level::Missing,
+                            format!("{key} {}: not writable by this user", p.display()),
+                        );
+                    }
+                }
+                Ok(_) => r.add(
+                    Level::Missing,
+                    format!("{key} {}: not a folder", p.display()),
+                ),
+                Err(e) if key == "failed" && e.kind() == std::io::ErrorKind::NotFound => r.add(
+                    Level::Warning,
+                    format!("failed {}: missing (created at start)", p.display()),
+                ),
+                Err(e) => r.add(Level::Missing, format!("{key} {}: {e}", p.display())),
+            },
+        }
+    }
+    // renames must not cross filesystems: work beside the spool, staging beside pickup
+    let same_fs = |a: &Path, b: &Path| -> Option<bool> {
+        Some(std::fs::metadata(a).ok()?.dev() == std::fs::metadata(b).ok()?.dev())
+    };
+    if let (Some(spool), Some(work)) = (&config.spool, &config.work)
+        && same_fs(spool, work) == Some(false)
+    {
+        r.add(
+            Level::Config,
+            format!(
+                "work {} is not on the filesystem of spool {}",
+                work.display(),
+                spool.display()
+            ),
+        );
+    }
+    if let Some(pickup) = &config.pickup {
+        let staging = config
+            .staging
+            .clone()
+            .or_else(|| pickup.parent().map(|p| p.join(".smime-pickup-staging")));
+        let beside = staging.as_ref().and_then(|s| {
+            if s.exists() {
+                Some(s.clone())
+            } else {
+                s.parent().map(Path::to_path_buf)
+            }
+        });
+        if let Some(s) = beside
+            && same_fs(pickup, &s) == Some(false)
+        {
+            r.add(
+                Level::Config,
+                format!(
+                    "staging {} is not on the filesystem of pickup {}",
+                    s.display(),
+                    pickup.display()
+                ),
+            );
+        }
+    }
+}
+
+fn keys_and_certs(config: &Config, r: &mut Report) {
+    if !config.keys.is_dir() || !config.certs.is_dir() {
+        return; // already reported
+    }
+    let ring = match keyring::load(config) {
+        Ok(ring) => ring,
+        Err(e) => {
+            r.add(Level::Missing, e.to_string());
+            return;
+        }
+    };
+    let now = unix_now();
+    let soon = now + 30 * 86_400;
+    let mut identities: Vec<_> = ring.keys.entries().collect();
+    identities.sort_by(|a, b| a.0.cmp(b.0));
+    if identities.is_empty() {
+        r.add(
+            Level::Missing,
+            format!(
+                "keys {}: no signing identity (<address>.pem or .key + .crt)",
+                config.keys.display()
+            ),
+        );
+    }
+    for (address, identity) in identities {
+        match identity {
+            Ok(id) => match id.check(now) {
+                Ok(()) if id.not_after() < soon => r.add(
+                    Level::Warning,
+                    format!(
+                        "signing key {address}: certificate expires on {}",
+                        ymd(id.not_after())
+                    ),
+                ),
+                Ok(()) => r.add(
+                    Level::Ok,
+                    format!(
+                        "signing key {address}: usable until {}",
+                        ymd(id.not_after())
+                    ),
+                ),
+                Err(e) => r.add(Level::Missing, e.to_string()),
+            },
+            Err(e) => r.add(Level::Missing, e.to_string()),
+        }
+    }
+    for unreadable in &ring.certs.unreadable {
+        r.add(Level::Warning, unreadable.clone());
+    }
+    r.add(
+        Level::Ok,
+        format!(
+            "certs {}: {} files, {} addresses",
+            config.certs.display(),
+            ring.certs.files,
+            ring.certs.addresses()
+        ),
+    );
+    let mut by_address: std::collections::BTreeMap<&str, Vec<_>> =
+        std::collections::BTreeMap::new();
+    for (address, info) in ring.certs.all() {
+        by_address.entry(address).or_default().push(info);
+    }
+    for (address, infos) in by_address {
+        let usable: Vec<_> = infos
+            .iter()
+            .filter(|c| c.check(Usage::Encrypt, now).is_ok())
+            .collect();
+        match usable.iter().map(|c| c.not_after).max() {
+            Some(until) if until < soon => r.add(
+                Level::Warning,
+                format!("{address}: its certificate expires on {}", ymd(until)),
+            ),
+            Some(_) => {}
+            None => {
+                let why: Vec<String> = infos
+                    .iter()
+                    .map(|c| match c.check(Usage::Encrypt, now) {
+                        Err(p @ CertProblem::Expired { .. }) => {
+                            format!("{} {p}", c.source.display())
+                        }
+                        Err(p) => format!("{} {p}", c.source.display()),
+                        Ok(()) => String::new(),
+                    })
+                    .collect();
+                r.add(
+                    Level::Warning,
+                    format!("{address}: no usable certificate ({})", why.join("; ")),
+                );
+            }
+        }
+    }
+    for (path, mode) in key_file_modes(&config.keys) {
+        if mode & 0o077 != 0 {
+            r.add(
+                Level::Missing,
+                format!(
+                    "{}: private key readable by group or others (mode {mode:04o})",
+                    path.display()
+                ),
+            );
+        }
+    }
+}
+
+fn key_file_modes(dir: &Path) -> Vec<(PathBuf, u32)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "key" || e == "pem"))
+        .filter_map(|p| {
+            std::fs::metadata(&p)
+                .ok()
+                .map(|m| (p, m.permissions().mode() & 0o7777))
+        })
+        .collect()
+}
+
+fn smtp_check(config: &Config, r: &mut Report) {
+    let s = &config.smtp;
+    if s.host.is_empty() {
+        r.add(
+            Level::Config,
+            "--smtp: no SMTP server (set SMTP_HOST or [smtp] host)",
+        );
+        return;
+    }
+    let route = match SmtpRoute::new(s.clone()) {
+        Ok(route) => route,
+        Err(why) => return r.add(Level::Config, why),
+    };
+    match route.open() {
+        Ok(conn) => {
+            let auth = if s.user.is_some() {
+                format!(", authenticated as {:?}", s.user.as_deref().unwrap_or(""))
+            } else {
+                String::new()
+            };
+            let verify = if s.tls_verify {
+                ""
+            } else {
+                " (certificate NOT verified: tls_verify = false)"
+            };
+            r.add(
+                Level::Ok,
+                format!(
+                    "SMTP {}:{}: connected ({}{auth}){verify}",
+                    s.host, s.port, conn.security
+                ),
+            );
+            conn.quit();
+        }
+        Err(e) => r.add(Level::Unavailable, e.to_string()),
+    }
+}
