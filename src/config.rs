@@ -53,6 +53,7 @@ struct File {
     max_message_bytes: Option<usize>,
     route: Option<Route>,
     min_free_bytes: Option<u64>,
+    metrics_file: Option<PathBuf>,
     #[serde(default)]
     seal: Policy,
     #[serde(default)]
@@ -178,6 +179,8 @@ pub struct Config {
     pub route: Route,
     /// The pickup route counts as unhealthy below this much free space
     pub min_free_bytes: u64,
+    /// Prometheus text file, rewritten every second (node_exporter's textfile collector)
+    pub metrics_file: Option<PathBuf>,
     pub smtp: Smtp,
     /// Sender signing identities (default: `keys` beside the config file)
     pub keys: PathBuf,
@@ -274,6 +277,7 @@ impl Config {
             source: path.map(Path::to_path_buf),
             route,
             min_free_bytes: file.min_free_bytes.unwrap_or(100 * 1024 * 1024),
+            metrics_file: file.metrics_file.map(resolve),
             smtp,
             spool: file.spool.map(resolve),
             pickup: file.pickup.map(resolve),

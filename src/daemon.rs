@@ -19,6 +19,7 @@ use crate::deliver::smtp::SmtpRoute;
 use crate::deliver::{DeliverError, Delivered, Transport, rejections};
 use crate::finish;
 use crate::keyring::{self, KeyringError};
+use crate::metrics::{Gauges, Metrics};
 use crate::seal::{self, Keyring, Sealed};
 use crate::smime::certs::unix_now;
 use crate::spool::claim::{Claim, Instance};
@@ -96,6 +97,9 @@ struct Shared {
     last_count: AtomicUsize,
     /// claims taken from the spool whose pickup files are not written yet (a batch in progress)
     claimed_unwritten: AtomicUsize,
+    metrics: Metrics,
+    /// Unix time the earliest usable certificate expires (refreshed at start and reload)
+    earliest_expiry: std::sync::atomic::AtomicI64,
 }
 
 /// May workers take new inputs from the spool?
@@ -216,6 +220,8 @@ pub fn run(
         published_since_count: AtomicUsize::new(0),
         last_count: AtomicUsize::new(0),
         claimed_unwritten: AtomicUsize::new(0),
+        metrics: Metrics::default(),
+        earliest_expiry: std::sync::atomic::AtomicI64::new(i64::MAX),
     });
 
     let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(workers * 16);
@@ -249,8 +255,14 @@ pub fn run(
 
     let mut last_adoption = Instant::now();
     let mut notifier = Notifier::new();
+    refresh_expiry(&shared);
+    let mut last_metrics = Instant::now();
     loop {
         notifier.tick(&shared, producers.first_scan_done.load(Ordering::SeqCst));
+        if last_metrics.elapsed() >= Duration::from_secs(1) {
+            write_metrics(&shared);
+            last_metrics = Instant::now();
+        }
         if shutdown.load(Ordering::SeqCst) {
             info!("stopping: finishing the messages in progress");
             break;
@@ -263,6 +275,7 @@ pub fn run(
         if reload.swap(false, Ordering::SeqCst) {
             notifier.send(&[sd_notify::NotifyState::Reloading]);
             reload_state(&shared);
+            refresh_expiry(&shared);
             notifier.send(&[sd_notify::NotifyState::Ready]);
             producers.rescan();
         }
@@ -293,6 +306,7 @@ pub fn run(
     for t in threads {
         let _ = t.join();
     }
+    write_metrics(&shared);
     let summary = Summary {
         delivered: shared.delivered.load(Ordering::SeqCst),
         failed: shared.failed_count.load(Ordering::SeqCst),
@@ -367,6 +381,46 @@ impl Notifier {
             self.send(&[sd_notify::NotifyState::Watchdog]);
         }
     }
+}
+
+/// Rewrites `metrics_file`, when configured.
+fn write_metrics(shared: &Shared) {
+    let state = shared.state.read().expect("state lock").clone();
+    let Some(path) = &state.config.metrics_file else {
+        return;
+    };
+    let expiry = shared.earliest_expiry.load(Ordering::Relaxed);
+    let gauges = Gauges {
+        queue_depth: shared.inflight.load(Ordering::SeqCst),
+        retry_waiting: shared.retries.lock().expect("retries lock").len(),
+        pickup_backlog: shared.last_count.load(Ordering::SeqCst),
+        route: shared.transport.route_now(),
+        expiry_days: (expiry != i64::MAX).then(|| (expiry - unix_now()).div_euclid(86_400)),
+    };
+    if let Err(e) = crate::metrics::write_file(path, &shared.metrics.render(&gauges)) {
+        debug!("{}: {e}", path.display());
+    }
+}
+
+/// The earliest expiry among the certificates in use (signing identities and usable recipients).
+fn refresh_expiry(shared: &Shared) {
+    let state = shared.state.read().expect("state lock").clone();
+    let now = unix_now();
+    let keys = state
+        .keyring
+        .keys
+        .entries()
+        .filter_map(|(_, id)| id.ok())
+        .filter(|id| id.check(now).is_ok())
+        .map(|id| id.not_after());
+    let certs = state
+        .keyring
+        .certs
+        .all()
+        .filter(|(_, c)| c.check(crate::smime::certs::Usage::Encrypt, now).is_ok())
+        .map(|(_, c)| c.not_after);
+    let earliest = keys.chain(certs).min().unwrap_or(i64::MAX);
+    shared.earliest_expiry.store(earliest, Ordering::Relaxed);
 }
 
 /// Takes over the claims of instances that died, and queues them.
@@ -628,6 +682,7 @@ fn prepare(shared: &Shared, claim: Claim) -> Option<Ready> {
         }
     };
     let state = shared.state.read().expect("state lock").clone();
+    let sealing = Instant::now();
     let sealed = seal::seal(
         &bytes,
         &state.config.seal,
@@ -635,6 +690,7 @@ fn prepare(shared: &Shared, claim: Claim) -> Option<Ready> {
         &state.keyring,
         unix_now(),
     );
+    shared.metrics.sealed_in(sealing.elapsed());
     match sealed {
         Ok(copies) => Some(Ready {
             claim,
@@ -642,7 +698,7 @@ fn prepare(shared: &Shared, claim: Claim) -> Option<Ready> {
             started,
         }),
         Err(e) => {
-            refuse(shared, claim, &e, "refused");
+            refuse(shared, claim, &e, "refused", e.class());
             None
         }
     }
@@ -674,6 +730,7 @@ fn complete(shared: &Shared, ready: Ready, result: Result<Delivered, DeliverErro
             finish_delivered(shared, &claim, done.units);
             let recipients: usize = copies.iter().map(|c| c.envelope.recipients.len()).sum();
             let out_bytes: usize = copies.iter().map(|c| c.data.len()).sum();
+            shared.metrics.delivered(done.route, out_bytes);
             info!(
                 "{rel}: delivered via {} ({} files) message-id=<{}> sender={} recipients={recipients} bytes={out_bytes} ms={}",
                 done.route,
@@ -683,16 +740,17 @@ fn complete(shared: &Shared, ready: Ready, result: Result<Delivered, DeliverErro
                 started.elapsed().as_millis()
             );
         }
-        Err(e) if !e.is_transient() => refuse(shared, claim, &e, "refused by the server"),
+        Err(e) if !e.is_transient() => refuse(shared, claim, &e, "refused by the server", "server"),
         Err(e) => defer(shared, claim, &e),
     }
 }
 
 /// Moves a claim that can never be delivered to the failed folder, with the reason.
-fn refuse(shared: &Shared, claim: Claim, why: &dyn std::fmt::Display, what: &str) {
+fn refuse(shared: &Shared, claim: Claim, why: &dyn std::fmt::Display, what: &str, class: &str) {
     let rel = claim.rel.display().to_string();
     match finish::quarantine(&claim, &shared.failed, &why.to_string()) {
         Ok(to) => {
+            shared.metrics.failed(class);
             shared.failed_count.fetch_add(1, Ordering::SeqCst);
             warn!("{rel}: {what}, moved to {}: {why}", to.display());
         }
@@ -738,6 +796,7 @@ fn finish_delivered(shared: &Shared, claim: &Claim, units: usize) {
 
 /// Keeps a claimed input for a retry (Run) or for the next start (Once).
 fn defer(shared: &Shared, claim: Claim, why: &DeliverError) {
+    shared.metrics.deferred.fetch_add(1, Ordering::Relaxed);
     if !shared.pickup_down.swap(true, Ordering::SeqCst) {
         warn!("{}: deferred: {why}", claim.rel.display());
     } else {

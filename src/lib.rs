@@ -16,6 +16,7 @@ pub mod demo;
 pub mod finish;
 pub mod keyring;
 pub mod message;
+pub mod metrics;
 pub mod seal;
 pub mod smime;
 pub mod spool;

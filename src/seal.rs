@@ -126,6 +126,16 @@ impl SealError {
     pub fn is_permanent(&self) -> bool {
         true
     }
+
+    /// The class the metrics count it under.
+    pub fn class(&self) -> &'static str {
+        match self {
+            SealError::Parse(_) => "input",
+            SealError::Key(_) => "key",
+            SealError::Certificates(_) | SealError::CannotSignOnly(_) => "certificate",
+            SealError::Crypto(_) => "internal",
+        }
+    }
 }
 
 /// Seals `input` according to `policy` at time `now` (Unix seconds).

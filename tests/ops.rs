@@ -180,3 +180,60 @@ fn check_smtp_connects_verifies_and_authenticates() {
     assert_eq!(bad.status.code(), Some(69));
     assert!(String::from_utf8_lossy(&bad.stdout).contains("authentication as \"relay\" failed"));
 }
+
+#[test]
+fn metrics_count_what_happened() {
+    let s = Setup::new("metrics_file = \"metrics.prom\"\n");
+    let mut good = 0;
+    for entry in std::fs::read_dir(fixtures().join("eml")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "eml") {
+            std::fs::copy(&p, s.path("spool").join(p.file_name().unwrap())).unwrap();
+            good += 1;
+        }
+    }
+    std::fs::create_dir(s.path("spool/bad")).unwrap();
+    for name in [
+        "empty",
+        "garbage",
+        "no-from",
+        "unknown-sender",
+        "expired-sender",
+        "expired-cert",
+        "missing-cert",
+    ] {
+        std::fs::copy(
+            fixtures().join(format!("eml/malformed/{name}.eml")),
+            s.path(&format!("spool/bad/{name}.eml")),
+        )
+        .unwrap();
+    }
+    let o = s.once();
+    assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
+    let text = std::fs::read_to_string(s.path("metrics.prom")).unwrap();
+    for line in [
+        format!("smime_pickup_delivered_total{{route=\"pickup\"}} {good}"),
+        "smime_pickup_delivered_total{route=\"smtp\"} 0".to_string(),
+        "smime_pickup_failed_total{reason=\"input\"} 3".to_string(),
+        "smime_pickup_failed_total{reason=\"key\"} 2".to_string(),
+        "smime_pickup_failed_total{reason=\"certificate\"} 2".to_string(),
+        format!("smime_pickup_seal_seconds_count {}", good + 7),
+        "smime_pickup_route{route=\"pickup\"} 1".to_string(),
+        "smime_pickup_queue_depth 0".to_string(),
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    let expiry: i64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("smime_pickup_certificate_expiry_days "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        expiry > 365 * 50,
+        "the test PKI lives for decades: {expiry}"
+    );
+}

@@ -69,6 +69,14 @@ impl Fallback {
 }
 
 impl Transport for Fallback {
+    fn route_now(&self) -> &'static str {
+        let cached = self.health.lock().expect("health lock");
+        match &*cached {
+            Some((_, Some(_))) => "smtp",
+            _ => "pickup",
+        }
+    }
+
     fn deliver(&self, claim: &Claim, copies: &[Sealed]) -> Result<Delivered, DeliverError> {
         if choose(self.pickup_problem(false).as_deref()) == "pickup" {
             match self.pickup.deliver(claim, copies) {

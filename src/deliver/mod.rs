@@ -65,6 +65,11 @@ pub trait Transport: Send + Sync {
     /// (see `recover`).
     fn deliver(&self, claim: &Claim, copies: &[Sealed]) -> Result<Delivered, DeliverError>;
 
+    /// The route deliveries take now, for the metrics.
+    fn route_now(&self) -> &'static str {
+        "pickup"
+    }
+
     /// Delivers several claims at once (a route may make them durable together); one result each,
     /// in order.
     fn deliver_batch(&self, items: &[(&Claim, &[Sealed])]) -> Vec<Result<Delivered, DeliverError>> {

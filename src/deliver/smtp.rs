@@ -360,6 +360,10 @@ fn record_sent(claim: &Claim, index: usize) -> Result<(), SmtpError> {
 }
 
 impl Transport for SmtpRoute {
+    fn route_now(&self) -> &'static str {
+        "smtp"
+    }
+
     fn deliver(&self, claim: &Claim, copies: &[Sealed]) -> Result<Delivered, DeliverError> {
         let done = sent_copies(claim);
         let mut delivered = Delivered {
