@@ -255,10 +255,15 @@ pub fn run(
 
     let mut last_adoption = Instant::now();
     let mut notifier = Notifier::new();
+    let progress = (mode == Mode::Once && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .then(progress_bar);
     refresh_expiry(&shared);
     let mut last_metrics = Instant::now();
     loop {
         notifier.tick(&shared, producers.first_scan_done.load(Ordering::SeqCst));
+        if let Some(bar) = &progress {
+            update_progress(bar, &shared, &producers);
+        }
         if last_metrics.elapsed() >= Duration::from_secs(1) {
             write_metrics(&shared);
             last_metrics = Instant::now();
@@ -307,6 +312,10 @@ pub fn run(
         let _ = t.join();
     }
     write_metrics(&shared);
+    if let Some(bar) = &progress {
+        update_progress(bar, &shared, &NothingWaiting);
+        bar.finish_and_clear();
+    }
     let summary = Summary {
         delivered: shared.delivered.load(Ordering::SeqCst),
         failed: shared.failed_count.load(Ordering::SeqCst),
@@ -380,6 +389,52 @@ impl Notifier {
             self.last_watchdog = Instant::now();
             self.send(&[sd_notify::NotifyState::Watchdog]);
         }
+    }
+}
+
+/// `once` on a terminal: a bar with the count, the rate and the time left.
+fn progress_bar() -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} inputs, {per_sec}, {eta} left ({msg})",
+        )
+        .expect("a valid template"),
+    );
+    bar
+}
+
+fn update_progress(bar: &indicatif::ProgressBar, shared: &Shared, producers: &impl Waiting) {
+    let done = shared.delivered.load(Ordering::SeqCst) + shared.failed_count.load(Ordering::SeqCst);
+    let deferred = shared.deferred.load(Ordering::SeqCst);
+    // the total grows while the first scan runs: everything done, queued or still settling
+    let total = done + deferred + shared.inflight.load(Ordering::SeqCst) + producers.waiting();
+    bar.set_length(total as u64);
+    bar.set_position((done + deferred) as u64);
+    bar.set_message(format!(
+        "{} delivered, {} failed, {deferred} deferred",
+        shared.delivered.load(Ordering::SeqCst),
+        shared.failed_count.load(Ordering::SeqCst)
+    ));
+}
+
+/// Files the producers know of but have not queued yet.
+trait Waiting {
+    fn waiting(&self) -> usize;
+}
+
+impl Waiting for Producers {
+    fn waiting(&self) -> usize {
+        self.tracker.lock().expect("tracker lock").len()
+    }
+}
+
+/// After the producers stopped: nothing waits.
+struct NothingWaiting;
+
+impl Waiting for NothingWaiting {
+    fn waiting(&self) -> usize {
+        0
     }
 }
 

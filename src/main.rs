@@ -1,13 +1,18 @@
 //! The `smime-pickup` command: parse arguments, set up logging, run, report the error chain once.
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = smime_pickup::cli::Cli::parse();
+    // `once` on a terminal shows a progress bar: only warnings and errors print beside it
+    let bar =
+        matches!(cli.command, smime_pickup::cli::Command::Once) && std::io::stderr().is_terminal();
+    let level = if bar { "warn" } else { "info" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     match smime_pickup::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -237,3 +237,42 @@ fn metrics_count_what_happened() {
         "the test PKI lives for decades: {expiry}"
     );
 }
+
+#[test]
+fn once_shows_a_progress_bar_on_a_terminal_and_log_lines_elsewhere() {
+    let s = Setup::new("settle_ms = 100\n");
+    for n in 0..5 {
+        s.drop_message(&format!("m{n}.eml"), &message(n));
+    }
+    // under a pseudo-terminal (script(1)): the bar, then the summary
+    let command = format!(
+        "{} -c {} once",
+        env!("CARGO_BIN_EXE_smime-pickup"),
+        s.config.display()
+    );
+    let o = run(std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(s.d.path())
+        .env_remove("RUST_LOG"));
+    let screen = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{screen}");
+    assert!(
+        screen.contains("5/5 inputs")
+            && screen.contains("left (5 delivered, 0 failed, 0 deferred)"),
+        "{screen}"
+    );
+    assert!(
+        !screen.contains("delivered via pickup"),
+        "no per-message lines beside the bar: {screen}"
+    );
+
+    // without a terminal: plain log lines, no bar
+    for n in 5..8 {
+        s.drop_message(&format!("m{n}.eml"), &message(n));
+    }
+    let o = s.once();
+    assert!(o.status.success());
+    let log = stderr(&o);
+    assert_eq!(log.matches("delivered via pickup").count(), 3, "{log}");
+    assert!(!log.contains(" inputs, "), "{log}");
+}
