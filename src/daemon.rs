@@ -375,11 +375,12 @@ impl Notifier {
         if self.last_status.elapsed() >= Duration::from_secs(1) {
             self.last_status = Instant::now();
             let status = format!(
-                "{} delivered, {} failed, {} deferred, {} queued",
+                "{} delivered, {} failed, {} deferred, {} queued, route {}",
                 shared.delivered.load(Ordering::SeqCst),
                 shared.failed_count.load(Ordering::SeqCst),
                 shared.retries.lock().expect("retries lock").len(),
-                shared.inflight.load(Ordering::SeqCst)
+                shared.inflight.load(Ordering::SeqCst),
+                shared.transport.route_now()
             );
             self.send(&[sd_notify::NotifyState::Status(&status)]);
         }
