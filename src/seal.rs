@@ -97,7 +97,7 @@ impl std::fmt::Display for Protection {
 }
 
 /// One sealed copy and the envelope recipients it goes to.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Sealed {
     pub envelope: Envelope,
     pub data: Vec<u8>,

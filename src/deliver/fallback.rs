@@ -68,6 +68,19 @@ impl Fallback {
     }
 }
 
+/// The copies of `claim` SMTP has not sent yet, when it sent some (`None`: all are unsent).
+fn unsent(claim: &Claim, copies: &[Sealed]) -> Option<Vec<Sealed>> {
+    let sent = super::smtp::sent_copies(claim);
+    (!sent.is_empty()).then(|| {
+        copies
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !sent.contains(i))
+            .map(|(_, c)| c.clone())
+            .collect()
+    })
+}
+
 impl Transport for Fallback {
     fn route_now(&self) -> &'static str {
         let cached = self.health.lock().expect("health lock");
@@ -79,7 +92,11 @@ impl Transport for Fallback {
 
     fn deliver(&self, claim: &Claim, copies: &[Sealed]) -> Result<Delivered, DeliverError> {
         if choose(self.pickup_problem(false).as_deref()) == "pickup" {
-            match self.pickup.deliver(claim, copies) {
+            let unsent = unsent(claim, copies);
+            match self
+                .pickup
+                .deliver(claim, unsent.as_deref().unwrap_or(copies))
+            {
                 Ok(d) => return Ok(d),
                 // committed to pickup already: recovery publishes it, SMTP would send it twice
                 Err(e) if claim.committed_path().exists() => return Err(e),
@@ -93,7 +110,17 @@ impl Transport for Fallback {
 
     fn deliver_batch(&self, items: &[(&Claim, &[Sealed])]) -> Vec<Result<Delivered, DeliverError>> {
         if choose(self.pickup_problem(false).as_deref()) == "pickup" {
-            let results = self.pickup.deliver_batch(items);
+            // copies SMTP already took (before a switch back) must not go again through pickup
+            let unsent: Vec<Option<Vec<Sealed>>> = items
+                .iter()
+                .map(|(claim, copies)| unsent(claim, copies))
+                .collect();
+            let filtered: Vec<(&Claim, &[Sealed])> = items
+                .iter()
+                .zip(&unsent)
+                .map(|((claim, copies), u)| (*claim, u.as_deref().unwrap_or(copies)))
+                .collect();
+            let results = self.pickup.deliver_batch(&filtered);
             if results.iter().all(Result::is_ok) {
                 return results;
             }
@@ -128,6 +155,36 @@ impl Transport for Fallback {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::message::Envelope;
+    use crate::seal::Protection;
+
+    #[test]
+    fn copies_smtp_already_sent_are_not_delivered_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let claim = Claim {
+            path: tmp.path().join("i1-1,m.eml"),
+            id: "i1-1".into(),
+            rel: "m.eml".into(),
+        };
+        let copy = |r: &str| Sealed {
+            envelope: Envelope {
+                sender: "s@x".into(),
+                recipients: vec![r.into()],
+                ..Envelope::default()
+            },
+            data: Vec::new(),
+            protection: Protection::Signed,
+            message_id: "id".into(),
+        };
+        let copies = [copy("a@y"), copy("b@y"), copy("c@y")];
+        assert!(unsent(&claim, &copies).is_none(), "nothing sent: all go");
+        std::fs::write(super::super::smtp::progress_path(&claim), "0\n2\n").unwrap();
+        let left = unsent(&claim, &copies).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].envelope.recipients, ["b@y"]);
+    }
+
     #[test]
     fn the_route_follows_pickup_health() {
         assert_eq!(super::choose(None), "pickup");
