@@ -893,17 +893,22 @@ fn reload_state(shared: &Shared) {
     match loaded {
         Ok(new) => {
             let c = &new.config;
-            if (
-                &c.spool, &c.pickup, &c.failed, &c.work, &c.staging, c.workers,
-            ) != (
-                &old.config.spool,
-                &old.config.pickup,
-                &old.config.failed,
-                &old.config.work,
-                &old.config.staging,
-                old.config.workers,
-            ) {
-                warn!("reload: folder and worker changes take effect at the next start");
+            let fixed = |c: &Config| {
+                (
+                    c.spool.clone(),
+                    c.pickup.clone(),
+                    c.failed.clone(),
+                    c.work.clone(),
+                    c.staging.clone(),
+                    c.workers,
+                    c.route,
+                    format!("{:?}", c.smtp),
+                )
+            };
+            if fixed(c) != fixed(&old.config) {
+                warn!(
+                    "reload: changes to folders, workers, route and [smtp] take effect at the next start"
+                );
             }
             info!(
                 "reloaded {}: {} signing keys, {} recipient addresses",
