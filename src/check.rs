@@ -107,7 +107,12 @@ fn folders(config: &Config, r: &mut Report) {
                         || key == "certs"
                         || rustix::fs::access(p, rustix::fs::Access::WRITE_OK).is_ok();
                     if writable {
-                        r.add(Level::Ok, format!("{key} {} is a folder", p.display()));
+                        let what = if key == "keys" || key == "certs" {
+                            "a folder"
+                        } else {
+                            "a writable folder"
+                        };
+                        r.add(Level::Ok, format!("{key} {} is {what}", p.display()));
                     } else {
                         r.add(
                             Level::Missing,
@@ -125,6 +130,39 @@ fn folders(config: &Config, r: &mut Report) {
                 ),
                 Err(e) => r.add(Level::Missing, format!("{key} {}: {e}", p.display())),
             },
+        }
+    }
+    // our own folders: they must exist and be writable, or be creatable
+    let work = config
+        .work
+        .clone()
+        .or_else(|| config.spool.as_ref().map(|s| s.join(".smime-pickup")));
+    let staging = config.staging.clone().or_else(|| {
+        config
+            .pickup
+            .as_ref()
+            .and_then(|p| p.parent())
+            .map(|p| p.join(".smime-pickup-staging"))
+    });
+    for (key, dir) in [("work", work), ("staging", staging)] {
+        let Some(dir) = dir else { continue };
+        let target = if dir.exists() {
+            dir.clone()
+        } else {
+            dir.parent().map(Path::to_path_buf).unwrap_or_default()
+        };
+        match rustix::fs::access(&target, rustix::fs::Access::WRITE_OK) {
+            Ok(()) => r.add(
+                Level::Ok,
+                format!("{key} {} is writable (or can be created)", dir.display()),
+            ),
+            Err(e) => r.add(
+                Level::Missing,
+                format!(
+                    "{key} {}: cannot be written by this user ({e})",
+                    dir.display()
+                ),
+            ),
         }
     }
     // renames must not cross filesystems: work beside the spool, staging beside pickup
@@ -177,7 +215,9 @@ fn keys_and_certs(config: &Config, r: &mut Report) {
     let ring = match keyring::load(config) {
         Ok(ring) => ring,
         Err(e) => {
-            r.add(Level::Missing, e.to_string());
+            // the folders exist (checked above): this is the CA bundle or the passphrase file the
+            // config names, a configuration problem as for `seal`
+            r.add(Level::Config, e.to_string());
             return;
         }
     };

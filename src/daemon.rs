@@ -249,7 +249,12 @@ pub fn run(
     let producers = Producers::start(spool, settle, rescan, emit, shutdown.clone())
         .map_err(folder(&shared.spool))?;
     info!(
-        "watching {} with {workers} workers; delivering to {target}",
+        "{} {} with {workers} workers; delivering to {target}",
+        if mode == Mode::Once {
+            "draining"
+        } else {
+            "watching"
+        },
         shared.spool.display()
     );
 
@@ -398,7 +403,7 @@ fn progress_bar() -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} inputs, {per_sec}, {eta} left ({msg})",
+            "{bar:30} {pos}/{len} inputs, {per_sec:.0}, {eta} left ({msg})",
         )
         .expect("a valid template"),
     );
@@ -410,6 +415,9 @@ fn update_progress(bar: &indicatif::ProgressBar, shared: &Shared, producers: &im
     let deferred = shared.deferred.load(Ordering::SeqCst);
     // the total grows while the first scan runs: everything done, queued or still settling
     let total = done + deferred + shared.inflight.load(Ordering::SeqCst) + producers.waiting();
+    if total == 0 {
+        return; // nothing found yet: an empty bar rather than a full one
+    }
     bar.set_length(total as u64);
     bar.set_position((done + deferred) as u64);
     bar.set_message(format!(

@@ -16,7 +16,13 @@ fn main() -> ExitCode {
     match smime_pickup::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("smime-pickup: {err}");
+            // `once` and `check` already printed their summary or report
+            if !matches!(
+                err,
+                smime_pickup::cli::CliError::Outcome(_) | smime_pickup::cli::CliError::Check(_)
+            ) {
+                eprintln!("smime-pickup: {err}");
+            }
             ExitCode::from(err.exit_code())
         }
     }

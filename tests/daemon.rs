@@ -52,6 +52,9 @@ fn once_seals_the_corpus_into_pickup_and_quarantines_the_rest() {
     for f in &files {
         let bytes = std::fs::read(f).unwrap();
         assert!(bytes.starts_with(b"x-sender: "), "{}", f.display());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640, "{}: readable by the MTA's group", f.display());
         assert_crlf_only(&bytes, &f.display().to_string());
         assert!(String::from_utf8_lossy(&bytes).contains("\r\nx-receiver: "));
     }

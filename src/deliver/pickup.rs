@@ -18,6 +18,7 @@
 //! pickup folder for the whole batch.
 
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::{DeliverError, Delivered, Transport};
@@ -146,6 +147,9 @@ impl Pickup {
                         let name = format!("{}.{}.eml", claim.id, names[i].len());
                         let path = self.staging.join(&name);
                         let mut file = std::fs::File::create(&path).map_err(Self::io(&path))?;
+                        // readable by the MTA's group whatever the service's umask (0077 under systemd)
+                        file.set_permissions(std::fs::Permissions::from_mode(0o640))
+                            .map_err(Self::io(&path))?;
                         file.write_all(&pickup_file(copy, slice))
                             .map_err(Self::io(&path))?;
                         open_files.push((i, path, file));
