@@ -231,33 +231,41 @@ pub fn seal(
     }
 
     let mut out = Vec::with_capacity(groups.len() + 1);
-    let wrap = |recipients: Vec<String>, entity: &[u8], protection: Protection| {
-        let mut data = Vec::with_capacity(msg.outer_headers.len() + entity.len() + 32);
+    // every copy starts with the outer headers; the entity is written straight after them
+    let start = |extra: usize| {
+        let mut data = Vec::with_capacity(msg.outer_headers.len() + 32 + extra);
         data.extend_from_slice(&msg.outer_headers);
         data.extend_from_slice(b"MIME-Version: 1.0\r\n");
-        data.extend_from_slice(entity);
-        Sealed {
-            envelope: Envelope {
-                recipients,
-                hidden: Vec::new(),
-                ..msg.envelope.clone()
-            },
-            data,
-            protection,
-            message_id: msg.message_id.clone(),
-        }
+        data
+    };
+    let copy = |recipients: Vec<String>, data: Vec<u8>, protection: Protection| Sealed {
+        envelope: Envelope {
+            recipients,
+            hidden: Vec::new(),
+            ..msg.envelope.clone()
+        },
+        data,
+        protection,
+        message_id: msg.message_id.clone(),
     };
     for (recipients, mut certs) in groups {
         if let Some(c) = sender_cert {
             certs.push(c);
         }
-        let entity = smime::enveloped_entity(&certs, payload, policy.cipher, policy.key_transport)?;
+        let mut data = start(payload.len() * 7 / 5 + 1024 * certs.len());
+        smime::enveloped_entity(
+            &certs,
+            payload,
+            policy.cipher,
+            policy.key_transport,
+            &mut data,
+        )?;
         let protection = if signer.is_some() {
             Protection::SignedAndEncrypted
         } else {
             Protection::Encrypted
         };
-        out.push(wrap(recipients, &entity, protection));
+        out.push(copy(recipients, data, protection));
     }
     let plain: Vec<String> = if policy.encrypt {
         without.iter().map(|s| s.to_string()).collect()
@@ -265,7 +273,9 @@ pub fn seal(
         msg.envelope.recipients.clone()
     };
     if !plain.is_empty() {
-        out.push(wrap(plain, payload, Protection::Signed));
+        let mut data = start(payload.len());
+        data.extend_from_slice(payload);
+        out.push(copy(plain, data, Protection::Signed));
     }
     Ok(out)
 }

@@ -124,13 +124,15 @@ pub fn signed_entity(
     Ok(out)
 }
 
-/// Encrypts the entity `content` for `recipients` and returns the `application/pkcs7-mime` entity.
+/// Encrypts the entity `content` for `recipients` and appends the `application/pkcs7-mime` entity to
+/// `out` (which may already hold the message's outer headers: no copy of the result is then needed).
 pub fn enveloped_entity(
     recipients: &[&X509],
     content: &[u8],
     cipher: CipherChoice,
     transport: KeyTransport,
-) -> Result<Vec<u8>, ErrorStack> {
+    out: &mut Vec<u8>,
+) -> Result<(), ErrorStack> {
     let der = match transport {
         KeyTransport::RsaOaep => oaep_ffi::encrypt_oaep(recipients, content, cipher.cipher())?,
         KeyTransport::RsaPkcs1 => {
@@ -142,7 +144,7 @@ pub fn enveloped_entity(
                 .to_der()?
         }
     };
-    let mut out = Vec::with_capacity(der.len() * 4 / 3 + der.len() / 38 + 256);
+    out.reserve(der.len() * 4 / 3 + der.len() / 38 + 256);
     out.extend_from_slice(
         format!(
             "Content-Type: application/pkcs7-mime; smime-type={}; name=\"smime.p7m\"\r\n\
@@ -153,8 +155,8 @@ pub fn enveloped_entity(
         )
         .as_bytes(),
     );
-    encode_base64_lines(&der, &mut out);
-    Ok(out)
+    encode_base64_lines(&der, out);
+    Ok(())
 }
 
 /// The `micalg` parameter for a SignedData: the digest OpenSSL really used, read from the DER (the
