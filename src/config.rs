@@ -291,7 +291,11 @@ impl Config {
                 "rescan_seconds",
                 30,
             )?),
-            pickup_max_backlog: file.pickup_max_backlog.unwrap_or(20_000),
+            pickup_max_backlog: positive(
+                file.pickup_max_backlog.map(|v| v as u64),
+                "pickup_max_backlog",
+                20_000,
+            )? as usize,
             retry_max: std::time::Duration::from_secs(positive(
                 file.retry_max_seconds,
                 "retry_max_seconds",

@@ -241,7 +241,7 @@ pub fn run(
         move |job: Job| send_job(&tx, &shared, job)
     };
     // inputs a crash left claimed come first
-    adopt(&shared, &send);
+    adopt(&shared);
     let emit: Emit = {
         let send = send.clone();
         Arc::new(move |path| send(Job::Path(path)))
@@ -279,7 +279,7 @@ pub fn run(
         }
         if last_adoption.elapsed() >= rescan {
             // another instance sharing the spool may have died since
-            adopt(&shared, &send);
+            adopt(&shared);
             last_adoption = Instant::now();
         }
         if reload.swap(false, Ordering::SeqCst) {
@@ -296,12 +296,27 @@ pub fn run(
             *retries = later;
             due.into_iter().map(|(_, c)| c).collect()
         };
+        // never block here (the watchdog is fed from this loop): what does not fit waits a moment
+        let mut refused = Vec::new();
         for claim in due {
-            send(Job::Claim(claim));
+            if let Err(job) = try_send_job(&tx, &shared, Job::Claim(claim)) {
+                refused.push(job);
+            }
+        }
+        let later = Instant::now() + Duration::from_millis(100);
+        for job in refused {
+            if let Job::Claim(claim) = job {
+                shared
+                    .retries
+                    .lock()
+                    .expect("retries lock")
+                    .push((later, claim));
+            }
         }
         if mode == Mode::Once
             && producers.first_scan_done.load(Ordering::SeqCst)
             && shared.inflight.load(Ordering::SeqCst) == 0
+            && shared.retries.lock().expect("retries lock").is_empty()
             && producers.tracker.lock().expect("tracker lock").is_empty()
         {
             break;
@@ -488,7 +503,7 @@ fn refresh_expiry(shared: &Shared) {
 }
 
 /// Takes over the claims of instances that died, and queues them.
-fn adopt(shared: &Shared, send: &impl Fn(Job) -> bool) {
+fn adopt(shared: &Shared) {
     let adopted = shared.instance.adopt_dead();
     match adopted {
         Ok(claims) => {
@@ -498,17 +513,30 @@ fn adopt(shared: &Shared, send: &impl Fn(Job) -> bool) {
                     claims.len()
                 );
             }
-            for claim in claims {
-                if !send(Job::Claim(claim)) {
-                    break;
-                }
-            }
+            // queued through the retry list, which the main loop feeds without blocking
+            let now = Instant::now();
+            shared
+                .retries
+                .lock()
+                .expect("retries lock")
+                .extend(claims.into_iter().map(|c| (now, c)));
         }
         Err(e) => error!(
             "{}: cannot adopt the claims of stopped instances: {e}",
             shared.instance.dir.display()
         ),
     }
+}
+
+/// Queues a job if there is room now; gives it back otherwise.
+fn try_send_job(tx: &SyncSender<Job>, shared: &Shared, job: Job) -> Result<(), Job> {
+    shared.inflight.fetch_add(1, Ordering::SeqCst);
+    tx.try_send(job).map_err(|e| {
+        shared.inflight.fetch_sub(1, Ordering::SeqCst);
+        match e {
+            TrySendError::Full(j) | TrySendError::Disconnected(j) => j,
+        }
+    })
 }
 
 /// Queues a job, waiting while the queue is full; false once shutting down.
@@ -575,10 +603,14 @@ fn worker(shared: &Shared, rx: &Mutex<Receiver<Job>>) {
                     Job::Claim(claim) => pending.push(claim),
                     Job::Path(path) => {
                         // the gate may wait for our own pending claims: write them first
-                        if !pending.is_empty() && gate(shared) != Gate::Open {
-                            flush(shared, &mut pending, &mut claimed);
-                        }
-                        if let Some(claim) = take_new(shared, &path) {
+                        let taken = match take_new(shared, &path, !pending.is_empty()) {
+                            Err(MustFlush) => {
+                                flush(shared, &mut pending, &mut claimed);
+                                take_new(shared, &path, false).unwrap_or(None)
+                            }
+                            Ok(taken) => taken,
+                        };
+                        if let Some(claim) = taken {
                             claimed += 1;
                             pending.push(claim);
                         }
@@ -611,21 +643,26 @@ fn flush(shared: &Shared, pending: &mut Vec<Claim>, claimed: &mut usize) {
     *claimed = 0;
 }
 
+/// `take_new` would have to wait for the gate while the caller holds unwritten claims.
+struct MustFlush;
+
 /// Claims a spool file once the route can take it; `None` when it waits, is gone or was taken.
-fn take_new(shared: &Shared, path: &Path) -> Option<Claim> {
+fn take_new(shared: &Shared, path: &Path, holding: bool) -> Result<Option<Claim>, MustFlush> {
     loop {
         match gate(shared) {
             Gate::Open => break,
+            // our own unwritten claims may be what keeps the gate shut: never wait on them
+            _ if holding && shared.mode == Mode::Run => return Err(MustFlush),
             reason => {
                 if shared.mode == Mode::Once {
                     // left in the spool for the next run
                     if path.exists() {
                         shared.deferred.fetch_add(1, Ordering::SeqCst);
                     }
-                    return None;
+                    return Ok(None);
                 }
                 if shared.shutdown.load(Ordering::SeqCst) {
-                    return None;
+                    return Ok(None);
                 }
                 debug!("{}: waiting, {reason:?}", path.display());
                 std::thread::sleep(Duration::from_millis(200));
@@ -636,12 +673,12 @@ fn take_new(shared: &Shared, path: &Path) -> Option<Claim> {
         Ok(Some(claim)) => {
             // counted for the backlog gate now, not only once written: a batch claims many first
             shared.claimed_unwritten.fetch_add(1, Ordering::SeqCst);
-            Some(claim)
+            Ok(Some(claim))
         }
-        Ok(None) => None, // another instance or an earlier event took it
+        Ok(None) => Ok(None), // another instance or an earlier event took it
         Err(e) => {
             warn!("{}: cannot claim: {e}", path.display());
-            None
+            Ok(None)
         }
     }
 }

@@ -42,32 +42,41 @@ fn place_in_failed(
     let wanted = failed.join(&claim.rel);
     let parent = wanted.parent().unwrap_or(failed).to_path_buf();
     std::fs::create_dir_all(&parent)?;
-    let mut target = wanted.clone();
-    let mut n = 0;
-    while target.exists() || reason_path(&target).exists() {
-        n += 1;
-        let mut name = wanted.file_name().unwrap_or_default().to_owned();
-        name.push(format!(".{n}"));
-        target = parent.join(name);
-    }
-    // the reason first: a crash between the two leaves the input claimed, to be refused again
+    // the reason file is created first and exclusively: it reserves the name, so two workers (or two
+    // instances) refusing inputs with the same name at once never overwrite each other
     let line = format!(
         "{} {}\n",
         crate::smime::certs::rfc3339(crate::smime::certs::unix_now()),
         one_line(reason)
     );
-    let reason_file = reason_path(&target);
-    let tmp = parent.join(format!(
-        ".{}.tmp",
-        reason_file
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-    ));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(line.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &reason_file)?;
+    let mut n = 0;
+    let target = loop {
+        let candidate = if n == 0 {
+            wanted.clone()
+        } else {
+            let mut name = wanted.file_name().unwrap_or_default().to_owned();
+            name.push(format!(".{n}"));
+            parent.join(name)
+        };
+        n += 1;
+        if candidate.exists() {
+            continue;
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(reason_path(&candidate))
+        {
+            Ok(mut f) => {
+                f.write_all(line.as_bytes())?;
+                f.sync_all()?;
+                break candidate;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    // a crash before the move leaves the input claimed, to be refused again (under a new name)
     if copy {
         std::fs::copy(claim.current_path(), &target)?;
         std::fs::File::open(&target)?.sync_all()?;

@@ -74,9 +74,8 @@ fn unsent(claim: &Claim, copies: &[Sealed]) -> Option<Vec<Sealed>> {
     (!sent.is_empty()).then(|| {
         copies
             .iter()
-            .enumerate()
-            .filter(|(i, _)| !sent.contains(i))
-            .map(|(_, c)| c.clone())
+            .filter(|c| !sent.contains(&super::smtp::copy_key(c)))
+            .cloned()
             .collect()
     })
 }
@@ -144,12 +143,9 @@ impl Transport for Fallback {
     }
 
     fn recover(&self, claim: &Claim) -> Result<Option<Delivered>, DeliverError> {
-        // an interrupted pickup delivery is finished through pickup; SMTP needs no recovery step
-        if claim.committed_path().exists() {
-            self.pickup.recover(claim)
-        } else {
-            Ok(None)
-        }
+        // a committed pickup delivery is finished through pickup; an uncommitted one leaves only staged
+        // leftovers, which pickup's recovery removes (SMTP itself needs no recovery step)
+        self.pickup.recover(claim)
     }
 }
 
@@ -179,7 +175,7 @@ mod tests {
         };
         let copies = [copy("a@y"), copy("b@y"), copy("c@y")];
         assert!(unsent(&claim, &copies).is_none(), "nothing sent: all go");
-        std::fs::write(super::super::smtp::progress_path(&claim), "0\n2\n").unwrap();
+        std::fs::write(super::super::smtp::progress_path(&claim), "a@y\nc@y\n").unwrap();
         let left = unsent(&claim, &copies).unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].envelope.recipients, ["b@y"]);

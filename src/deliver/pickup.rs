@@ -364,6 +364,24 @@ mod tests {
     }
 
     #[test]
+    fn a_committed_claim_found_after_a_crash_is_published_not_sealed_again() {
+        let (_t, p, claim) = setup();
+        std::fs::rename(&claim.path, claim.committed_path()).unwrap();
+        std::fs::write(p.staging.join("i1-7.0.eml"), "only").unwrap();
+        // what a restart (or an adopting instance) finds in the work folder
+        let found = crate::spool::claim::parse_claim(&claim.committed_path()).unwrap();
+        assert_eq!(found, claim);
+        let done = p
+            .recover(&found)
+            .unwrap()
+            .expect("recovered through pickup");
+        assert_eq!(done.units, 1);
+        assert_eq!(names(&p.dir), ["i1-7.0.eml"]);
+        crate::finish::delivered(&found).unwrap();
+        assert!(!claim.committed_path().exists() && !claim.path.exists());
+    }
+
+    #[test]
     fn a_missing_pickup_directory_is_unavailable_and_not_created() {
         let (_t, p, claim) = setup();
         std::fs::remove_dir(&p.dir).unwrap();

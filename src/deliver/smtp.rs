@@ -333,18 +333,34 @@ fn transact(
 /// Where the indices of copies already accepted by the server are recorded.
 pub fn progress_path(claim: &Claim) -> PathBuf {
     let mut p = claim.path.as_os_str().to_owned();
-    p.push(".smtp");
+    p.push(PROGRESS_SUFFIX);
     PathBuf::from(p)
 }
 
-/// Copies already sent for `claim` (by an earlier attempt or before a crash).
-pub fn sent_copies(claim: &Claim) -> HashSet<usize> {
+/// Names a claim's SMTP progress record: a suffix no spool input ends with once claimed, since claims
+/// end in their input's name and inputs with `#` sidecar suffixes are not told apart from them
+/// (`spool::claim` treats this suffix as a sidecar).
+pub const PROGRESS_SUFFIX: &str = "#smtp-sent";
+
+/// What identifies a copy across attempts: its recipients (copy order can change when certificates
+/// expire or are reloaded between attempts; the recipients of a copy cannot be sent to twice).
+pub fn copy_key(copy: &Sealed) -> String {
+    copy.envelope.recipients.join(",").to_ascii_lowercase()
+}
+
+/// Copies already sent for `claim` (by an earlier attempt or before a crash), by `copy_key`.
+pub fn sent_copies(claim: &Claim) -> HashSet<String> {
     std::fs::read_to_string(progress_path(claim))
-        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .map(|t| {
+            t.lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
-fn record_sent(claim: &Claim, index: usize) -> Result<(), SmtpError> {
+fn record_sent(claim: &Claim, key: &str) -> Result<(), SmtpError> {
     let path = progress_path(claim);
     let io = |source| SmtpError::Progress {
         path: path.clone(),
@@ -355,7 +371,7 @@ fn record_sent(claim: &Claim, index: usize) -> Result<(), SmtpError> {
         .append(true)
         .open(&path)
         .map_err(io)?;
-    f.write_all(format!("{index}\n").as_bytes()).map_err(io)?;
+    f.write_all(format!("{key}\n").as_bytes()).map_err(io)?;
     f.sync_data().map_err(io)
 }
 
@@ -371,16 +387,23 @@ impl Transport for SmtpRoute {
             units: 0,
             rejected: Vec::new(),
         };
-        for (i, copy) in copies.iter().enumerate() {
-            if done.contains(&i) {
+        for copy in copies {
+            let key = copy_key(copy);
+            if done.contains(&key) {
                 continue;
             }
             let outcome = self
                 .send(&copy.envelope.sender, &copy.envelope.recipients, &copy.data)
                 .map_err(|e| DeliverError::Smtp(Box::new(e)))?;
             // a single copy needs no record: the claim is finished right after this transaction
-            if copies.len() > 1 {
-                record_sent(claim, i).map_err(|e| DeliverError::Smtp(Box::new(e)))?;
+            if copies.len() > 1
+                && let Err(e) = record_sent(claim, &key)
+            {
+                // the server has it: failing now would send it again on every retry
+                log::error!(
+                    "{}: sent, but not recorded ({e}); a retry would send this copy again",
+                    claim.rel.display()
+                );
             }
             delivered.units += usize::from(!outcome.accepted.is_empty());
             delivered.rejected.extend(outcome.rejected);

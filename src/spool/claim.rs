@@ -193,7 +193,7 @@ impl Instance {
 }
 
 /// Work-folder files beside a claim: its SMTP progress record.
-const SIDECARS: [&str; 1] = [".smtp"];
+const SIDECARS: [&str; 1] = [crate::deliver::smtp::PROGRESS_SUFFIX];
 
 /// Whether a work-folder file name is a claim (not one of its sidecar files).
 fn is_claim_name(name: &str) -> bool {
@@ -201,11 +201,14 @@ fn is_claim_name(name: &str) -> bool {
 }
 
 /// The claim a work-folder path stands for.
+/// A committed claim (`…#committed`) is reported under its pre-commit path, which is what
+/// `Claim::committed_path` and recovery expect.
 pub fn parse_claim(path: &Path) -> Option<Claim> {
     let name = path.file_name()?.to_str()?;
+    let name = name.strip_suffix(COMMITTED).unwrap_or(name);
     let (id, rel) = name.split_once(',')?;
     Some(Claim {
-        path: path.to_path_buf(),
+        path: path.with_file_name(name),
         id: id.to_string(),
         rel: PathBuf::from(decode_rel(rel)),
     })
@@ -225,11 +228,11 @@ fn encode_rel(rel: &Path) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().replace('%', "%25"))
         .unwrap_or_default();
-    let mut cut = base.len().min(MAX_ENCODED);
-    while !base.is_char_boundary(cut) {
-        cut -= 1;
+    let mut start = base.len().saturating_sub(MAX_ENCODED);
+    while !base.is_char_boundary(start) {
+        start += 1;
     }
-    base[base.len() - cut..].to_string()
+    base[start..].to_string()
 }
 
 fn decode_rel(s: &str) -> String {
@@ -255,6 +258,19 @@ mod tests {
         }
         let deep = "d/".repeat(150) + "x.eml";
         assert!(encode_rel(Path::new(&deep)).ends_with("x.eml"));
+        let wide = format!("a{}.eml", "\u{e9}".repeat(100)); // 205 bytes, multibyte
+        let kept = encode_rel(Path::new(&wide));
+        assert!(kept.len() <= MAX_ENCODED && kept.ends_with(".eml"));
+        // a committed claim is the same claim
+        let committed = parse_claim(Path::new("/w/i1-3,sub%2Fm.eml#committed")).unwrap();
+        assert_eq!(
+            committed,
+            parse_claim(Path::new("/w/i1-3,sub%2Fm.eml")).unwrap()
+        );
+        assert_eq!(
+            committed.committed_path(),
+            Path::new("/w/i1-3,sub%2Fm.eml#committed")
+        );
     }
 
     #[test]
