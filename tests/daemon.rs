@@ -487,3 +487,38 @@ fn run_and_once_name_missing_settings_and_folders() {
     assert_eq!(o.status.code(), Some(66), "{}", stderr(&o));
     assert!(stderr(&o).contains("nope"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_crash_after_the_commit_point_is_finished_not_redone() {
+    // what a daemon killed between its commit rename and its publish leaves behind
+    let s = Setup::new("");
+    let dead = s.path("spool/.smime-pickup/i1dead");
+    std::fs::create_dir_all(&dead).unwrap();
+    std::fs::write(dead.join(".lock"), "").unwrap();
+    std::fs::write(dead.join("i1dead-0,sub%2Fm.eml#committed"), message(42)).unwrap();
+    let staging = s.d.path().join(".smime-pickup-staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let staged = b"x-sender: alice@example.com\r\nx-receiver: bob@example.com\r\nMessage-ID: <m42@test.example.com>\r\n\r\nsealed before the crash\r\n";
+    std::fs::write(staging.join("i1dead-0.0.eml"), staged).unwrap();
+    // and one that had not reached its commit point: sealed again from scratch
+    std::fs::write(dead.join("i1dead-1,n.eml"), message(43)).unwrap();
+    std::fs::write(staging.join("i1dead-1.0.eml"), b"half writ").unwrap();
+
+    let o = s.once();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("2 delivered, 0 failed, 0 deferred"));
+    let files = s.pickup_files();
+    assert_eq!(files.len(), 2);
+    let published = files
+        .iter()
+        .map(|f| std::fs::read(f).unwrap())
+        .find(|b| b.ends_with(b"sealed before the crash\r\n"));
+    assert!(
+        published.is_some(),
+        "the committed output is published as it was, not sealed again"
+    );
+    let ids = s.delivered_ids();
+    assert_eq!(ids.get("<m42@test.example.com>"), Some(&1));
+    assert_eq!(ids.get("<m43@test.example.com>"), Some(&1));
+    s.assert_nothing_in_flight();
+}
