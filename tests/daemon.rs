@@ -343,11 +343,7 @@ fn sighup_picks_up_a_new_recipient_certificate() {
     )
     .unwrap();
     signal(&child, "-HUP");
-    s.wait_for("the reload", Duration::from_secs(10), || {
-        std::fs::read_to_string(s.path("run.log"))
-            .unwrap()
-            .contains("reloaded")
-    });
+    s.wait_for_log("run.log", "reloaded");
     s.drop_message("after.eml", &message(2));
     s.wait_for("delivery", Duration::from_secs(20), || {
         s.delivered_ids().contains_key("<m2@test.example.com>")
@@ -356,11 +352,7 @@ fn sighup_picks_up_a_new_recipient_certificate() {
     // a broken config is refused and the running one stays
     std::fs::write(&s.config, "spool = \"spool\"\nbogus = 1\n").unwrap();
     signal(&child, "-HUP");
-    s.wait_for("the refusal", Duration::from_secs(10), || {
-        std::fs::read_to_string(s.path("run.log"))
-            .unwrap()
-            .contains("reload refused")
-    });
+    s.wait_for_log("run.log", "reload refused");
     s.drop_message("still.eml", &message(3));
     s.wait_for("delivery", Duration::from_secs(20), || {
         s.delivered_ids().contains_key("<m3@test.example.com>")

@@ -107,25 +107,6 @@ impl Instance {
         }
     }
 
-    /// Claims in our own folder (after adoption: the dead instances' ones too).
-    pub fn claims(&self) -> std::io::Result<Vec<Claim>> {
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(&self.dir)? {
-            let path = entry?.path();
-            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-                continue;
-            };
-            if name.starts_with('.') || !is_claim_name(name) {
-                continue;
-            }
-            if let Some(claim) = parse_claim(&path) {
-                out.push(claim);
-            }
-        }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
-    }
-
     /// Adopts the claims of every dead instance under the work root; returns them (now in our folder).
     pub fn adopt_dead(&self) -> std::io::Result<Vec<Claim>> {
         let mut adopted = Vec::new();
@@ -293,9 +274,12 @@ mod tests {
             "both others hold their locks"
         );
         drop(dead); // its lock goes with it, as with kill -9
-        assert_eq!(me.adopt_dead().unwrap().len(), 1);
-        let claims = me.claims().unwrap();
+        let claims = me.adopt_dead().unwrap();
         assert_eq!(claims.len(), 1);
+        assert!(
+            claims[0].path.starts_with(&me.dir),
+            "moved into the adopter's folder"
+        );
         assert_eq!(claims[0].id, c.id);
         assert_eq!(claims[0].rel, Path::new("m.eml"));
         assert!(live.dir.exists());

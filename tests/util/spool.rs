@@ -123,6 +123,15 @@ impl Setup {
         ids
     }
 
+    /// Waits until the daemon's log (`log`, under the test folder) contains `text`.
+    pub fn wait_for_log(&self, log: &str, text: &str) {
+        self.wait_for(text, Duration::from_secs(10), || {
+            std::fs::read_to_string(self.path(log))
+                .unwrap_or_default()
+                .contains(text)
+        });
+    }
+
     pub fn wait_for(&self, what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
         let start = Instant::now();
         while !done() {
