@@ -45,6 +45,9 @@ for i in range(n):
 PY
 }
 
+# ONLY="drain latency" (any of: floor drain baseline latency backlog smtp) runs only those parts
+ONLY=${ONLY:-floor drain baseline latency backlog smtp}
+want() { [[ " $ONLY " == *" $1 "* ]]; }
 now() { date +%s.%N; }
 rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.0f", n / s }'; }
 

@@ -1,0 +1,91 @@
+//! The crypto floor on every core, for the end-to-end benchmark to compare against in the same run.
+//!
+//! `cargo bench --bench floor -- [FIXTURE] [THREADS] [SECONDS]` (defaults: html-19k.eml, all cores,
+//! 5 s). Each row runs THREADS threads for SECONDS and prints operations per second, all threads
+//! together:
+//! - `rsa2048-sign`: one RSA-2048 PKCS#1 signature of a SHA-256 digest, the part no S/MIME signer
+//!   can skip;
+//! - `bare-seal`: the bare OpenSSL calls of `benches/seal.rs` (CMS sign, then encrypt to one
+//!   recipient) over the fixture's canonical entity;
+//! - `seal`: our whole `seal::seal` in memory (parse, canonical form, sign, MIME, encrypt, base64).
+//!
+//! The last line is machine-readable for `benches/e2e.sh`: `floor <bare-seal msg/s> <seal msg/s>`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use openssl::hash::MessageDigest;
+use openssl::sign::Signer;
+use smime_pickup::seal::{self, Policy};
+use smime_pickup::smime::certs::unix_now;
+
+/// Runs `op` on `threads` threads for `secs` and returns the operations per second in all.
+fn rate(threads: usize, secs: f64, op: &(dyn Fn() + Sync)) -> f64 {
+    let start = Instant::now();
+    let until = start + Duration::from_secs_f64(secs);
+    let total: u64 = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(move || {
+                    let mut n = 0u64;
+                    while Instant::now() < until {
+                        op();
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let fixture = args.first().map_or("html-19k.eml", String::as_str);
+    let threads = args.get(1).map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |t| t.parse().expect("THREADS is a number"),
+    );
+    let secs: f64 = args
+        .get(2)
+        .map_or(5.0, |t| t.parse().expect("SECONDS is a number"));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let ring = common::keyring(tmp.path());
+    let (key, cert) = common::signer();
+    let input = common::message(fixture, 1);
+    let parsed = smime_pickup::message::parse(&input, usize::MAX).unwrap();
+    let bulk01 = vec![
+        ring.certs
+            .lookup("bulk01@example.com", unix_now())
+            .unwrap()
+            .clone(),
+    ];
+    let policy = Policy::default();
+
+    let sign = rate(threads, secs, &|| {
+        let mut s = Signer::new(MessageDigest::sha256(), &key).unwrap();
+        s.update(b"the floor").unwrap();
+        std::hint::black_box(s.sign_to_vec().unwrap());
+    });
+    let bare = rate(threads, secs, &|| {
+        std::hint::black_box(common::bare_seal(&key, &cert, &parsed.inner, &bulk01));
+    });
+    let ours = rate(threads, secs, &|| {
+        std::hint::black_box(seal::seal(&input, &policy, usize::MAX, &ring, unix_now()).unwrap());
+    });
+    println!("{fixture}, {threads} threads, {secs} s each:");
+    println!("  rsa2048-sign  {sign:8.0} /s");
+    println!("  bare-seal     {bare:8.0} msg/s");
+    println!(
+        "  seal          {ours:8.0} msg/s ({:.0} % of bare)",
+        100.0 * ours / bare
+    );
+    println!("floor {bare:.0} {ours:.0}");
+}
