@@ -1,7 +1,8 @@
 //! Writing sealed copies into the MTA's pickup directory, exactly once across `kill -9` at any instant.
 //!
 //! The protocol, for a claim `WORK/<inst>/<id>,<rel>`:
-//! 1. write each pickup file to `STAGING/<id>.<n>.eml` (same filesystem as pickup) and fsync it;
+//! 1. write each pickup file to `STAGING/<id>.<n>.eml` (same filesystem as pickup) and make it
+//!    durable (fdatasync; a batch of several files: one `syncfs` of that filesystem);
 //! 2. **commit point**: rename the claim to `<id>,<rel>#committed` and fsync the work folder;
 //! 3. rename every staged file into `PICKUP/` (atomic: PowerMTA never sees a partial file), fsync the
 //!    pickup folder;
@@ -14,8 +15,8 @@
 //! the crash. So each output lands once. The commit is a rename of a file that exists anyway: no file
 //! is created for it (ext4's inode allocator was the bottleneck when a marker file was).
 //!
-//! A batch of claims goes through the same steps together: one fsync of the work folder and one of the
-//! pickup folder for the whole batch.
+//! A batch of claims goes through the same steps together: one syncfs for the staged files, one
+//! fsync of the work folder and one of the pickup folder for the whole batch.
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
