@@ -251,21 +251,25 @@ impl Config {
             Some(v) => Ok(v),
             None => Ok(default),
         };
-        let workers = match file.workers {
-            Some(0) => {
-                return Err(ConfigError::Invalid {
-                    path: shown,
-                    why: "workers must be above 0".into(),
-                });
-            }
-            Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        };
+        if file.workers == Some(0) {
+            return Err(ConfigError::Invalid {
+                path: shown,
+                why: "workers must be above 0".into(),
+            });
+        }
         let smtp = resolve_smtp(file.smtp, &resolve, &shown)?;
         let route = file.route.unwrap_or(if smtp.host.is_empty() {
             Route::Pickup
         } else {
             Route::PickupThenSmtp
+        });
+        // one per core keeps the cores on the crypto; SMTP alone waits for replies between
+        // messages, so twice as many keep the cores busy meanwhile (measured in BENCHMARKS.md)
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = file.workers.unwrap_or(if route == Route::Smtp {
+            2 * cores
+        } else {
+            cores
         });
         if route != Route::Pickup && smtp.host.is_empty() {
             return Err(ConfigError::Invalid {

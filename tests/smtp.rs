@@ -278,6 +278,9 @@ fn temporary_refusals_and_dropped_connections_defer_then_deliver_once() {
         &["-r", "."],
         &["-q", "."],
         &["-q", "MAIL"],
+        // a server without PIPELINING: one command at a time
+        &["-p", "-r", "RCPT"],
+        &["-p", "-q", "."],
     ] {
         fault_then_recover(faults, false);
     }
@@ -285,7 +288,12 @@ fn temporary_refusals_and_dropped_connections_defer_then_deliver_once() {
 
 #[test]
 fn permanent_refusals_quarantine_with_the_reply() {
-    for faults in [&["-f", "MAIL"][..], &["-f", "RCPT"], &["-f", "."]] {
+    for faults in [
+        &["-f", "MAIL"][..],
+        &["-f", "RCPT"],
+        &["-f", "."],
+        &["-p", "-f", "RCPT"],
+    ] {
         fault_then_recover(faults, true);
     }
 }

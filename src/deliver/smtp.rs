@@ -1,11 +1,12 @@
 //! SMTP injection with lettre's synchronous client: one reused connection per worker (a small pool),
-//! STARTTLS with verified certificates, AUTH only over TLS, and per-recipient replies so a partial
-//! rejection delivers to the accepted recipients and reports the others.
+//! the envelope pipelined where the server offers PIPELINING, STARTTLS with verified certificates,
+//! AUTH only over TLS, and per-recipient replies so a partial rejection delivers to the accepted
+//! recipients and reports the others.
 //!
 //! Crash safety is at-least-once with the smallest window we can have. For a message with several
-//! copies (Bcc), after the server's 250 to the end of DATA the copy's index is appended (and fsynced)
-//! to `<claim>.smtp` before anything else, and a retry or a restart skips the copies listed there. A
-//! single copy is finished (its claim removed) right after its 250. Either way only a crash in the
+//! copies (Bcc), after the server's 250 to the end of DATA the copy's recipients are appended (and
+//! fsynced) to `<claim>#smtp-sent` before anything else, and a retry or a restart skips the copies
+//! listed there. A single copy is finished (its claim removed) right after its 250. Either way only a crash in the
 //! moment between the 250 and that local write sends a copy twice.
 
 use std::collections::HashSet;
@@ -17,7 +18,7 @@ use std::time::Instant;
 use lettre::Address;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Certificate, SmtpConnection, TlsParameters};
-use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::ClientId;
 use thiserror::Error;
 
@@ -88,6 +89,10 @@ pub struct Outcome {
 pub struct Connection {
     conn: SmtpConnection,
     sent: usize,
+    /// the server offers PIPELINING (RFC 2920): the envelope goes in one write
+    pipelining: bool,
+    /// left in the middle of DATA: only closing the socket ends it without sending the message
+    dead: bool,
     /// "STARTTLS", "TLS" or "plain", for the `send` command's banner
     pub security: &'static str,
 }
@@ -159,6 +164,16 @@ impl SmtpRoute {
             }
             _ => {}
         }
+        // lettre keeps only the extensions it uses from the EHLO reply; ask again (before AUTH, which
+        // a new EHLO could reset) to learn whether the envelope can be pipelined
+        let pipelining = conn
+            .command(Ehlo::new(id.clone()))
+            .map(|r| r.message().any(|l| l.eq_ignore_ascii_case("PIPELINING")))
+            .map_err(|source| SmtpError::Reply {
+                server: server.clone(),
+                stage: "EHLO",
+                source,
+            })?;
         if let Some(user) = &s.user {
             if !conn.is_encrypted() && s.tls != TlsMode::None {
                 conn.abort();
@@ -178,6 +193,8 @@ impl SmtpRoute {
         Ok(Connection {
             conn,
             sent: 0,
+            pipelining,
+            dead: false,
             security,
         })
     }
@@ -192,6 +209,9 @@ impl SmtpRoute {
     }
 
     fn give_back(&self, mut c: Connection) {
+        if c.dead {
+            return;
+        }
         if c.sent >= self.settings.max_messages_per_connection || c.conn.has_broken() {
             let _ = c.conn.quit();
             return;
@@ -238,11 +258,15 @@ impl SmtpRoute {
                             }
                         ) =>
                 {
-                    c.conn.abort();
+                    if !c.dead {
+                        c.conn.abort();
+                    }
                     fresh = true;
                 }
                 Err(e) => {
-                    c.conn.abort();
+                    if !c.dead {
+                        c.conn.abort();
+                    }
                     return Err(e);
                 }
             }
@@ -278,8 +302,23 @@ fn parse_address(a: &str) -> Result<Address, SmtpError> {
     a.parse().map_err(|_| SmtpError::Address(a.to_string()))
 }
 
-/// MAIL FROM, RCPT TO each recipient (collecting permanent refusals), DATA.
+/// MAIL FROM, RCPT TO each recipient (collecting permanent refusals), DATA: pipelined when the
+/// server offers it, else one command at a time.
 fn transact(
+    c: &mut Connection,
+    server: &str,
+    sender: &str,
+    recipients: &[String],
+    data: &[u8],
+) -> Result<Outcome, SmtpError> {
+    if c.pipelining {
+        transact_pipelined(c, server, sender, recipients, data)
+    } else {
+        transact_stepwise(c, server, sender, recipients, data)
+    }
+}
+
+fn transact_stepwise(
     c: &mut Connection,
     server: &str,
     sender: &str,
@@ -328,6 +367,84 @@ fn transact(
     c.conn.command(Data).map_err(reply("DATA"))?;
     c.conn.message(data).map_err(reply("end of DATA"))?;
     Ok(outcome)
+}
+
+/// RFC 2920: MAIL, every RCPT and DATA in one write, then their replies read in order; the message
+/// follows only if DATA was answered 354 and no recipient was refused for now.
+fn transact_pipelined(
+    c: &mut Connection,
+    server: &str,
+    sender: &str,
+    recipients: &[String],
+    data: &[u8],
+) -> Result<Outcome, SmtpError> {
+    let reply = |stage: &'static str, source| SmtpError::Reply {
+        server: server.to_string(),
+        stage,
+        source,
+    };
+    let from = if sender.is_empty() {
+        None
+    } else {
+        Some(parse_address(sender)?)
+    };
+    let mut outcome = Outcome::default();
+    let mut envelope = Mail::new(from, vec![]).to_string();
+    let mut asked = Vec::new();
+    for r in recipients {
+        match parse_address(r) {
+            Ok(a) => {
+                envelope.push_str(&Rcpt::new(a, vec![]).to_string());
+                asked.push(r);
+            }
+            Err(e) => outcome.rejected.push((r.clone(), e.to_string())),
+        }
+    }
+    if asked.is_empty() {
+        return Ok(outcome);
+    }
+    envelope.push_str(&Data.to_string());
+    // `command` writes it all and reads the first reply (MAIL's)
+    let mail = c.conn.command(envelope);
+    let mut temporary = None;
+    for r in asked {
+        match c.conn.read_response() {
+            Ok(_) => outcome.accepted.push(r.clone()),
+            Err(_) if mail.is_err() => {}
+            Err(e) if e.is_permanent() => outcome.rejected.push((r.clone(), e.to_string())),
+            Err(e) => {
+                temporary.get_or_insert(reply("RCPT TO", e));
+            }
+        }
+    }
+    let go_ahead = c.conn.read_response();
+    if let Err(e) = mail {
+        if go_ahead.is_ok() {
+            c.dead = true;
+        }
+        return Err(reply("MAIL FROM", e));
+    }
+    match go_ahead {
+        Ok(_) if temporary.is_none() && !outcome.accepted.is_empty() => {
+            c.conn.message(data).map_err(|e| reply("end of DATA", e))?;
+            Ok(outcome)
+        }
+        Ok(_) => {
+            // 354 while we must not send: closing the connection abandons the transaction
+            c.dead = true;
+            match temporary {
+                Some(e) => Err(e),
+                None => Ok(outcome),
+            }
+        }
+        Err(_) if temporary.is_some() => Err(temporary.expect("checked")),
+        Err(_) if outcome.accepted.is_empty() => {
+            // every recipient refused: end the open transaction, the connection stays usable
+            let _ = c.conn.command(Rset);
+            Ok(outcome)
+        }
+        Err(e) => Err(reply("DATA", e)),
+    }
 }
 
 /// Where the indices of copies already accepted by the server are recorded.
@@ -417,5 +534,144 @@ impl Transport for SmtpRoute {
     fn recover(&self, _claim: &Claim) -> Result<Option<Delivered>, DeliverError> {
         // the progress file makes a fresh delivery skip what was sent: nothing to finish here
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pipelined transaction against a scripted server on loopback: it checks that the envelope
+    //! arrives in one go and that a transaction we must not finish is abandoned, not completed.
+    //! Real servers (Postfix, smtp-sink with and without PIPELINING) are in `tests/smtp.rs`.
+    use super::*;
+    use std::io::{BufRead, BufReader, Read};
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    /// What the scripted server saw of one transaction.
+    #[derive(Debug)]
+    struct Seen {
+        /// the envelope commands had all arrived before the first reply was sent
+        pipelined: bool,
+        /// the message ended with "\r\n.\r\n" (it was sent, not abandoned)
+        completed: bool,
+    }
+
+    /// A server that offers PIPELINING, waits for MAIL … DATA without answering, then answers each
+    /// RCPT from `rcpt` in turn and DATA with 354 (or 554 when none was accepted).
+    fn server(rcpt: &'static [&'static str]) -> (u16, std::thread::JoinHandle<Seen>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handle = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut w = stream.try_clone().unwrap();
+            let mut r = BufReader::new(stream);
+            let mut line = String::new();
+            w.write_all(b"220 scripted ESMTP\r\n").unwrap();
+            for _ in 0..2 {
+                line.clear();
+                r.read_line(&mut line).unwrap();
+                assert!(line.starts_with("EHLO"), "{line}");
+                w.write_all(b"250-scripted\r\n250 PIPELINING\r\n").unwrap();
+            }
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            assert!(line.starts_with("MAIL FROM"), "{line}");
+            // everything up to DATA must already be on its way: the client waits for no reply
+            let pipelined = r.buffer().ends_with(b"DATA\r\n");
+            let mut replies = String::from("250 2.1.0 ok\r\n");
+            for reply in rcpt {
+                line.clear();
+                r.read_line(&mut line).unwrap();
+                assert!(line.starts_with("RCPT TO"), "{line}");
+                replies.push_str(reply);
+                replies.push_str("\r\n");
+            }
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            assert_eq!(line, "DATA\r\n");
+            let any = rcpt.iter().any(|r| r.starts_with('2'));
+            replies.push_str(if any {
+                "354 go ahead\r\n"
+            } else {
+                "554 no valid recipients\r\n"
+            });
+            w.write_all(replies.as_bytes()).unwrap();
+            let mut rest = Vec::new();
+            if any {
+                // until the client ends the message or closes the connection
+                let mut buf = [0u8; 65536];
+                while let Ok(n) = r.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    rest.extend_from_slice(&buf[..n]);
+                    if rest.ends_with(b"\r\n.\r\n") {
+                        w.write_all(b"250 2.0.0 queued\r\n").unwrap();
+                        break;
+                    }
+                }
+            }
+            Seen {
+                pipelined,
+                completed: rest.ends_with(b"\r\n.\r\n"),
+            }
+        });
+        (port, handle)
+    }
+
+    fn route(port: u16) -> SmtpRoute {
+        let config = crate::config::Config::from_toml(
+            &format!("[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\ntimeout = 5\n"),
+            None,
+        )
+        .unwrap();
+        SmtpRoute::new(config.smtp).unwrap()
+    }
+
+    fn rcpts(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("r{i}@example.com")).collect()
+    }
+
+    #[test]
+    fn the_envelope_is_pipelined_and_a_partial_refusal_delivers_to_the_rest() {
+        let (port, server) = server(&["250 2.1.5 ok", "550 5.1.1 no such user"]);
+        let out = route(port)
+            .send("s@example.com", &rcpts(2), b"Subject: x\r\n\r\nhi\r\n")
+            .unwrap();
+        assert_eq!(out.accepted, ["r1@example.com"]);
+        assert_eq!(out.rejected.len(), 1);
+        assert!(out.rejected[0].1.contains("no such user"), "{out:?}");
+        let seen = server.join().unwrap();
+        assert!(seen.pipelined && seen.completed, "{seen:?}");
+    }
+
+    #[test]
+    fn a_temporary_refusal_after_354_abandons_the_message() {
+        let (port, server) = server(&["250 2.1.5 ok", "450 4.2.0 try later"]);
+        let err = route(port)
+            .send("s@example.com", &rcpts(2), b"Subject: x\r\n\r\nhi\r\n")
+            .unwrap_err();
+        assert!(!err.is_permanent(), "{err}");
+        assert!(err.to_string().contains("try later"), "{err}");
+        let seen = server.join().unwrap();
+        assert!(
+            seen.pipelined && !seen.completed,
+            "nothing delivered: {seen:?}"
+        );
+    }
+
+    #[test]
+    fn every_recipient_refused_sends_nothing() {
+        let (port, server) = server(&["550 5.1.1 no", "553 5.1.3 bad"]);
+        let out = route(port)
+            .send("s@example.com", &rcpts(2), b"Subject: x\r\n\r\nhi\r\n")
+            .unwrap();
+        assert!(out.accepted.is_empty());
+        assert_eq!(out.rejected.len(), 2);
+        let seen = server.join().unwrap();
+        assert!(seen.pipelined && !seen.completed, "{seen:?}");
     }
 }
