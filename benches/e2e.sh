@@ -1,26 +1,51 @@
 #!/usr/bin/env bash
 # End-to-end benchmark, one run, one generated corpus, everything side by side:
-#   1. drain N x 19 KB (and M x 577 KB) from spool to pickup with `once`, durable writes on
+#   0. the crypto floor on every core (benches/floor.rs): RSA-2048 signatures alone, the bare OpenSSL
+#      sign + encrypt of the same 19 KB message, and our in-memory seal
+#   1. drain N x 19 KB (and M x 577 KB) from spool to pickup with `once`, durable writes on; on the
+#      project's disk, and again on a journalled ext4 image when one can be mounted (root, loop)
 #   2. the baseline: `openssl smime -sign | openssl smime -encrypt` per message, one per core in
-#      parallel, over a sample of the same files; the ratio ours / baseline
+#      parallel, over a sample of the same files; the ratios ours / baseline and ours / floor
 #   3. drop-to-pickup latency (p50, p99) with the daemon running and files arriving at 200/s
 #   4. peak RSS draining N files, and with a 100,000-file backlog at start (+ time to first delivery)
-#   5. SMTP throughput to a local smtp-sink, one reused connection per worker versus one connection
-#      per message
+#   5. SMTP to a local smtp-sink: delivery alone (benches/smtp.rs, pre-sealed), and seal + SMTP with
+#      `once`; one reused connection per worker versus one connection per message
 # Usage: bash benches/e2e.sh [N] [M] [BACKLOG]        (defaults 10000 1000 100000)
-# Needs: openssl, python3, /usr/bin/time, smtp-sink (postfix package). Work files go to
-# target/e2e-bench on the project's own disk (so fsync is real), removed at the end.
+#        ONLY="floor drain" bash benches/e2e.sh ...   runs only the named parts
+#        (floor drain baseline latency backlog smtp)
+# Needs: openssl, python3, bc, /usr/bin/time, smtp-sink (postfix package); for the journalled image
+# also root, mkfs.ext4 and a loop device. Work files go to target/e2e-bench on the project's own
+# disk (so fsync is real), removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-10000}; M=${2:-1000}; BACKLOG=${3:-100000}
+ONLY=${ONLY:-floor drain baseline latency backlog smtp}
+want() { [[ " $ONLY " == *" $1 "* ]]; }
 cargo build --release -q
+cargo bench --no-run -q --bench floor --bench smtp 2>/dev/null
 BIN=$PWD/target/release/smime-pickup
 W=$PWD/target/e2e-bench
-rm -rf "$W"; mkdir -p "$W"
-trap 'pkill -f "smtp-sink.*127.0.0.1:2727" 2>/dev/null || true; rm -rf "$W"' EXIT
+IMG=$PWD/target/e2e-ext4.img
+J=$W/journalled
+cleanup() {
+  pkill -f "smtp-sink.*127.0.0.1:2727" 2>/dev/null || true
+  mountpoint -q "$J" 2>/dev/null && umount "$J"
+  rm -rf "$W" "$IMG"
+}
+trap cleanup EXIT
+cleanup
+mkdir -p "$W"
 cp -r fixtures/pki "$W/pki"; chmod 600 "$W"/pki/keys/*
 cores=$(nproc)
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(openssl version)"
+fs_of() { # the filesystem under $1 and whether ext4 there has a journal
+  local dev; dev=$(df --output=source "$1" | tail -1)
+  local type; type=$(df --output=fstype "$1" | tail -1 | xargs)
+  local journal=""
+  [ "$type" = ext4 ] && { ls /proc/fs/jbd2 2>/dev/null | grep -q "^$(basename "$dev")" && journal=", journalled" || journal=", no journal"; }
+  echo "$type on $dev$journal"
+}
+echo "project disk: $(fs_of "$W")"
 
 config() { # config DIR [extra toml]
   mkdir -p "$1/spool" "$1/pickup"
@@ -45,14 +70,13 @@ for i in range(n):
 PY
 }
 
-# ONLY="drain latency" (any of: floor drain baseline latency backlog smtp) runs only those parts
-ONLY=${ONLY:-floor drain baseline latency backlog smtp}
-want() { [[ " $ONLY " == *" $1 "* ]]; }
 now() { date +%s.%N; }
 rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.0f", n / s }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", a / b }'; }
+pct() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f %%", 100 * a / b }'; }
 
-drain() { # drain LABEL COUNT FIXTURE -> prints msg/s, MB/s, peak RSS
-  local d=$W/$1; config "$d"; gen "$d/spool" "$2" "$3"; sleep 0.3
+drain() { # drain LABEL COUNT FIXTURE [BASE]: prints msg/s, MB/s, peak RSS; saves the rate
+  local d=${4:-$W}/$1; config "$d"; gen "$d/spool" "$2" "$3"; sync; sleep 0.3
   local bytes; bytes=$(du -sb "$d/spool" | cut -f1)
   local t0 t1; t0=$(now)
   (cd "$d" && RUST_LOG=warn /usr/bin/time -v "$BIN" -c c.toml once > "$d/out" 2> "$d/time")
@@ -61,29 +85,54 @@ drain() { # drain LABEL COUNT FIXTURE -> prints msg/s, MB/s, peak RSS
   local rss; rss=$(awk '/Maximum resident/ {print $6}' "$d/time")
   printf '%-28s %6d msgs in %6.2f s: %6s msg/s, %6.1f MB/s in, peak RSS %5.1f MB (%s)\n' \
     "$1" "$2" "$secs" "$(rate "$2" "$secs")" "$(echo "$bytes / $secs / 1000000" | bc -l)" "$(echo "$rss / 1024" | bc -l)" "$(cat "$d/out")"
-  echo "$(rate "$2" "$secs")" > "$W/$1.rate"
+  rate "$2" "$secs" > "$W/$1.rate"
+  rm -rf "$d"
 }
 
-echo; echo "== 1. drain with once (durable: every staged file, the work and pickup folders synced) =="
-drain "drain-19k" "$N" fixtures/eml/html-19k.eml
-drain "drain-577k" "$M" fixtures/eml/large-577k.eml
+if want floor; then
+  echo; echo "== 0. crypto floor, $cores threads (benches/floor.rs) =="
+  cargo bench -q --bench floor -- html-19k.eml "$cores" 5 2>/dev/null | tee "$W/floor.out" | grep -v '^floor '
+  awk '/^floor / {print $2 > "'"$W"'/floor.rate"; print $3 > "'"$W"'/seal-mem.rate"}' "$W/floor.out"
+fi
 
-echo; echo "== 2. baseline: openssl smime -sign | openssl smime -encrypt, $cores in parallel =="
-S=$W/baseline; mkdir -p "$S/out"; gen "$S/in" 400 fixtures/eml/html-19k.eml
-t0=$(now)
-ls "$S/in" | xargs -P "$cores" -I{} sh -c \
-  "openssl smime -sign -signer $W/pki/private/alice@example.com.crt -inkey $W/pki/private/alice@example.com.key -in $S/in/{} | openssl smime -encrypt -aes256 -out $S/out/{} $W/pki/certs/bob@example.com.crt"
-t1=$(now)
-base=$(rate 400 "$(echo "$t1 - $t0" | bc)")
-ours=$(cat "$W/drain-19k.rate")
-printf 'openssl pipeline (19 KB)    %6s msg/s\nsmime-pickup once (19 KB)   %6s msg/s\nratio ours / baseline        %6.1fx\n' \
-  "$base" "$ours" "$(echo "$ours / $base" | bc -l)"
+if want drain; then
+  echo; echo "== 1. drain with once (durable: staged files synced, then the work and pickup folders) =="
+  echo "-- on the project disk ($(fs_of "$W"))"
+  drain "drain-19k" "$N" fixtures/eml/html-19k.eml
+  drain "drain-577k" "$M" fixtures/eml/large-577k.eml
+  mkdir -p "$J"
+  if [ "$(id -u)" = 0 ] && truncate -s 6G "$IMG" && mkfs.ext4 -q -F "$IMG" 2>/dev/null && mount -o loop "$IMG" "$J" 2>/dev/null; then
+    echo "-- on a journalled ext4 image ($(fs_of "$J"))"
+    drain "drain-19k-journalled" "$N" fixtures/eml/html-19k.eml "$J"
+    drain "drain-577k-journalled" "$M" fixtures/eml/large-577k.eml "$J"
+  else
+    echo "-- (no journalled ext4 image: needs root, mkfs.ext4 and a loop device)"
+  fi
+fi
 
-echo; echo "== 3. latency, daemon running, 200 files/s for 10 s (rename into spool -> rename into pickup) =="
-L=$W/latency; config "$L"
-(cd "$L" && RUST_LOG=warn exec "$BIN" -c c.toml run 2> "$L/log") & DAEMON=$!
-sleep 1
-python3 - "$L" fixtures/eml/html-19k.eml <<'PY'
+if want baseline; then
+  echo; echo "== 2. baseline: openssl smime -sign | openssl smime -encrypt, $cores in parallel =="
+  S=$W/baseline; mkdir -p "$S/out"; gen "$S/in" 400 fixtures/eml/html-19k.eml
+  t0=$(now)
+  ls "$S/in" | xargs -P "$cores" -I{} sh -c \
+    "openssl smime -sign -signer $W/pki/private/alice@example.com.crt -inkey $W/pki/private/alice@example.com.key -in $S/in/{} | openssl smime -encrypt -aes256 -out $S/out/{} $W/pki/certs/bob@example.com.crt"
+  t1=$(now)
+  base=$(rate 400 "$(echo "$t1 - $t0" | bc)")
+  printf '%-34s %6s msg/s\n' "openssl pipeline (19 KB)" "$base"
+  for r in floor seal-mem drain-19k drain-19k-journalled; do
+    [ -f "$W/$r.rate" ] || continue
+    v=$(cat "$W/$r.rate")
+    line=$(printf '%-34s %6s msg/s: %5sx the openssl pipeline' "$r" "$v" "$(ratio "$v" "$base")")
+    [ -f "$W/floor.rate" ] && line="$line, $(pct "$v" "$(cat "$W/floor.rate")") of the floor"
+    echo "$line"
+  done
+fi
+
+latency() { # latency BASE
+  local L=$1/latency; config "$L"
+  (cd "$L" && RUST_LOG=warn exec "$BIN" -c c.toml run 2> "$L/log") & local daemon=$!
+  sleep 1
+  python3 - "$L" fixtures/eml/html-19k.eml <<'PY'
 import os, sys, time
 d, fx = sys.argv[1], sys.argv[2]
 raw = open(fx, 'rb').read()
@@ -117,11 +166,20 @@ lat.sort()
 print('delivered %d of 2000; latency p50 %.1f ms, p99 %.1f ms, max %.1f ms' % (
     len(lat), lat[len(lat) // 2], lat[int(len(lat) * 0.99)], lat[-1]))
 PY
-kill -TERM "$DAEMON"; wait "$DAEMON" || true
+  kill -TERM "$daemon"; wait "$daemon" || true
+  rm -rf "$L"
+}
 
-echo; echo "== 4. memory with a $BACKLOG-file backlog at start (tiny messages) =="
-B=$W/backlog; config "$B"
-python3 - "$B/spool" "$BACKLOG" <<'PY'
+if want latency; then
+  echo; echo "== 3. latency, daemon running, 200 files/s for 10 s (rename into spool -> rename into pickup) =="
+  echo -n "project disk:        "; latency "$W"
+  if mountpoint -q "$J"; then echo -n "journalled ext4:     "; latency "$J"; fi
+fi
+
+if want backlog; then
+  echo; echo "== 4. memory with a $BACKLOG-file backlog at start (tiny messages) =="
+  B=$W/backlog; config "$B"
+  python3 - "$B/spool" "$BACKLOG" <<'PY'
 import os, sys
 d, n = sys.argv[1], int(sys.argv[2])
 for i in range(n):
@@ -129,31 +187,41 @@ for i in range(n):
     with open(os.path.join(sub, 'm%d.eml' % i), 'w') as f:
         f.write('From: alice@example.com\nTo: bob@example.com\nSubject: %d\nMessage-ID: <b%d@x>\n\nhello\n' % (i, i))
 PY
-sleep 0.3
-t0=$(date +%s%N)
-(cd "$B" && RUST_LOG=warn /usr/bin/time -v "$BIN" -c c.toml once > "$B/out" 2> "$B/time")
-first=$(python3 -c "import os,sys; d=sys.argv[1]; print(min(os.stat(os.path.join(d,f)).st_ctime_ns for f in os.listdir(d)))" "$B/pickup")
-printf 'backlog %d: %s; peak RSS %.1f MB; first delivery %.0f ms after start; %s\n' "$BACKLOG" "$(cat "$B/out")" \
-  "$(echo "$(awk '/Maximum resident/ {print $6}' "$B/time") / 1024" | bc -l)" "$(echo "($first - $t0) / 1000000" | bc -l)" \
-  "$(awk -F': ' '/Elapsed/ {print "elapsed " $2}' "$B/time")"
+  sleep 0.3
+  t0=$(date +%s%N)
+  (cd "$B" && RUST_LOG=warn /usr/bin/time -v "$BIN" -c c.toml once > "$B/out" 2> "$B/time")
+  first=$(python3 -c "import os,sys; d=sys.argv[1]; print(min(os.stat(os.path.join(d,f)).st_ctime_ns for f in os.listdir(d)))" "$B/pickup")
+  printf 'backlog %d: %s; peak RSS %.1f MB; first delivery %.0f ms after start; %s\n' "$BACKLOG" "$(cat "$B/out")" \
+    "$(echo "$(awk '/Maximum resident/ {print $6}' "$B/time") / 1024" | bc -l)" "$(echo "($first - $t0) / 1000000" | bc -l)" \
+    "$(awk -F': ' '/Elapsed/ {print "elapsed " $2}' "$B/time")"
+  rm -rf "$B"
+fi
 
-echo; echo "== 5. SMTP to smtp-sink (19 KB), 2,000 messages =="
-smtp_run() { # smtp_run LABEL MAX_PER_CONNECTION WORKERS
-  local d=$W/smtp-$3-$2; config "$d" "route = \"smtp\"
-workers = $3
+if want smtp; then
+  echo; echo "== 5. SMTP to smtp-sink (19 KB messages, 31 KB sealed) =="
+  smtp-sink $( [ "$(id -u)" = 0 ] && echo "-u nobody" ) 127.0.0.1:2727 256 & SINK=$!
+  sleep 0.3
+  echo "-- delivery alone (benches/smtp.rs: one sealed message sent 4,000 times, $cores threads)"
+  for per in 100 1; do
+    cargo bench -q --bench smtp -- 2727 4000 "$cores" "$per" 2>/dev/null | grep -v '^smtp '
+  done
+  echo "-- seal + SMTP with once, 2,000 messages (route = \"smtp\": $((cores * 2)) workers by default)"
+  smtp_run() { # smtp_run LABEL MAX_PER_CONNECTION [WORKERS]
+    local d=$W/smtp-$2-${3:-default}; config "$d" "route = \"smtp\"
+${3:+workers = $3}
 [smtp]
 host = \"127.0.0.1\"
 port = 2727
 max_messages_per_connection = $2"
-  gen "$d/spool" 2000 fixtures/eml/html-19k.eml; sleep 0.3
-  local t0 t1; t0=$(now)
-  (cd "$d" && RUST_LOG=warn "$BIN" -c c.toml once > "$d/out" 2>&1) || true
-  t1=$(now)
-  printf '%-34s %6s msg/s (%s)\n' "$1" "$(rate 2000 "$(echo "$t1 - $t0" | bc)")" "$(tail -1 "$d/out")"
-}
-smtp-sink $( [ "$(id -u)" = 0 ] && echo "-u nobody" ) 127.0.0.1:2727 256 & SINK=$!
-sleep 0.3
-smtp_run "reused connections (100 each)" 100 "$cores"
-smtp_run "one connection per message" 1 "$cores"
-smtp_run "reused, 2 workers per core" 100 "$((cores * 2))"
-kill "$SINK" 2>/dev/null || true
+    gen "$d/spool" 2000 fixtures/eml/html-19k.eml; sync; sleep 0.3
+    local t0 t1; t0=$(now)
+    (cd "$d" && RUST_LOG=warn "$BIN" -c c.toml once > "$d/out" 2>&1) || true
+    t1=$(now)
+    printf '%-40s %6s msg/s (%s)\n' "$1" "$(rate 2000 "$(echo "$t1 - $t0" | bc)")" "$(tail -1 "$d/out")"
+    rm -rf "$d"
+  }
+  smtp_run "reused connections (100 each)" 100
+  smtp_run "one connection per message" 1
+  smtp_run "reused, one worker per core" 100 "$cores"
+  kill "$SINK" 2>/dev/null || true
+fi

@@ -242,6 +242,53 @@ fn the_daemon_takes_renamed_files_at_once_and_waits_for_slow_writers() {
     assert!(log.contains("slow.eml: delivered via pickup"), "{log}");
 }
 
+#[test]
+fn folders_made_or_moved_into_the_spool_are_watched_not_taken() {
+    // no periodic rescan during the test: only events (and the scans they ask for) can find files
+    let s = Setup::new("rescan_seconds = 3600\n");
+    let mut child = s.start("run.log");
+    std::thread::sleep(Duration::from_millis(500));
+    // a folder made while running, files renamed into it afterwards
+    std::fs::create_dir(s.path("spool/made")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    for n in 0..5 {
+        s.drop_message(&format!("made/m{n}.eml"), &message(n));
+    }
+    s.wait_for("files in a new folder", Duration::from_secs(10), || {
+        s.delivered_ids().len() >= 5
+    });
+    // an export written elsewhere, with a subfolder, then moved in whole
+    let export = s.d.path().join("export");
+    std::fs::create_dir_all(export.join("part2")).unwrap();
+    for n in 5..10 {
+        std::fs::write(export.join(format!("m{n}.eml")), message(n)).unwrap();
+    }
+    for n in 10..12 {
+        std::fs::write(export.join(format!("part2/m{n}.eml")), message(n)).unwrap();
+    }
+    std::fs::rename(&export, s.path("spool/export")).unwrap();
+    s.wait_for("a folder moved in", Duration::from_secs(10), || {
+        s.delivered_ids().len() >= 12
+    });
+    // its subfolder is watched too: a file renamed into it later is taken
+    std::thread::sleep(Duration::from_millis(300));
+    s.drop_message("export/part2/late.eml", &message(12));
+    s.wait_for(
+        "a file in the moved folder's subfolder",
+        Duration::from_secs(10),
+        || s.delivered_ids().len() >= 13,
+    );
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+    assert!(s.delivered_ids().values().all(|&c| c == 1));
+    assert!(
+        s.path("spool/export/part2").is_dir(),
+        "folders stay where they are"
+    );
+    assert!(!s.path("failed").exists() || list_files(&s.path("failed")).is_empty());
+    s.assert_nothing_in_flight();
+}
+
 /// A tiny deterministic generator for the kill moments (the seed is printed for reruns).
 fn lcg(state: &mut u64) -> u64 {
     *state = state

@@ -1,4 +1,6 @@
 //! What the benches share: the fixture PKI and the bare OpenSSL calls that are the crypto floor.
+//! (Each bench uses part of it.)
+#![allow(dead_code)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

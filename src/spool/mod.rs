@@ -18,15 +18,24 @@ pub fn is_input(spool: &Path, path: &Path) -> bool {
     let Ok(rel) = path.strip_prefix(spool) else {
         return false;
     };
-    let hidden = rel.components().any(|c| match c {
-        Component::Normal(name) => name.to_string_lossy().starts_with('.'),
-        _ => true,
-    });
     let name = rel
         .file_name()
         .map(|n| n.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
-    !hidden && !name.is_empty() && !name.ends_with(".tmp") && !name.ends_with(".part")
+    !is_hidden(spool, path)
+        && !name.is_empty()
+        && !name.ends_with(".tmp")
+        && !name.ends_with(".part")
+}
+
+/// Below a dot-folder (our work folder among them), a dot-file, or not below `spool` at all.
+pub fn is_hidden(spool: &Path, path: &Path) -> bool {
+    path.strip_prefix(spool).map_or(true, |rel| {
+        rel.components().any(|c| match c {
+            Component::Normal(name) => name.to_string_lossy().starts_with('.'),
+            _ => true,
+        })
+    })
 }
 
 /// (device, inode) of every file below `spool` that some process holds open for writing, read from
