@@ -757,7 +757,12 @@ struct Ready {
 /// with here; `Some` means: deliver these copies.
 fn prepare(shared: &Shared, claim: Claim) -> Option<Ready> {
     let started = Instant::now();
-    match shared.transport.recover(&claim) {
+    let recovered = if claim.fresh {
+        Ok(None)
+    } else {
+        shared.transport.recover(&claim)
+    };
+    match recovered {
         Ok(Some(done)) => {
             finish_delivered(shared, &claim, 0);
             info!(
@@ -896,7 +901,8 @@ fn finish_delivered(shared: &Shared, claim: &Claim, units: usize) {
 }
 
 /// Keeps a claimed input for a retry (Run) or for the next start (Once).
-fn defer(shared: &Shared, claim: Claim, why: &DeliverError) {
+fn defer(shared: &Shared, mut claim: Claim, why: &DeliverError) {
+    claim.fresh = false;
     shared.metrics.deferred.fetch_add(1, Ordering::Relaxed);
     if !shared.pickup_down.swap(true, Ordering::SeqCst) {
         warn!("{}: deferred: {why}", claim.rel.display());

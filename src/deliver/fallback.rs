@@ -162,6 +162,7 @@ mod tests {
             path: tmp.path().join("i1-1,m.eml"),
             id: "i1-1".into(),
             rel: "m.eml".into(),
+            fresh: false,
         };
         let copy = |r: &str| Sealed {
             envelope: Envelope {

@@ -1,8 +1,7 @@
 //! Writing sealed copies into the MTA's pickup directory, exactly once across `kill -9` at any instant.
 //!
 //! The protocol, for a claim `WORK/<inst>/<id>,<rel>`:
-//! 1. write each pickup file to `STAGING/<id>.<n>.eml` (same filesystem as pickup) and make it
-//!    durable (fdatasync; a batch of several files: one `syncfs` of that filesystem);
+//! 1. write each pickup file to `STAGING/<id>.<n>.eml` (same filesystem as pickup) and fdatasync it;
 //! 2. **commit point**: rename the claim to `<id>,<rel>#committed` and fsync the work folder;
 //! 3. rename every staged file into `PICKUP/` (atomic: PowerMTA never sees a partial file), fsync the
 //!    pickup folder;
@@ -15,8 +14,9 @@
 //! the crash. So each output lands once. The commit is a rename of a file that exists anyway: no file
 //! is created for it (ext4's inode allocator was the bottleneck when a marker file was).
 //!
-//! A batch of claims goes through the same steps together: one syncfs for the staged files, one
-//! fsync of the work folder and one of the pickup folder for the whole batch.
+//! A batch of claims goes through the same steps together: the writeback of all staged files is
+//! started before the first is synced, then one fsync of the work folder and one of the pickup
+//! folder serve the whole batch.
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -214,19 +214,21 @@ impl Pickup {
 }
 
 impl Pickup {
-    /// Makes the staged files durable. One file: fdatasync. Several: one `syncfs` of the staging
-    /// filesystem (one device flush for the batch, where a sync per file waits for one flush each,
-    /// with the core idle meanwhile); if it fails, each file is synced on its own so only the ones
-    /// that really failed are retried.
+    /// Makes the staged files durable: the writeback of every file is started first (a hint, which
+    /// Linux acts on), then each is fdatasynced. On a journalling filesystem the first fdatasync
+    /// then commits the whole batch and the others find little left to do: one wait instead of
+    /// one per file. (`syncfs` measured the same on journalled ext4, but flushes every other
+    /// program's dirty data on that filesystem too, the MTA's among them; see BENCHMARKS.md.)
     fn sync_staged(
         &self,
         files: &mut Vec<(usize, PathBuf, std::fs::File)>,
         results: &mut [Option<Result<Delivered, DeliverError>>],
     ) {
         files.retain(|(i, _, _)| results[*i].is_none());
-        if files.len() > 1 && rustix::fs::syncfs(&files[0].2).is_ok() {
-            files.clear();
-            return;
+        if files.len() > 1 {
+            for (_, _, file) in files.iter() {
+                let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
+            }
         }
         for (i, path, file) in files.drain(..) {
             if let Err(e) = file.sync_data() {
@@ -294,6 +296,7 @@ mod tests {
             path: tmp.path().join("work/i1-7,m.eml"),
             id: "i1-7".into(),
             rel: "m.eml".into(),
+            fresh: false,
         };
         std::fs::write(&claim.path, "input").unwrap();
         let p = Pickup {

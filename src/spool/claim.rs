@@ -33,6 +33,9 @@ pub struct Claim {
     pub id: String,
     /// Path relative to the spool, as it arrived (kept for the failed folder)
     pub rel: PathBuf,
+    /// Just taken from the spool and not tried yet: nothing of it can be staged, committed or sent,
+    /// so there is nothing to recover (adopted and retried claims are not fresh)
+    pub fresh: bool,
 }
 
 impl Claim {
@@ -101,6 +104,7 @@ impl Instance {
                 path: target,
                 id,
                 rel,
+                fresh: true,
             })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -192,6 +196,7 @@ pub fn parse_claim(path: &Path) -> Option<Claim> {
         path: path.with_file_name(name),
         id: id.to_string(),
         rel: PathBuf::from(decode_rel(rel)),
+        fresh: false,
     })
 }
 
