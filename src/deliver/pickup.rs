@@ -1,7 +1,8 @@
 //! Writing sealed copies into the MTA's pickup directory, exactly once across `kill -9` at any instant.
 //!
 //! The protocol, for a claim `WORK/<inst>/<id>,<rel>`:
-//! 1. write each pickup file to `STAGING/<id>.<n>.eml` (same filesystem as pickup) and fdatasync it;
+//! 1. write each pickup file to `STAGING/<id>.<n>.eml` (same filesystem as pickup), fdatasync it,
+//!    then fsync the staging folder (its name is durable only then);
 //! 2. **commit point**: rename the claim to `<id>,<rel>#committed` and fsync the work folder;
 //! 3. rename every staged file into `PICKUP/` (atomic: PowerMTA never sees a partial file), fsync the
 //!    pickup folder;
@@ -15,8 +16,8 @@
 //! is created for it (ext4's inode allocator was the bottleneck when a marker file was).
 //!
 //! A batch of claims goes through the same steps together: the writeback of all staged files is
-//! started before the first is synced, then one fsync of the work folder and one of the pickup
-//! folder serve the whole batch.
+//! started before the first is synced, then one fsync each of the staging, work and pickup folders
+//! serves the whole batch.
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -164,6 +165,16 @@ impl Pickup {
             }
         }
         self.sync_staged(&mut open_files, &mut results);
+        // their names too: POSIX makes a new file's directory entry durable only by syncing the
+        // folder (ext4 and XFS do it with the file's own sync; this costs little there)
+        if results.iter().any(Option::is_none)
+            && let Err(e) = sync_dir(&self.staging)
+        {
+            let kind = e.kind();
+            for r in results.iter_mut().filter(|r| r.is_none()) {
+                *r = Some(Err(Self::io(&self.staging)(std::io::Error::from(kind))));
+            }
+        }
         // 2. the commit point: each claim renamed to its committed name, the work folders synced
         let mut work_dirs: Vec<PathBuf> = Vec::new();
         for (i, (claim, _)) in items.iter().enumerate() {
