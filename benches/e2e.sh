@@ -136,6 +136,7 @@ fi
 
 latency() { # latency BASE
   local L=$1/latency; config "$L"
+  sync; sleep 2 # the drains' writeback is not this measurement's
   (cd "$L" && RUST_LOG=warn exec "$BIN" -c c.toml run 2> "$L/log") & local daemon=$!
   sleep 1
   python3 - "$L" fixtures/eml/html-19k.eml <<'PY'
