@@ -753,6 +753,16 @@ struct Ready {
     started: Instant,
 }
 
+/// The claimed input, read into a buffer this worker used before.
+fn read_input(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let size = f.metadata().map_or(0, |m| m.len() as usize);
+    let mut bytes = crate::buffers::take(size + 1);
+    f.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// Finishes an interrupted delivery, or reads and seals the claim. Refusals and deferrals are dealt
 /// with here; `Some` means: deliver these copies.
 fn prepare(shared: &Shared, claim: Claim) -> Option<Ready> {
@@ -779,7 +789,7 @@ fn prepare(shared: &Shared, claim: Claim) -> Option<Ready> {
             return None;
         }
     }
-    let bytes = match std::fs::read(&claim.path) {
+    let bytes = match read_input(&claim.path) {
         Ok(b) => b,
         Err(e) => {
             let path = claim.path.clone();
@@ -797,6 +807,7 @@ fn prepare(shared: &Shared, claim: Claim) -> Option<Ready> {
         unix_now(),
     );
     shared.metrics.sealed_in(sealing.elapsed());
+    crate::buffers::give(bytes);
     match sealed {
         Ok(copies) => Some(Ready {
             claim,
@@ -848,6 +859,9 @@ fn complete(shared: &Shared, ready: Ready, result: Result<Delivered, DeliverErro
         }
         Err(e) if !e.is_transient() => refuse(shared, claim, &e, "refused by the server", "server"),
         Err(e) => defer(shared, claim, &e),
+    }
+    for c in copies {
+        crate::buffers::give(c.data);
     }
 }
 

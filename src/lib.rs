@@ -7,6 +7,7 @@
 //! Unsafe code is denied everywhere except `smime::oaep_ffi`, the one FFI call OpenSSL's bindings lack.
 #![deny(unsafe_code)]
 
+pub mod buffers;
 pub mod check;
 pub mod cli;
 pub mod config;

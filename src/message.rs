@@ -198,7 +198,7 @@ pub fn parse(input: &[u8], max_bytes: usize) -> Result<Message, ParseError> {
         push_crlf(&mut original, rest);
     }
 
-    let mut inner = Vec::with_capacity(body.len() + body.len() / 16 + inner_headers.len() + 64);
+    let mut inner = crate::buffers::take(body.len() + body.len() / 16 + inner_headers.len() + 64);
     if !already_sealed {
         let content: Vec<Field> = fields.iter().filter(|f| f.is_content()).cloned().collect();
         canonical_entity(&content, body, true, &mut inner);

@@ -233,7 +233,7 @@ pub fn seal(
     let mut out = Vec::with_capacity(groups.len() + 1);
     // every copy starts with the outer headers; the entity is written straight after them
     let start = |extra: usize| {
-        let mut data = Vec::with_capacity(msg.outer_headers.len() + 32 + extra);
+        let mut data = crate::buffers::take(msg.outer_headers.len() + 32 + extra);
         data.extend_from_slice(&msg.outer_headers);
         data.extend_from_slice(b"MIME-Version: 1.0\r\n");
         data
@@ -277,6 +277,10 @@ pub fn seal(
         data.extend_from_slice(payload);
         out.push(copy(plain, data, Protection::Signed));
     }
+    if let Some(s) = signed {
+        crate::buffers::give(s);
+    }
+    crate::buffers::give(msg.inner);
     Ok(out)
 }
 

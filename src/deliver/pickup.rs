@@ -108,7 +108,7 @@ impl Pickup {
 /// The pickup file for one copy and one slice of its recipients: envelope lines first, then the
 /// message; CRLF; no dot-stuffing.
 pub fn pickup_file(copy: &Sealed, recipients: &[String]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(copy.data.len() + 64 * (recipients.len() + 1));
+    let mut out = crate::buffers::take(copy.data.len() + 64 * (recipients.len() + 1));
     out.extend_from_slice(b"x-sender: ");
     out.extend_from_slice(copy.envelope.sender.as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -152,8 +152,9 @@ impl Pickup {
                         // readable by the MTA's group whatever the service's umask (0077 under systemd)
                         file.set_permissions(std::fs::Permissions::from_mode(0o640))
                             .map_err(Self::io(&path))?;
-                        file.write_all(&pickup_file(copy, slice))
-                            .map_err(Self::io(&path))?;
+                        let bytes = pickup_file(copy, slice);
+                        file.write_all(&bytes).map_err(Self::io(&path))?;
+                        crate::buffers::give(bytes);
                         open_files.push((i, path, file));
                         names[i].push(name);
                     }

@@ -85,7 +85,7 @@ pub fn signed_entity(
     let chain: Option<&openssl::stack::StackRef<X509>> = Some(&id.chain);
     let cms = CmsContentInfo::sign(Some(&id.cert), Some(&id.key), chain, Some(content), flags)?;
     let der = cms.to_der()?;
-    let mut out = Vec::with_capacity(content.len() + der.len() * 4 / 3 + 512);
+    let mut out = crate::buffers::take(content.len() + der.len() * 4 / 3 + 512);
     match mode {
         SignatureMode::Opaque => {
             out.extend_from_slice(
