@@ -223,7 +223,10 @@ impl SmtpRoute {
 /// QUIT, politely; errors do not matter any more.
 impl Connection {
     pub fn quit(mut self) {
-        let _ = self.conn.quit();
+        // one left in the middle of DATA would only wait for a reply that never comes
+        if !self.dead {
+            let _ = self.conn.quit();
+        }
     }
 }
 
@@ -281,6 +284,9 @@ impl SmtpRoute {
         recipients: &[String],
         data: &[u8],
     ) -> Result<(Outcome, std::time::Duration), SmtpError> {
+        if c.dead {
+            *c = self.open()?;
+        }
         let started = Instant::now();
         let outcome = transact(c, &self.server(), sender, recipients, data)?;
         c.sent += 1;
@@ -300,6 +306,28 @@ fn set_nodelay(host: &str, port: u16) {
 
 fn parse_address(a: &str) -> Result<Address, SmtpError> {
     a.parse().map_err(|_| SmtpError::Address(a.to_string()))
+}
+
+/// A reply of the server (4xx or 5xx), not a connection that failed.
+fn is_reply(e: &lettre::transport::smtp::Error) -> bool {
+    e.is_transient() || e.is_permanent()
+}
+
+/// MAIL FROM's address: none for the null sender (bounces).
+fn mail_from(sender: &str) -> Result<Option<Address>, SmtpError> {
+    if sender.is_empty() {
+        Ok(None)
+    } else {
+        parse_address(sender).map(Some)
+    }
+}
+
+fn refused(server: &str, stage: &'static str, source: lettre::transport::smtp::Error) -> SmtpError {
+    SmtpError::Reply {
+        server: server.to_string(),
+        stage,
+        source,
+    }
 }
 
 /// MAIL FROM, RCPT TO each recipient (collecting permanent refusals), DATA: pipelined when the
@@ -325,21 +353,9 @@ fn transact_stepwise(
     recipients: &[String],
     data: &[u8],
 ) -> Result<Outcome, SmtpError> {
-    let reply = |stage: &'static str| {
-        let server = server.to_string();
-        move |source| SmtpError::Reply {
-            server,
-            stage,
-            source,
-        }
-    };
-    let from = if sender.is_empty() {
-        None
-    } else {
-        Some(parse_address(sender)?)
-    };
+    let reply = |stage| move |source| refused(server, stage, source);
     c.conn
-        .command(Mail::new(from, vec![]))
+        .command(Mail::new(mail_from(sender)?, vec![]))
         .map_err(reply("MAIL FROM"))?;
     let mut outcome = Outcome::default();
     for r in recipients {
@@ -378,18 +394,9 @@ fn transact_pipelined(
     recipients: &[String],
     data: &[u8],
 ) -> Result<Outcome, SmtpError> {
-    let reply = |stage: &'static str, source| SmtpError::Reply {
-        server: server.to_string(),
-        stage,
-        source,
-    };
-    let from = if sender.is_empty() {
-        None
-    } else {
-        Some(parse_address(sender)?)
-    };
+    let reply = |stage, source| refused(server, stage, source);
     let mut outcome = Outcome::default();
-    let mut envelope = Mail::new(from, vec![]).to_string();
+    let mut envelope = Mail::new(mail_from(sender)?, vec![]).to_string();
     let mut asked = Vec::new();
     for r in recipients {
         match parse_address(r) {
@@ -404,12 +411,24 @@ fn transact_pipelined(
         return Ok(outcome);
     }
     envelope.push_str(&Data.to_string());
-    // `command` writes it all and reads the first reply (MAIL's)
+    // `command` writes it all and reads the first reply (MAIL's). An error that is no reply (a
+    // timeout, a dropped connection) ends the transaction at once: waiting for the other replies
+    // would cost a timeout each. MAIL's stage lets `send` retry a stale pooled connection.
+    let lost = |c: &mut Connection, stage, e| {
+        c.dead = true;
+        Err(reply(stage, e))
+    };
     let mail = c.conn.command(envelope);
+    if let Err(e) = &mail
+        && !is_reply(e)
+    {
+        return lost(c, "MAIL FROM", mail.expect_err("checked"));
+    }
     let mut temporary = None;
     for r in asked {
         match c.conn.read_response() {
             Ok(_) => outcome.accepted.push(r.clone()),
+            Err(e) if !is_reply(&e) => return lost(c, "RCPT TO", e),
             Err(_) if mail.is_err() => {}
             Err(e) if e.is_permanent() => outcome.rejected.push((r.clone(), e.to_string())),
             Err(e) => {
@@ -418,6 +437,11 @@ fn transact_pipelined(
         }
     }
     let go_ahead = c.conn.read_response();
+    if let Err(e) = &go_ahead
+        && !is_reply(e)
+    {
+        return lost(c, "DATA", go_ahead.expect_err("checked"));
+    }
     if let Err(e) = mail {
         if go_ahead.is_ok() {
             c.dead = true;
@@ -447,7 +471,8 @@ fn transact_pipelined(
     }
 }
 
-/// Where the indices of copies already accepted by the server are recorded.
+/// Where the copies already accepted by the server are recorded (one `copy_key`, its recipients,
+/// a line).
 pub fn progress_path(claim: &Claim) -> PathBuf {
     let mut p = claim.path.as_os_str().to_owned();
     p.push(PROGRESS_SUFFIX);
@@ -661,6 +686,55 @@ mod tests {
             seen.pipelined && !seen.completed,
             "nothing delivered: {seen:?}"
         );
+    }
+
+    #[test]
+    fn a_server_gone_silent_costs_one_timeout_not_one_per_reply() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut w = stream.try_clone().unwrap();
+            let mut r = BufReader::new(stream);
+            let mut line = String::new();
+            w.write_all(b"220 scripted ESMTP\r\n").unwrap();
+            for _ in 0..2 {
+                line.clear();
+                r.read_line(&mut line).unwrap();
+                w.write_all(b"250-scripted\r\n250 PIPELINING\r\n").unwrap();
+            }
+            // reads the envelope, then answers nothing while the client waits
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            std::thread::sleep(Duration::from_secs(4));
+        });
+        let config = crate::config::Config::from_toml(
+            &format!("[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\ntimeout = 1\n"),
+            None,
+        )
+        .unwrap();
+        let route = SmtpRoute::new(config.smtp).unwrap();
+        let mut c = route.open().unwrap();
+        let started = std::time::Instant::now();
+        let err = route
+            .send_on(
+                &mut c,
+                "s@example.com",
+                &rcpts(5),
+                b"Subject: x\r\n\r\nhi\r\n",
+            )
+            .unwrap_err();
+        // seven replies were due (MAIL, five RCPT, DATA): one timeout ends it, not seven
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(!err.is_permanent(), "{err}");
+        assert!(c.dead, "the connection is not used again");
+        c.quit(); // must not wait for a reply either
+        assert!(started.elapsed() < Duration::from_secs(3));
+        server.join().unwrap();
     }
 
     #[test]

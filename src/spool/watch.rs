@@ -80,54 +80,27 @@ impl Producers {
                 None
             }
         };
-        let mut threads = Vec::new();
-        {
-            let (spool, tracker, emit, shutdown, rescan_now, folders) = (
-                spool.clone(),
-                tracker.clone(),
-                emit.clone(),
-                shutdown.clone(),
-                rescan_now.clone(),
-                watcher.clone(),
-            );
-            threads.push(
+        let on = On {
+            tracker: tracker.clone(),
+            emit,
+            shutdown,
+            rescan_now: rescan_now.clone(),
+            folders: watcher.clone(),
+        };
+        let threads = vec![
+            {
+                let (spool, on) = (spool.clone(), on.clone());
                 std::thread::Builder::new()
                     .name("events".into())
-                    .spawn(move || {
-                        let on = On {
-                            tracker: &tracker,
-                            emit: &emit,
-                            shutdown: &shutdown,
-                            rescan_now: &rescan_now,
-                            folders: folders.as_ref(),
-                        };
-                        event_loop(&spool, rx, &on);
-                    })?,
-            );
-        }
-        {
-            let (tracker, done, shutdown, rescan_now, folders) = (
-                tracker.clone(),
-                first_scan_done.clone(),
-                shutdown.clone(),
-                rescan_now.clone(),
-                watcher.clone(),
-            );
-            threads.push(
+                    .spawn(move || event_loop(&spool, rx, &on))?
+            },
+            {
+                let done = first_scan_done.clone();
                 std::thread::Builder::new()
                     .name("scan".into())
-                    .spawn(move || {
-                        let on = On {
-                            tracker: &tracker,
-                            emit: &emit,
-                            shutdown: &shutdown,
-                            rescan_now: &rescan_now,
-                            folders: folders.as_ref(),
-                        };
-                        scan_loop(&spool, settle, rescan, &on, &done);
-                    })?,
-            );
-        }
+                    .spawn(move || scan_loop(&spool, settle, rescan, &on, &done))?
+            },
+        ];
         Ok(Producers {
             tracker,
             first_scan_done,
@@ -151,22 +124,19 @@ impl Producers {
 }
 
 /// What both producer threads share.
-struct On<'a> {
-    tracker: &'a Mutex<Tracker>,
-    emit: &'a Emit,
-    shutdown: &'a AtomicBool,
-    rescan_now: &'a AtomicBool,
-    folders: Option<&'a Folders>,
+#[derive(Clone)]
+struct On {
+    tracker: Arc<Mutex<Tracker>>,
+    emit: Emit,
+    shutdown: Arc<AtomicBool>,
+    rescan_now: Arc<AtomicBool>,
+    folders: Option<Folders>,
 }
 
 fn event_loop(spool: &Path, rx: mpsc::Receiver<notify::Result<notify::Event>>, on: &On) {
-    let On {
-        tracker,
-        emit,
-        shutdown,
-        rescan_now,
-        folders,
-    } = *on;
+    let (tracker, emit, shutdown, rescan_now) =
+        (&on.tracker, &on.emit, &on.shutdown, &on.rescan_now);
+    let folders = on.folders.as_ref();
     while !shutdown.load(Ordering::SeqCst) {
         let wait = tracker
             .lock()
@@ -246,7 +216,7 @@ fn classify(event: &notify::Event) -> Vec<(PathBuf, Seen)> {
 }
 
 fn scan_loop(spool: &Path, settle: Duration, every: Duration, on: &On, first_done: &AtomicBool) {
-    let (shutdown, rescan_now) = (on.shutdown, on.rescan_now);
+    let (shutdown, rescan_now) = (&on.shutdown, &on.rescan_now);
     loop {
         rescan_now.store(false, Ordering::SeqCst);
         let started = Instant::now();
@@ -267,7 +237,7 @@ fn scan_loop(spool: &Path, settle: Duration, every: Duration, on: &On, first_don
 
 /// One pass over the spool, watching every folder it walks; false when shutting down.
 fn scan_once(spool: &Path, settle: Duration, on: &On) -> bool {
-    let (tracker, emit, shutdown) = (on.tracker, on.emit, on.shutdown);
+    let (tracker, emit, shutdown) = (&on.tracker, &on.emit, &on.shutdown);
     let open = writers(spool);
     let walker = walkdir::WalkDir::new(spool)
         .min_depth(1)
@@ -282,7 +252,7 @@ fn scan_once(spool: &Path, settle: Duration, on: &On) -> bool {
         }
         let Ok(entry) = entry else { continue };
         if entry.file_type().is_dir()
-            && let Some(f) = on.folders
+            && let Some(f) = &on.folders
         {
             f.watch(entry.path());
         }
