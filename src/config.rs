@@ -163,7 +163,7 @@ pub struct Config {
     /// Outputs before their rename into pickup (default: `.smime-pickup-staging` beside the pickup
     /// directory; must be on the pickup's filesystem)
     pub staging: Option<PathBuf>,
-    /// Sealing threads (default: number of cores)
+    /// Sealing threads (default: number of cores; twice that with `route = "smtp"`)
     pub workers: usize,
     /// How long an in-place written file must stay unchanged after it is closed
     pub settle: std::time::Duration,

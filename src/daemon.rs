@@ -630,6 +630,7 @@ fn flush(shared: &Shared, pending: &mut Vec<Claim>, claimed: &mut usize) {
         .filter_map(|claim| prepare(shared, claim))
         .collect();
     if !ready.is_empty() {
+        sync_sources(shared, &ready);
         let items: Vec<(&Claim, &[Sealed])> =
             ready.iter().map(|r| (&r.claim, &r.copies[..])).collect();
         let results = shared.transport.deliver_batch(&items);
@@ -641,6 +642,32 @@ fn flush(shared: &Shared, pending: &mut Vec<Claim>, claimed: &mut usize) {
         .claimed_unwritten
         .fetch_sub(*claimed, Ordering::SeqCst);
     *claimed = 0;
+}
+
+/// Makes the claims' departure from the spool durable before anything is delivered: without a
+/// journal, a crash could otherwise bring an input back into its spool folder after it went out.
+fn sync_sources(shared: &Shared, ready: &[Ready]) {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for r in ready.iter().filter(|r| r.claim.fresh) {
+        let dir = shared
+            .spool
+            .join(&r.claim.rel)
+            .parent()
+            .map_or_else(|| shared.spool.clone(), Path::to_path_buf);
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    for dir in dirs {
+        match crate::spool::claim::sync_dir(&dir) {
+            // a folder its writer removed once empty has nothing left to bring back
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                // not a reason to hold the messages back; at worst a crash now repeats one
+                warn!("{}: cannot sync the folder: {e}", dir.display());
+            }
+            _ => {}
+        }
+    }
 }
 
 /// `take_new` would have to wait for the gate while the caller holds unwritten claims.

@@ -278,11 +278,20 @@ fn folders_made_or_moved_into_the_spool_are_watched_not_taken() {
         Duration::from_secs(10),
         || s.delivered_ids().len() >= 13,
     );
+    // renamed within the spool: its subfolder is watched under the new name
+    std::fs::rename(s.path("spool/export"), s.path("spool/renamed")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    s.drop_message("renamed/part2/later.eml", &message(13));
+    s.wait_for(
+        "a file in the renamed folder's subfolder",
+        Duration::from_secs(10),
+        || s.delivered_ids().len() >= 14,
+    );
     signal(&child, "-TERM");
     assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
     assert!(s.delivered_ids().values().all(|&c| c == 1));
     assert!(
-        s.path("spool/export/part2").is_dir(),
+        s.path("spool/renamed/part2").is_dir(),
         "folders stay where they are"
     );
     assert!(!s.path("failed").exists() || list_files(&s.path("failed")).is_empty());

@@ -133,7 +133,7 @@ impl Pickup {
             let why = e.to_string();
             return fail_all(&|| self.unavailable(why.clone()));
         }
-        if let Err(e) = std::fs::create_dir_all(&self.staging) {
+        if let Err(e) = self.make_staging() {
             let kind = e.kind();
             return fail_all(&|| Self::io(&self.staging)(std::io::Error::from(kind)));
         }
@@ -226,6 +226,28 @@ impl Pickup {
 }
 
 impl Pickup {
+    /// The staging folder, created (durably: a recovery must find it) when missing.
+    fn make_staging(&self) -> std::io::Result<()> {
+        match std::fs::create_dir(&self.staging) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Ok(()) => sync_dir(
+                self.staging
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new(".")),
+            ),
+            Err(_) => {
+                std::fs::create_dir_all(&self.staging)?;
+                let mut dir = self.staging.as_path();
+                while let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    sync_dir(parent)?;
+                    dir = parent;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Makes the staged files durable: the writeback of every file is started first (a hint, which
     /// Linux acts on), then each is fdatasynced. On a journalling filesystem the first fdatasync
     /// then commits the whole batch and the others find little left to do: one wait instead of

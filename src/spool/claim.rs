@@ -94,6 +94,20 @@ impl Instance {
     /// Claims `path` (below `spool`) by renaming it into our folder. `Ok(None)`: someone else got it
     /// first, or it is gone.
     pub fn claim(&self, spool: &Path, path: &Path) -> std::io::Result<Option<Claim>> {
+        // only regular files are inputs: a folder moved in is walked, never claimed whole
+        match path.symlink_metadata() {
+            Ok(m) if m.is_file() => {}
+            Ok(m) if m.is_dir() => return Ok(None),
+            Ok(_) => {
+                log::warn!(
+                    "{}: not a regular file (a link?); left where it is",
+                    path.display()
+                );
+                return Ok(None);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        }
         let rel = path.strip_prefix(spool).unwrap_or(path).to_path_buf();
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}-{seq}", self.id);
@@ -288,5 +302,27 @@ mod tests {
         assert_eq!(claims[0].id, c.id);
         assert_eq!(claims[0].rel, Path::new("m.eml"));
         assert!(live.dir.exists());
+    }
+
+    #[test]
+    fn only_regular_files_are_claimed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = tmp.path().join("spool");
+        std::fs::create_dir_all(spool.join("folder")).unwrap();
+        std::fs::write(spool.join("folder/m.eml"), "x").unwrap();
+        std::os::unix::fs::symlink(spool.join("folder/m.eml"), spool.join("link.eml")).unwrap();
+        let me = Instance::start(&tmp.path().join("work")).unwrap();
+        for path in ["folder", "link.eml", "gone.eml"] {
+            assert!(
+                me.claim(&spool, &spool.join(path)).unwrap().is_none(),
+                "{path}"
+            );
+        }
+        assert!(spool.join("folder/m.eml").exists() && spool.join("link.eml").exists());
+        assert!(
+            me.claim(&spool, &spool.join("folder/m.eml"))
+                .unwrap()
+                .is_some()
+        );
     }
 }

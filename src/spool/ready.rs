@@ -8,7 +8,7 @@
 //!   process holds it open for writing (see `writers`); a scan that finds a tracked file closed
 //!   repairs a missed close event (watch overflow).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -37,14 +37,15 @@ struct Entry {
 #[derive(Debug)]
 pub struct Tracker {
     settle: Duration,
-    files: HashMap<PathBuf, Entry>,
+    /// ordered, so everything below a folder is one range
+    files: BTreeMap<PathBuf, Entry>,
 }
 
 impl Tracker {
     pub fn new(settle: Duration) -> Tracker {
         Tracker {
             settle,
-            files: HashMap::new(),
+            files: BTreeMap::new(),
         }
     }
 
@@ -52,7 +53,18 @@ impl Tracker {
         let settle = self.settle;
         match what {
             Seen::Removed => {
-                self.files.remove(path);
+                // a folder that left takes what was tracked below it along (paths order by
+                // component, so those follow it directly)
+                let gone: Vec<PathBuf> = self
+                    .files
+                    .range(path.to_path_buf()..)
+                    .map(|(p, _)| p)
+                    .take_while(|p| p.starts_with(path))
+                    .cloned()
+                    .collect();
+                for p in gone {
+                    self.files.remove(&p);
+                }
             }
             Seen::RenamedIn => {
                 self.files.insert(
@@ -241,6 +253,27 @@ mod tests {
                 assert!(t.is_empty(), "{name}: taken once");
             }
         }
+    }
+
+    #[test]
+    fn a_folder_that_leaves_takes_its_tracked_files_along() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new(S);
+        for p in [
+            "/spool/x/a.eml",
+            "/spool/x/y/b.eml",
+            "/spool/x-2/c.eml",
+            "/spool/xa.eml",
+        ] {
+            t.seen(Path::new(p), Seen::Created, t0);
+        }
+        t.seen(Path::new("/spool/x"), Seen::Removed, t0);
+        assert!(!t.contains(Path::new("/spool/x/a.eml")));
+        assert!(!t.contains(Path::new("/spool/x/y/b.eml")));
+        assert!(
+            t.contains(Path::new("/spool/x-2/c.eml")) && t.contains(Path::new("/spool/xa.eml"))
+        );
+        assert_eq!(t.len(), 2);
     }
 
     #[test]

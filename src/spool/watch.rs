@@ -8,6 +8,7 @@
 //! as events to filter out (about 6 % of the throughput when draining). New folders are watched as
 //! their creation is seen, and every scan watches the folders it walks, so a missed one is repaired.
 
+use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,16 +39,63 @@ pub struct Producers {
 
 /// The watcher, shared by both threads: each adds the folders it finds.
 #[derive(Clone)]
-struct Folders(Arc<Mutex<notify::RecommendedWatcher>>);
+struct Folders(Arc<Mutex<Watched>>);
+
+struct Watched {
+    watcher: notify::RecommendedWatcher,
+    /// folders watched, and the ones that could not be (warned about once)
+    ok: HashSet<PathBuf>,
+    failed: HashSet<PathBuf>,
+}
 
 impl Folders {
-    /// Watches one folder (not its subfolders); watching one again changes nothing.
-    fn watch(&self, dir: &Path) {
+    fn new(watcher: notify::RecommendedWatcher) -> Folders {
+        Folders(Arc::new(Mutex::new(Watched {
+            watcher,
+            ok: HashSet::new(),
+            failed: HashSet::new(),
+        })))
+    }
+
+    /// Watches one folder (not its subfolders) unless that was done already; `again` renews it
+    /// anyway (a folder made or moved in may be a new one under a known name).
+    fn watch(&self, dir: &Path, again: bool) {
         let mut w = self.0.lock().expect("watcher lock");
-        if let Err(e) = w.watch(dir, RecursiveMode::NonRecursive) {
-            // the periodic rescan still finds its files
-            warn!("{}: cannot watch ({e})", dir.display());
+        if !again && (w.ok.contains(dir) || w.failed.contains(dir)) {
+            return;
         }
+        match w.watcher.watch(dir, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                w.failed.remove(dir);
+                w.ok.insert(dir.to_path_buf());
+            }
+            Err(e) => {
+                if w.failed.insert(dir.to_path_buf()) {
+                    // the periodic rescan still finds its files
+                    warn!(
+                        "{}: cannot watch ({e}); its files are found by rescans",
+                        dir.display()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Watches a folder made or moved in, and every folder below it (they may have come along).
+    fn watch_tree(&self, spool: &Path, dir: &Path) {
+        let walker = walkdir::WalkDir::new(dir)
+            .into_iter()
+            .filter_entry(|e| e.file_type().is_dir() && !is_hidden(spool, e.path()));
+        for entry in walker.flatten() {
+            self.watch(entry.path(), true);
+        }
+    }
+
+    /// Forgets a path that left (removed, or renamed away) and the folders below it.
+    fn forget(&self, path: &Path) {
+        let mut w = self.0.lock().expect("watcher lock");
+        w.ok.retain(|d| !d.starts_with(path));
+        w.failed.retain(|d| !d.starts_with(path));
     }
 }
 
@@ -69,7 +117,16 @@ impl Producers {
         })
         .and_then(|mut w| w.watch(&spool, RecursiveMode::NonRecursive).map(|()| w));
         let watcher = match watcher {
-            Ok(w) => Some(Folders(Arc::new(Mutex::new(w)))),
+            Ok(w) => {
+                let folders = Folders::new(w);
+                folders
+                    .0
+                    .lock()
+                    .expect("watcher lock")
+                    .ok
+                    .insert(spool.clone());
+                Some(folders)
+            }
             Err(e) => {
                 // still correct, only slower: the periodic rescan finds everything
                 warn!(
@@ -161,12 +218,17 @@ fn event_loop(spool: &Path, rx: mpsc::Receiver<notify::Result<notify::Event>>, o
                     if folder {
                         if !is_hidden(spool, &path) {
                             if let Some(f) = folders {
-                                f.watch(&path);
+                                f.watch_tree(spool, &path);
                             }
                             // files may have landed in it before its watch existed
                             rescan_now.store(true, Ordering::SeqCst);
                         }
-                    } else if seen == Seen::Removed || is_input(spool, &path) {
+                    } else if seen == Seen::Removed {
+                        t.seen(&path, seen, now);
+                        if let Some(f) = folders {
+                            f.forget(&path);
+                        }
+                    } else if is_input(spool, &path) {
                         t.seen(&path, seen, now);
                     }
                 }
@@ -254,7 +316,7 @@ fn scan_once(spool: &Path, settle: Duration, on: &On) -> bool {
         if entry.file_type().is_dir()
             && let Some(f) = &on.folders
         {
-            f.watch(entry.path());
+            f.watch(entry.path(), false);
         }
         if !entry.file_type().is_file() || !is_input(spool, entry.path()) {
             continue;
