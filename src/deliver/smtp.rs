@@ -569,7 +569,7 @@ mod tests {
     //! Real servers (Postfix, smtp-sink with and without PIPELINING) are in `tests/smtp.rs`.
     use super::*;
     use std::io::{BufRead, BufReader, Read};
-    use std::net::TcpListener;
+    use std::net::{TcpListener, TcpStream};
     use std::time::Duration;
 
     /// What the scripted server saw of one transaction.
@@ -587,21 +587,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let handle = std::thread::spawn(move || {
-            let (stream, _) = listener.accept().unwrap();
-            stream
-                .set_read_timeout(Some(Duration::from_secs(5)))
-                .unwrap();
-            let mut w = stream.try_clone().unwrap();
-            let mut r = BufReader::new(stream);
+            let (mut w, mut r) = accept_and_greet(&listener);
             let mut line = String::new();
-            w.write_all(b"220 scripted ESMTP\r\n").unwrap();
-            for _ in 0..2 {
-                line.clear();
-                r.read_line(&mut line).unwrap();
-                assert!(line.starts_with("EHLO"), "{line}");
-                w.write_all(b"250-scripted\r\n250 PIPELINING\r\n").unwrap();
-            }
-            line.clear();
             r.read_line(&mut line).unwrap();
             assert!(line.starts_with("MAIL FROM"), "{line}");
             // everything up to DATA must already be on its way: the client waits for no reply
@@ -647,13 +634,37 @@ mod tests {
         (port, handle)
     }
 
-    fn route(port: u16) -> SmtpRoute {
+    /// Accepts one connection, greets, and answers both EHLOs offering PIPELINING.
+    fn accept_and_greet(listener: &TcpListener) -> (TcpStream, BufReader<TcpStream>) {
+        let (stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut w = stream.try_clone().unwrap();
+        let mut r = BufReader::new(stream);
+        w.write_all(b"220 scripted ESMTP\r\n").unwrap();
+        for _ in 0..2 {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            assert!(line.starts_with("EHLO"), "{line}");
+            w.write_all(b"250-scripted\r\n250 PIPELINING\r\n").unwrap();
+        }
+        (w, r)
+    }
+
+    fn route_with_timeout(port: u16, seconds: u64) -> SmtpRoute {
         let config = crate::config::Config::from_toml(
-            &format!("[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\ntimeout = 5\n"),
+            &format!(
+                "[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\ntimeout = {seconds}\n"
+            ),
             None,
         )
         .unwrap();
         SmtpRoute::new(config.smtp).unwrap()
+    }
+
+    fn route(port: u16) -> SmtpRoute {
+        route_with_timeout(port, 5)
     }
 
     fn rcpts(n: usize) -> Vec<String> {
@@ -693,27 +704,13 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {
-            let (stream, _) = listener.accept().unwrap();
-            let mut w = stream.try_clone().unwrap();
-            let mut r = BufReader::new(stream);
+            let (_w, mut r) = accept_and_greet(&listener);
             let mut line = String::new();
-            w.write_all(b"220 scripted ESMTP\r\n").unwrap();
-            for _ in 0..2 {
-                line.clear();
-                r.read_line(&mut line).unwrap();
-                w.write_all(b"250-scripted\r\n250 PIPELINING\r\n").unwrap();
-            }
             // reads the envelope, then answers nothing while the client waits
-            line.clear();
             r.read_line(&mut line).unwrap();
             std::thread::sleep(Duration::from_secs(4));
         });
-        let config = crate::config::Config::from_toml(
-            &format!("[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\ntimeout = 1\n"),
-            None,
-        )
-        .unwrap();
-        let route = SmtpRoute::new(config.smtp).unwrap();
+        let route = route_with_timeout(port, 1);
         let mut c = route.open().unwrap();
         let started = std::time::Instant::now();
         let err = route
