@@ -318,25 +318,24 @@ fn send_command(config_path: Option<&Path>, mut args: SendArgs) -> Result<(), Cl
         if s.password.is_some() { "********" } else { "" }
     );
     let mut refused = Vec::new();
+    // one line pair a transaction (a copy to over a hundred recipients takes several)
     for copy in &sealed {
-        println!(
-            "Sending {} From: {} To: {}",
-            args.file.display(),
-            copy.envelope.sender,
-            copy.envelope.recipients.join(", ")
-        );
-        let (outcome, took) = route.send_on(
-            &mut conn,
-            &copy.envelope.sender,
-            &copy.envelope.recipients,
-            &copy.data,
-        )?;
-        for (r, why) in &outcome.rejected {
-            println!("Refused {r}: {why}");
-            refused.push(r.clone());
-        }
-        if !outcome.accepted.is_empty() {
-            println!("OK - in {:.3} seconds", took.as_secs_f64());
+        for recipients in crate::deliver::smtp::transactions(copy) {
+            println!(
+                "Sending {} From: {} To: {}",
+                args.file.display(),
+                copy.envelope.sender,
+                recipients.join(", ")
+            );
+            let (outcome, took) =
+                route.send_on(&mut conn, &copy.envelope.sender, recipients, &copy.data)?;
+            for (r, why) in &outcome.rejected {
+                println!("Refused {r}: {why}");
+                refused.push(r.clone());
+            }
+            if !outcome.accepted.is_empty() {
+                println!("OK - in {:.3} seconds", took.as_secs_f64());
+            }
         }
     }
     conn.quit();

@@ -361,3 +361,43 @@ fn pickup_then_smtp_follows_the_pickup_directory() {
         "{log}"
     );
 }
+
+#[test]
+fn a_copy_to_many_recipients_goes_out_a_hundred_per_transaction() {
+    let sink = Sink::start(&[]);
+    // signed only: no certificates needed for 250 recipients
+    let s = Setup::new(&format!(
+        "route = \"smtp\"\n{}[seal]\nencrypt = false\n",
+        smtp_section(sink.port, "")
+    ));
+    let to: Vec<String> = (0..250).map(|i| format!("r{i:03}@example.net")).collect();
+    s.drop_message(
+        "many.eml",
+        format!(
+            "From: alice@example.com\nTo: {}\nSubject: many\nMessage-ID: <many@test>\n\nhello\n",
+            to.join(",\n ")
+        )
+        .as_bytes(),
+    );
+    let o = s.once();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut per_transaction = Vec::new();
+    let mut all = Vec::new();
+    for dump in sink.dumps() {
+        let text = String::from_utf8_lossy(&std::fs::read(dump).unwrap()).into_owned();
+        let rcpts: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("X-Rcpt-Args: <"))
+            .map(|l| l.trim_end_matches('>').to_string())
+            .collect();
+        per_transaction.push(rcpts.len());
+        all.extend(rcpts);
+    }
+    per_transaction.sort();
+    assert_eq!(per_transaction, [50, 100, 100], "three transactions");
+    all.sort();
+    let mut want = to.clone();
+    want.sort();
+    assert_eq!(all, want, "every recipient once");
+    s.assert_nothing_in_flight();
+}

@@ -68,14 +68,21 @@ impl Fallback {
     }
 }
 
-/// The copies of `claim` SMTP has not sent yet, when it sent some (`None`: all are unsent).
+/// What of `claim`'s copies SMTP has not sent yet, when it sent some (`None`: nothing was sent):
+/// copies without the recipients already served, and without the copies fully served.
 fn unsent(claim: &Claim, copies: &[Sealed]) -> Option<Vec<Sealed>> {
-    let sent = super::smtp::sent_copies(claim);
+    let sent = super::smtp::sent_transactions(claim);
     (!sent.is_empty()).then(|| {
         copies
             .iter()
-            .filter(|c| !sent.contains(&super::smtp::copy_key(c)))
-            .cloned()
+            .filter_map(|c| {
+                let recipients = super::smtp::unsent_recipients(c, &sent);
+                (!recipients.is_empty()).then(|| {
+                    let mut left = c.clone();
+                    left.envelope.recipients = recipients;
+                    left
+                })
+            })
             .collect()
     })
 }
@@ -180,6 +187,44 @@ mod tests {
         let left = unsent(&claim, &copies).unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].envelope.recipients, ["b@y"]);
+    }
+
+    #[test]
+    fn a_copy_sent_in_part_goes_on_with_the_recipients_left() {
+        let tmp = tempfile::tempdir().unwrap();
+        let claim = Claim {
+            path: tmp.path().join("i1-1,m.eml"),
+            id: "i1-1".into(),
+            rel: "m.eml".into(),
+            fresh: false,
+        };
+        let recipients: Vec<String> = (0..250).map(|i| format!("r{i}@y")).collect();
+        let copy = Sealed {
+            envelope: Envelope {
+                sender: "s@x".into(),
+                recipients: recipients.clone(),
+                ..Envelope::default()
+            },
+            data: Vec::new(),
+            protection: Protection::Signed,
+            message_id: "id".into(),
+        };
+        let chunks: Vec<&[String]> = super::super::smtp::transactions(&copy).collect();
+        assert_eq!(
+            chunks.iter().map(|c| c.len()).collect::<Vec<_>>(),
+            [100, 100, 50]
+        );
+        // the middle transaction went out before a crash
+        let record = format!("{}\n", super::super::smtp::transaction_key(chunks[1]));
+        std::fs::write(super::super::smtp::progress_path(&claim), record).unwrap();
+        let left = unsent(&claim, std::slice::from_ref(&copy)).unwrap();
+        assert_eq!(left.len(), 1);
+        let want: Vec<String> = recipients[..100]
+            .iter()
+            .chain(&recipients[200..])
+            .cloned()
+            .collect();
+        assert_eq!(left[0].envelope.recipients, want);
     }
 
     #[test]

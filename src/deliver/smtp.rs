@@ -3,11 +3,14 @@
 //! AUTH only over TLS, and per-recipient replies so a partial rejection delivers to the accepted
 //! recipients and reports the others.
 //!
-//! Crash safety is at-least-once with the smallest window we can have. For a message with several
-//! copies (Bcc), after the server's 250 to the end of DATA the copy's recipients are appended (and
-//! fsynced) to `<claim>#smtp-sent` before anything else, and a retry or a restart skips the copies
-//! listed there. A single copy is finished (its claim removed) right after its 250. Either way only a crash in the
-//! moment between the 250 and that local write sends a copy twice.
+//! A copy goes out in transactions of at most `RECIPIENTS_PER_TRANSACTION` recipients.
+//!
+//! Crash safety is at-least-once with the smallest window we can have. For a message that takes
+//! several transactions (Bcc copies, or a copy to many), after the server's 250 to the end of DATA
+//! the transaction's recipients are appended (and fsynced) to `<claim>#smtp-sent` before anything
+//! else, and a retry or a restart skips the transactions listed there. A single transaction is
+//! finished (its claim removed) right after its 250. Either way only a crash in the moment between
+//! the 250 and that local write sends a copy twice.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -471,8 +474,8 @@ fn transact_pipelined(
     }
 }
 
-/// Where the copies already accepted by the server are recorded (one `copy_key`, its recipients,
-/// a line).
+/// Where the transactions already accepted by the server are recorded (one `transaction_key`, its
+/// recipients, a line).
 pub fn progress_path(claim: &Claim) -> PathBuf {
     let mut p = claim.path.as_os_str().to_owned();
     p.push(PROGRESS_SUFFIX);
@@ -484,14 +487,34 @@ pub fn progress_path(claim: &Claim) -> PathBuf {
 /// (`spool::claim` treats this suffix as a sidecar).
 pub const PROGRESS_SUFFIX: &str = "#smtp-sent";
 
-/// What identifies a copy across attempts: its recipients (copy order can change when certificates
-/// expire or are reloaded between attempts; the recipients of a copy cannot be sent to twice).
-pub fn copy_key(copy: &Sealed) -> String {
-    copy.envelope.recipients.join(",").to_ascii_lowercase()
+/// Recipients per SMTP transaction: every server must take this many (RFC 5321, 4.5.3.1.8), and
+/// one that takes fewer answers the rest 452, which would only be retried. A copy with more
+/// recipients goes out in several transactions.
+pub const RECIPIENTS_PER_TRANSACTION: usize = 100;
+
+/// The transactions one copy takes: its recipients, a hundred at a time.
+pub fn transactions(copy: &Sealed) -> std::slice::Chunks<'_, String> {
+    copy.envelope.recipients.chunks(RECIPIENTS_PER_TRANSACTION)
 }
 
-/// Copies already sent for `claim` (by an earlier attempt or before a crash), by `copy_key`.
-pub fn sent_copies(claim: &Claim) -> HashSet<String> {
+/// What identifies a transaction across attempts: its recipients (copy order can change when
+/// certificates expire or are reloaded between attempts; a recipient cannot be sent a copy twice).
+pub fn transaction_key(recipients: &[String]) -> String {
+    recipients.join(",").to_ascii_lowercase()
+}
+
+/// The recipients of `copy` whose transaction is not in `sent` (all of them, or none, or some).
+pub fn unsent_recipients(copy: &Sealed, sent: &HashSet<String>) -> Vec<String> {
+    transactions(copy)
+        .filter(|r| !sent.contains(&transaction_key(r)))
+        .flatten()
+        .cloned()
+        .collect()
+}
+
+/// Transactions already sent for `claim` (by an earlier attempt or before a crash), by
+/// `transaction_key`.
+pub fn sent_transactions(claim: &Claim) -> HashSet<String> {
     std::fs::read_to_string(progress_path(claim))
         .map(|t| {
             t.lines()
@@ -523,27 +546,31 @@ impl Transport for SmtpRoute {
     }
 
     fn deliver(&self, claim: &Claim, copies: &[Sealed]) -> Result<Delivered, DeliverError> {
-        let done = sent_copies(claim);
+        let done = sent_transactions(claim);
         let mut delivered = Delivered {
             route: "smtp",
             units: 0,
             rejected: Vec::new(),
         };
-        for copy in copies {
-            let key = copy_key(copy);
+        let all: Vec<(&Sealed, &[String])> = copies
+            .iter()
+            .flat_map(|c| transactions(c).map(move |r| (c, r)))
+            .collect();
+        for &(copy, recipients) in &all {
+            let key = transaction_key(recipients);
             if done.contains(&key) {
                 continue;
             }
             let outcome = self
-                .send(&copy.envelope.sender, &copy.envelope.recipients, &copy.data)
+                .send(&copy.envelope.sender, recipients, &copy.data)
                 .map_err(|e| DeliverError::Smtp(Box::new(e)))?;
-            // a single copy needs no record: the claim is finished right after this transaction
-            if copies.len() > 1
+            // a single transaction needs no record: the claim is finished right after it
+            if all.len() > 1
                 && let Err(e) = record_sent(claim, &key)
             {
                 // the server has it: failing now would send it again on every retry
                 log::error!(
-                    "{}: sent, but not recorded ({e}); a retry would send this copy again",
+                    "{}: sent, but not recorded ({e}); a retry would send these recipients a copy again",
                     claim.rel.display()
                 );
             }
