@@ -162,25 +162,33 @@ mod tests {
     use crate::message::Envelope;
     use crate::seal::Protection;
 
-    #[test]
-    fn copies_smtp_already_sent_are_not_delivered_again() {
-        let tmp = tempfile::tempdir().unwrap();
-        let claim = Claim {
+    fn claim(tmp: &tempfile::TempDir) -> Claim {
+        Claim {
             path: tmp.path().join("i1-1,m.eml"),
             id: "i1-1".into(),
             rel: "m.eml".into(),
             fresh: false,
-        };
-        let copy = |r: &str| Sealed {
+        }
+    }
+
+    fn copy_to(recipients: Vec<String>) -> Sealed {
+        Sealed {
             envelope: Envelope {
                 sender: "s@x".into(),
-                recipients: vec![r.into()],
+                recipients,
                 ..Envelope::default()
             },
             data: Vec::new(),
             protection: Protection::Signed,
             message_id: "id".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn copies_smtp_already_sent_are_not_delivered_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let claim = claim(&tmp);
+        let copy = |r: &str| copy_to(vec![r.into()]);
         let copies = [copy("a@y"), copy("b@y"), copy("c@y")];
         assert!(unsent(&claim, &copies).is_none(), "nothing sent: all go");
         std::fs::write(super::super::smtp::progress_path(&claim), "a@y\nc@y\n").unwrap();
@@ -192,23 +200,9 @@ mod tests {
     #[test]
     fn a_copy_sent_in_part_goes_on_with_the_recipients_left() {
         let tmp = tempfile::tempdir().unwrap();
-        let claim = Claim {
-            path: tmp.path().join("i1-1,m.eml"),
-            id: "i1-1".into(),
-            rel: "m.eml".into(),
-            fresh: false,
-        };
+        let claim = claim(&tmp);
         let recipients: Vec<String> = (0..250).map(|i| format!("r{i}@y")).collect();
-        let copy = Sealed {
-            envelope: Envelope {
-                sender: "s@x".into(),
-                recipients: recipients.clone(),
-                ..Envelope::default()
-            },
-            data: Vec::new(),
-            protection: Protection::Signed,
-            message_id: "id".into(),
-        };
+        let copy = copy_to(recipients.clone());
         let chunks: Vec<&[String]> = super::super::smtp::transactions(&copy).collect();
         assert_eq!(
             chunks.iter().map(|c| c.len()).collect::<Vec<_>>(),
