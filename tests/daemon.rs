@@ -12,23 +12,8 @@ use util::*;
 #[test]
 fn once_seals_the_corpus_into_pickup_and_quarantines_the_rest() {
     let s = Setup::new("");
-    let mut inputs = 0;
-    for entry in std::fs::read_dir(fixtures().join("eml")).unwrap() {
-        let p = entry.unwrap().path();
-        if p.extension().is_some_and(|e| e == "eml") {
-            std::fs::copy(&p, s.path("spool").join(p.file_name().unwrap())).unwrap();
-            inputs += 1;
-        }
-    }
-    std::fs::create_dir_all(s.path("spool/bad")).unwrap();
-    let mut bad = 0;
-    for entry in std::fs::read_dir(fixtures().join("eml/malformed")).unwrap() {
-        let p = entry.unwrap().path();
-        if p.extension().is_some_and(|e| e == "eml") {
-            std::fs::copy(&p, s.path("spool/bad").join(p.file_name().unwrap())).unwrap();
-            bad += 1;
-        }
-    }
+    let inputs = s.copy_fixtures("eml", "");
+    let bad = s.copy_fixtures("eml/malformed", "bad");
     std::fs::write(s.path("spool/.dotfile.eml"), message(1)).unwrap();
     std::fs::write(s.path("spool/half.eml.part"), message(2)).unwrap();
     std::fs::write(s.path("spool/half.eml.tmp"), message(3)).unwrap();

@@ -184,14 +184,7 @@ fn check_smtp_connects_verifies_and_authenticates() {
 #[test]
 fn metrics_count_what_happened() {
     let s = Setup::new("metrics_file = \"metrics.prom\"\n");
-    let mut good = 0;
-    for entry in std::fs::read_dir(fixtures().join("eml")).unwrap() {
-        let p = entry.unwrap().path();
-        if p.extension().is_some_and(|e| e == "eml") {
-            std::fs::copy(&p, s.path("spool").join(p.file_name().unwrap())).unwrap();
-            good += 1;
-        }
-    }
+    let good = s.copy_fixtures("eml", "");
     std::fs::create_dir(s.path("spool/bad")).unwrap();
     for name in [
         "empty",

@@ -342,26 +342,34 @@ fn transact(
     recipients: &[String],
     data: &[u8],
 ) -> Result<Outcome, SmtpError> {
+    let tx = Tx {
+        server,
+        sender,
+        recipients,
+        data,
+    };
     if c.pipelining {
-        transact_pipelined(c, server, sender, recipients, data)
+        transact_pipelined(c, &tx)
     } else {
-        transact_stepwise(c, server, sender, recipients, data)
+        transact_stepwise(c, &tx)
     }
 }
 
-fn transact_stepwise(
-    c: &mut Connection,
-    server: &str,
-    sender: &str,
-    recipients: &[String],
-    data: &[u8],
-) -> Result<Outcome, SmtpError> {
-    let reply = |stage| move |source| refused(server, stage, source);
+/// One transaction: with whom, from whom, to whom, what.
+struct Tx<'a> {
+    server: &'a str,
+    sender: &'a str,
+    recipients: &'a [String],
+    data: &'a [u8],
+}
+
+fn transact_stepwise(c: &mut Connection, tx: &Tx) -> Result<Outcome, SmtpError> {
+    let reply = |stage| move |source| refused(tx.server, stage, source);
     c.conn
-        .command(Mail::new(mail_from(sender)?, vec![]))
+        .command(Mail::new(mail_from(tx.sender)?, vec![]))
         .map_err(reply("MAIL FROM"))?;
     let mut outcome = Outcome::default();
-    for r in recipients {
+    for r in tx.recipients {
         let addr = match parse_address(r) {
             Ok(a) => a,
             Err(e) => {
@@ -384,24 +392,18 @@ fn transact_stepwise(
         return Ok(outcome);
     }
     c.conn.command(Data).map_err(reply("DATA"))?;
-    c.conn.message(data).map_err(reply("end of DATA"))?;
+    c.conn.message(tx.data).map_err(reply("end of DATA"))?;
     Ok(outcome)
 }
 
 /// RFC 2920: MAIL, every RCPT and DATA in one write, then their replies read in order; the message
 /// follows only if DATA was answered 354 and no recipient was refused for now.
-fn transact_pipelined(
-    c: &mut Connection,
-    server: &str,
-    sender: &str,
-    recipients: &[String],
-    data: &[u8],
-) -> Result<Outcome, SmtpError> {
-    let reply = |stage, source| refused(server, stage, source);
+fn transact_pipelined(c: &mut Connection, tx: &Tx) -> Result<Outcome, SmtpError> {
+    let reply = |stage, source| refused(tx.server, stage, source);
     let mut outcome = Outcome::default();
-    let mut envelope = Mail::new(mail_from(sender)?, vec![]).to_string();
+    let mut envelope = Mail::new(mail_from(tx.sender)?, vec![]).to_string();
     let mut asked = Vec::new();
-    for r in recipients {
+    for r in tx.recipients {
         match parse_address(r) {
             Ok(a) => {
                 envelope.push_str(&Rcpt::new(a, vec![]).to_string());
@@ -453,7 +455,9 @@ fn transact_pipelined(
     }
     match go_ahead {
         Ok(_) if temporary.is_none() && !outcome.accepted.is_empty() => {
-            c.conn.message(data).map_err(|e| reply("end of DATA", e))?;
+            c.conn
+                .message(tx.data)
+                .map_err(|e| reply("end of DATA", e))?;
             Ok(outcome)
         }
         Ok(_) => {

@@ -94,6 +94,10 @@ impl Folders {
     /// Forgets a path that left (removed, or renamed away) and the folders below it.
     fn forget(&self, path: &Path) {
         let mut w = self.0.lock().expect("watcher lock");
+        // every claimed input leaves too: only a folder we know (watched or failed) has any below it
+        if !w.ok.contains(path) && !w.failed.contains(path) {
+            return;
+        }
         w.ok.retain(|d| !d.starts_with(path));
         w.failed.retain(|d| !d.starts_with(path));
     }

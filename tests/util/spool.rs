@@ -96,6 +96,21 @@ impl Setup {
             .unwrap()
     }
 
+    /// Copies every `.eml` of `fixtures/<from>` into `spool/<to>`; returns how many.
+    pub fn copy_fixtures(&self, from: &str, to: &str) -> usize {
+        let target = self.path("spool").join(to);
+        std::fs::create_dir_all(&target).unwrap();
+        let mut n = 0;
+        for entry in std::fs::read_dir(fixtures().join(from)).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "eml") {
+                std::fs::copy(&p, target.join(p.file_name().unwrap())).unwrap();
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Drops a message into the spool the way a well-behaved exporter does: write beside, rename in.
     pub fn drop_message(&self, rel: &str, bytes: &[u8]) {
         let target = self.path("spool").join(rel);
