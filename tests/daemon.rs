@@ -295,6 +295,7 @@ fn lcg(state: &mut u64) -> u64 {
 fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     let s = Setup::on_tmpfs("settle_ms = 100\n");
     let total = 2000;
+    let rounds = 10;
     for n in 0..total {
         s.drop_message(&format!("d{}/m{n}.eml", n % 7), &message(n));
     }
@@ -304,14 +305,28 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
         .unwrap()
         .as_nanos() as u64;
     eprintln!("kill -9 test seed: {seed}");
-    for round in 0..10 {
-        let mut child = s.start(&format!("kill-{round}.log"));
-        std::thread::sleep(Duration::from_millis(30 + lcg(&mut seed) % 120));
+    // Kill moments come from progress, not the clock: each round lets 0 to 99 more messages reach
+    // pickup (0: killed while starting up and recovering), whatever the machine's speed. At most
+    // 10 x 99 of 2000 are delivered before the final run, so the kills always land mid-drain.
+    for round in 0..rounds {
+        let log = format!("kill-{round}.log");
+        let more = (lcg(&mut seed) % 100) as usize;
+        let target = s.pickup_files().len() + more;
+        let mut child = s.start(&log);
+        if more == 0 {
+            s.wait_for_log(&log, "watching");
+        } else {
+            s.wait_for(
+                &format!("{target} pickup files (round {round})"),
+                Duration::from_secs(60),
+                || s.pickup_files().len() >= target,
+            );
+        }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
     }
     let before = s.pickup_files().len();
-    let recovered: usize = (0..10)
+    let recovered: usize = (0..rounds)
         .map(|r| std::fs::read_to_string(s.path(&format!("kill-{r}.log"))).unwrap())
         .map(|log| log.matches("recovered ").count())
         .sum();

@@ -96,7 +96,8 @@ fn seal_to_dir(d: &Dir, input: &Path, args: &[&str]) -> (std::process::Output, V
     (o, copies)
 }
 
-/// Decrypts as `address` with openssl, verifies with openssl, and (when `gpg`) with gpgsm too.
+/// Decrypts as `address` with openssl, verifies with openssl, and (when `gpg`) with gpgsm and NSS's
+/// cmsutil too.
 /// Returns the signed content (the canonical inner entity).
 fn open_sealed(d: &Dir, sealed: &[u8], address: &str, gpg: bool, what: &str) -> Vec<u8> {
     assert_crlf_only(sealed, what);
@@ -151,11 +152,24 @@ fn open_sealed(d: &Dir, sealed: &[u8], address: &str, gpg: bool, what: &str) -> 
         );
         g.verify_detached(d.path(), &sig, &signed)
             .unwrap_or_else(|e| panic!("{what}: gpgsm verify: {e}"));
+        // NSS (Thunderbird's engine) opens the same bytes and accepts the signer for email
+        let n = nss();
+        let plain = n
+            .decrypt(d.path(), &der)
+            .unwrap_or_else(|e| panic!("{what}: cmsutil decrypt: {e}"));
+        assert_eq!(
+            plain, inner,
+            "{what}: cmsutil and openssl decrypt to the same bytes"
+        );
+        n.verify_detached(d.path(), &sig, &signed)
+            .unwrap_or_else(|e| panic!("{what}: cmsutil verify: {e}"));
     }
     signed
 }
 
 fn run_corpus(crlf: bool) {
+    // one GnuPG home and one NSS database for the whole corpus (the last user removes them)
+    let (_gpg, _nss) = (gpgsm(), nss());
     let mut ran = 0;
     for (path, expect) in cases(&fixtures().join("eml")) {
         let what = format!(
@@ -325,7 +339,7 @@ fn cms_print(d: &Dir, sealed: &[u8]) -> String {
 }
 
 #[test]
-fn sign_only_is_multipart_signed_and_verifies_with_both_tools() {
+fn sign_only_is_multipart_signed_and_verifies_with_three_tools() {
     let (d, o) = seal_fixture("utf8-html-8bit.eml", "", &["--sign"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let ct = header(&o.stdout, "content-type").unwrap();
@@ -339,6 +353,17 @@ fn sign_only_is_multipart_signed_and_verifies_with_both_tools() {
         split_signed(&o.stdout[find(&o.stdout, b"Content-Type: multipart/signed").unwrap()..]);
     assert_eq!(signed, content);
     gpgsm().verify_detached(d.path(), &sig, &signed).unwrap();
+    nss().verify_detached(d.path(), &sig, &signed).unwrap();
+    // each checker says no to one changed byte, so their yes above means something
+    let mut tampered = signed.clone();
+    let at = tampered.len() / 2;
+    tampered[at] ^= 1;
+    assert!(openssl_verify_detached(d.path(), &sig, &tampered).is_err());
+    assert!(gpgsm().verify_detached(d.path(), &sig, &tampered).is_err());
+    let refusal = nss()
+        .verify_detached(d.path(), &sig, &tampered)
+        .unwrap_err();
+    assert!(refusal.contains("DigestMismatch"), "{refusal}");
     assert_eq!(
         meaning(&signed),
         meaning(&std::fs::read(fixtures().join("eml/utf8-html-8bit.eml")).unwrap())

@@ -3,13 +3,19 @@
 
 #![allow(dead_code)]
 
+pub mod gpgsm;
 pub mod mta;
+pub mod nss;
 pub mod spool;
+
+#[allow(unused_imports)] // not every test binary uses every checker
+pub use gpgsm::gpgsm;
+#[allow(unused_imports)]
+pub use nss::nss;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Mutex, OnceLock};
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
@@ -258,176 +264,6 @@ pub fn split_signed(entity: &[u8]) -> (Vec<u8>, Vec<u8>) {
 
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// A GnuPG home with the test CA trusted and the recipients' PKCS#12 keys imported, shared by all tests
-/// of this binary; gpgsm calls are serialised (one agent).
-pub struct Gpgsm {
-    home: tempfile::TempDir,
-}
-
-static GPGSM: OnceLock<Mutex<Gpgsm>> = OnceLock::new();
-
-pub fn gpgsm() -> std::sync::MutexGuard<'static, Gpgsm> {
-    GPGSM
-        .get_or_init(|| Mutex::new(Gpgsm::new()))
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-}
-
-impl Gpgsm {
-    fn new() -> Gpgsm {
-        let home = tempfile::Builder::new().prefix("gnupg").tempdir().unwrap();
-        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-        std::fs::write(home.path().join("gpgsm.conf"), "disable-crl-checks\n").unwrap();
-        std::fs::write(
-            home.path().join("gpg-agent.conf"),
-            "allow-loopback-pinentry\n",
-        )
-        .unwrap();
-        let g = Gpgsm { home };
-        let o = g
-            .cmd(&["--batch", "--import"])
-            .arg(pki().join("ca.pem"))
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "gpgsm import CA: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        for entry in std::fs::read_dir(pki().join("private")).unwrap() {
-            let p = entry.unwrap().path();
-            if p.extension().is_some_and(|e| e == "p12") {
-                let o = g.with_passphrase(
-                    &[
-                        "--batch",
-                        "--pinentry-mode",
-                        "loopback",
-                        "--passphrase-fd",
-                        "0",
-                        "--import",
-                    ],
-                    &p,
-                );
-                assert!(
-                    o.status.success(),
-                    "gpgsm import {}: {}",
-                    p.display(),
-                    String::from_utf8_lossy(&o.stderr)
-                );
-            }
-        }
-        let o = g
-            .cmd(&["--with-colons", "--fingerprint", "smime-pickup Test CA"])
-            .output()
-            .unwrap();
-        let listing = String::from_utf8_lossy(&o.stdout);
-        let fpr = listing
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("fpr:")
-                    .map(|r| r.split(':').nth(8).unwrap().to_string())
-            })
-            .expect("the CA fingerprint");
-        std::fs::write(g.home.path().join("trustlist.txt"), format!("{fpr} S\n")).unwrap();
-        g
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("gpgsm");
-        c.env("GNUPGHOME", self.home.path()).args(args);
-        c
-    }
-
-    fn with_passphrase(&self, args: &[&str], file: &Path) -> Output {
-        use std::io::Write;
-        let mut child = self
-            .cmd(args)
-            .arg(file)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(b"test\n").unwrap();
-        child.wait_with_output().unwrap()
-    }
-
-    /// Decrypts a DER EnvelopedData; Ok(plaintext) only when gpgsm says DECRYPTION_OKAY.
-    pub fn decrypt(&self, dir: &Path, der: &[u8]) -> Result<Vec<u8>, String> {
-        let input = dir.join("gpgsm-in.der");
-        let output = dir.join("gpgsm-out");
-        let _ = std::fs::remove_file(&output);
-        std::fs::write(&input, der).unwrap();
-        let o = self.with_passphrase(
-            &[
-                "--batch",
-                "--pinentry-mode",
-                "loopback",
-                "--passphrase-fd",
-                "0",
-                "--status-fd",
-                "1",
-                "--output",
-                output.to_str().unwrap(),
-                "--decrypt",
-            ],
-            &input,
-        );
-        let status = String::from_utf8_lossy(&o.stdout);
-        if status.contains("DECRYPTION_OKAY") {
-            Ok(std::fs::read(&output).unwrap())
-        } else {
-            Err(format!("{status}\n{}", String::from_utf8_lossy(&o.stderr)))
-        }
-    }
-
-    /// Verifies a detached signature over `content`; Ok only with GOODSIG and VALIDSIG.
-    pub fn verify_detached(&self, dir: &Path, sig: &[u8], content: &[u8]) -> Result<(), String> {
-        let sig_path = dir.join("gpgsm-sig.p7s");
-        let content_path = dir.join("gpgsm-content");
-        std::fs::write(&sig_path, sig).unwrap();
-        std::fs::write(&content_path, content).unwrap();
-        let o = self
-            .cmd(&["--batch", "--status-fd", "1", "--verify"])
-            .arg(&sig_path)
-            .arg(&content_path)
-            .output()
-            .unwrap();
-        let status = String::from_utf8_lossy(&o.stdout);
-        if status.contains("GOODSIG") && status.contains("VALIDSIG") {
-            Ok(())
-        } else {
-            Err(format!("{status}\n{}", String::from_utf8_lossy(&o.stderr)))
-        }
-    }
-
-    /// Verifies an opaque SignedData; returns its content.
-    pub fn verify_opaque(&self, dir: &Path, der: &[u8]) -> Result<Vec<u8>, String> {
-        let input = dir.join("gpgsm-signed.der");
-        let output = dir.join("gpgsm-content-out");
-        let _ = std::fs::remove_file(&output);
-        std::fs::write(&input, der).unwrap();
-        let o = self
-            .cmd(&[
-                "--batch",
-                "--status-fd",
-                "1",
-                "--output",
-                output.to_str().unwrap(),
-                "--verify",
-            ])
-            .arg(&input)
-            .output()
-            .unwrap();
-        let status = String::from_utf8_lossy(&o.stdout);
-        if status.contains("GOODSIG") && status.contains("VALIDSIG") {
-            Ok(std::fs::read(&output).unwrap())
-        } else {
-            Err(format!("{status}\n{}", String::from_utf8_lossy(&o.stderr)))
-        }
-    }
 }
 
 /// What a message means to a reader: the decoded text and HTML bodies and attachment contents, via

@@ -27,7 +27,7 @@ fn wait_listening(port: u16, what: &str) {
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
-            start.elapsed() < Duration::from_secs(15),
+            start.elapsed() < Duration::from_secs(15) * super::spool::SLACK,
             "{what} did not start listening on {port}"
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -181,7 +181,7 @@ impl Postfix {
                 return got;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(30),
+                start.elapsed() < Duration::from_secs(30) * super::spool::SLACK,
                 "postfix delivered {} of {n}",
                 got.len()
             );

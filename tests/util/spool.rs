@@ -147,11 +147,17 @@ impl Setup {
         });
     }
 
+    /// Waits until `done()`, checking every few milliseconds (tests take their moments from
+    /// progress). `timeout` only bounds a failing test: it is stretched by [`SLACK`] so that a slow
+    /// or loaded machine never fails a test that would pass.
     pub fn wait_for(&self, what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
         let start = Instant::now();
         while !done() {
-            assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(50));
+            assert!(
+                start.elapsed() < timeout * SLACK,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -167,6 +173,10 @@ impl Setup {
         assert!(staged.is_empty(), "staging not empty: {staged:?}");
     }
 }
+
+/// How much longer than its nominal timeout a test waits before it calls a wait a failure: timeouts
+/// are upper bounds for broken behaviour, never the moment a test acts on.
+pub const SLACK: u32 = 4;
 
 pub fn list_files(dir: &Path) -> Vec<PathBuf> {
     if !dir.exists() {
@@ -205,7 +215,7 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStat
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        if start.elapsed() > timeout {
+        if start.elapsed() > timeout * SLACK {
             let _ = child.kill();
             panic!("the daemon did not exit within {timeout:?}");
         }
