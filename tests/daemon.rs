@@ -175,14 +175,19 @@ fn the_daemon_takes_renamed_files_at_once_and_waits_for_slow_writers() {
     for n in 0..20 {
         s.drop_message(&format!("m{n}.eml"), &message(n));
     }
-    // a writer that writes in place, in chunks a second and a half apart, keeping the file open
+    // a writer that writes in place, in chunks over a second apart (longer than settle_ms), keeping
+    // the file open; its last chunk waits until the test has seen the renamed files delivered
     let slow = s.path("spool/slow.eml");
+    let (go_on, last_chunk) = std::sync::mpsc::channel::<()>();
     let writer = std::thread::spawn(move || {
         use std::io::Write;
         let mut f = std::fs::File::create(&slow).unwrap();
         f.write_all(b"From: alice@example.com\nTo: bob@example.com\nSubject: slow\nMessage-ID: <slow@test>\n\n").unwrap();
         for i in 1..=4 {
-            std::thread::sleep(Duration::from_millis(1500));
+            if i == 4 {
+                last_chunk.recv().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(1200));
             f.write_all(format!("chunk-{i}\n").as_bytes()).unwrap();
             f.flush().unwrap();
         }
@@ -194,6 +199,7 @@ fn the_daemon_takes_renamed_files_at_once_and_waits_for_slow_writers() {
         !s.delivered_ids().contains_key("<slow@test>"),
         "the slow file was taken while being written"
     );
+    go_on.send(()).unwrap();
     writer.join().unwrap();
     s.wait_for("the slow file", Duration::from_secs(20), || {
         s.delivered_ids().contains_key("<slow@test>")
@@ -445,6 +451,7 @@ fn a_missing_pickup_directory_defers_and_nothing_is_lost() {
         std::fs::rename(f, s.path("consumed").join(f.file_name().unwrap())).unwrap(); // the MTA takes them
     }
     std::fs::remove_dir(s.path("pickup")).unwrap();
+    // past the daemon's one-second cache of the pickup check (a lower bound, not a guess at speed)
     std::thread::sleep(Duration::from_millis(1200));
     for n in 3..5 {
         s.drop_message(&format!("m{n}.eml"), &message(n));
@@ -476,11 +483,10 @@ fn a_full_pickup_directory_pauses_intake_until_the_mta_catches_up() {
     s.wait_for("the first files", Duration::from_secs(20), || {
         s.pickup_files().len() >= 5
     });
+    s.wait_for_log("run.log", "is the MTA consuming? pausing");
     std::thread::sleep(Duration::from_millis(1500));
     let held = s.pickup_files().len();
     assert!(held <= 5 + 2, "paused near the limit, not {held}");
-    let log = std::fs::read_to_string(s.path("run.log")).unwrap();
-    assert!(log.contains("is the MTA consuming? pausing"), "{log}");
     // the MTA consumes: everything else follows
     let consumed = s.path("consumed");
     std::fs::create_dir(&consumed).unwrap();
