@@ -22,10 +22,14 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    /// A syntax or type error, by line. toml's own text quotes the offending source line and value:
+    /// that is left out, and near a secret key (`password`) even the message is (it can quote the
+    /// value).
+    #[error("{path}: line {line}: {message}")]
     Parse {
         path: PathBuf,
-        source: Box<toml::de::Error>,
+        line: usize,
+        message: String,
     },
     #[error("{path}: {why}")]
     Invalid { path: PathBuf, why: String },
@@ -223,10 +227,7 @@ impl Config {
     /// Parses `text`; `path` names the file for errors and anchors relative paths.
     pub fn from_toml(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
         let shown = path.map_or_else(|| PathBuf::from("(built-in defaults)"), Path::to_path_buf);
-        let file: File = toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: shown.clone(),
-            source: Box::new(source),
-        })?;
+        let file: File = toml::from_str(text).map_err(|e| parse_error(text, &shown, &e))?;
         let base = match path.and_then(Path::parent) {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             Some(_) => PathBuf::from("."),
@@ -320,6 +321,36 @@ impl Config {
     }
 }
 
+/// Keys whose values are secrets: never quoted in an error.
+const SECRET_KEYS: [&str; 3] = ["password", "key", "api_key"];
+
+fn parse_error(text: &str, shown: &Path, e: &toml::de::Error) -> ConfigError {
+    let start = e.span().map_or(0, |s| s.start.min(text.len()));
+    let end = e.span().map_or(text.len(), |s| s.end.min(text.len()));
+    let line = text[..start].matches('\n').count() + 1;
+    // the lines the error touches, and the one before it (an unterminated string is reported
+    // where the parser gave up, which can be the next line)
+    let first = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let from = text[..first.saturating_sub(1)]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let to = text[end..].find('\n').map_or(text.len(), |i| end + i);
+    let near_secret = text[from..to].lines().any(|l| {
+        let key = l.split('=').next().unwrap_or("").trim().trim_matches('"');
+        l.contains('=') && SECRET_KEYS.contains(&key)
+    });
+    let message = if near_secret {
+        "cannot parse the value of a secret key (not shown); check its quoting".to_string()
+    } else {
+        crate::logging::escape_controls(e.message().trim()).into_owned()
+    };
+    ConfigError::Parse {
+        path: shown.to_path_buf(),
+        line,
+        message,
+    }
+}
+
 /// `[smtp]` with the variables the sparkpostSMIME tool used layered on top: SMTP_HOST, SMTP_PORT,
 /// SMTP_USER, SMTP_PASSWORD, SMTP_PASSWORD_FILE.
 fn resolve_smtp(
@@ -398,6 +429,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("des"), "{e}");
+    }
+
+    #[test]
+    fn a_parse_error_names_the_line_and_never_quotes_a_secret() {
+        let secret = "s3cr3t-Value";
+        for text in [
+            format!("[smtp]\nhost = \"h\"\npassword = \"{secret}\n"), // unterminated
+            format!("[smtp]\npassword = \"{secret}\nport = 25\n"),
+            format!("[smtp]\npassword = {secret}\n"), // unquoted
+            "[smtp]\npassword = 123456\n".to_string(), // wrong type: serde quotes the value
+            format!("[smtp]\npassword = \"\"\"{secret}\n"),
+        ] {
+            let e = Config::from_toml(&text, Some(Path::new("c.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                !e.contains(secret) && !e.contains("123456") && !e.contains("password ="),
+                "{text:?} gave {e}"
+            );
+            assert!(e.starts_with("c.toml: line "), "{e}");
+        }
+        let e = Config::from_toml("workers = \"many\"\n", Some(Path::new("c.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1") && e.contains("invalid type"), "{e}");
     }
 }
 

@@ -148,7 +148,7 @@ pub fn run(
     };
     let failed = required(&config, &config.failed, "failed")?;
     let spool = spool_cfg.canonicalize().map_err(folder(&spool_cfg))?;
-    std::fs::create_dir_all(&failed).map_err(folder(&failed))?;
+    crate::dirs::create_all(&failed).map_err(folder(&failed))?;
     let work_root = config
         .work
         .clone()

@@ -41,7 +41,7 @@ fn place_in_failed(
 ) -> std::io::Result<PathBuf> {
     let wanted = failed.join(&claim.rel);
     let parent = wanted.parent().unwrap_or(failed).to_path_buf();
-    std::fs::create_dir_all(&parent)?;
+    crate::dirs::create_all(&parent)?;
     // the reason file is created first and exclusively: it reserves the name, so two workers (or two
     // instances) refusing inputs with the same name at once never overwrite each other
     let line = format!(
@@ -62,11 +62,7 @@ fn place_in_failed(
         if candidate.exists() {
             continue;
         }
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(reason_path(&candidate))
-        {
+        match crate::dirs::create_new_file(&reason_path(&candidate), crate::dirs::REASON_MODE) {
             Ok(mut f) => {
                 f.write_all(line.as_bytes())?;
                 f.sync_all()?;
@@ -83,6 +79,11 @@ fn place_in_failed(
     } else {
         move_file(&claim.current_path(), &target)?;
     }
+    // quarantined mail is for the service's user alone, whatever mode the exporter gave it
+    std::fs::set_permissions(
+        &target,
+        std::os::unix::fs::PermissionsExt::from_mode(crate::dirs::INPUT_MODE),
+    )?;
     sync_dir(&parent)?;
     Ok(target)
 }
@@ -93,8 +94,11 @@ fn reason_path(p: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The reason on one line: runs of white space become one space, other control characters are
+/// escaped (a reason quotes file names, addresses and server replies).
 fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    crate::logging::escape_controls(&joined).into_owned()
 }
 
 /// rename, or copy + fsync + remove when `failed` is on another filesystem.

@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     let bar =
         matches!(cli.command, smime_pickup::cli::Command::Once) && std::io::stderr().is_terminal();
     let level = if bar { "warn" } else { "info" };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    smime_pickup::logging::init(level);
     match smime_pickup::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -21,7 +21,10 @@ fn main() -> ExitCode {
                 err,
                 smime_pickup::cli::CliError::Outcome(_) | smime_pickup::cli::CliError::Check(_)
             ) {
-                eprintln!("smime-pickup: {err}");
+                eprintln!(
+                    "smime-pickup: {}",
+                    smime_pickup::logging::escape_controls(&err.to_string())
+                );
             }
             ExitCode::from(err.exit_code())
         }

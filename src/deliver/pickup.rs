@@ -20,7 +20,7 @@
 //! serves the whole batch.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{DeliverError, Delivered, Transport};
@@ -228,16 +228,25 @@ impl Pickup {
 impl Pickup {
     /// The staging folder, created (durably: a recovery must find it) when missing.
     fn make_staging(&self) -> std::io::Result<()> {
-        match std::fs::create_dir(&self.staging) {
+        match std::fs::DirBuilder::new()
+            .mode(crate::dirs::DIR_MODE)
+            .create(&self.staging)
+        {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-            Ok(()) => sync_dir(
-                self.staging
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(Path::new(".")),
-            ),
+            Ok(()) => {
+                std::fs::set_permissions(
+                    &self.staging,
+                    std::fs::Permissions::from_mode(crate::dirs::DIR_MODE),
+                )?;
+                sync_dir(
+                    self.staging
+                        .parent()
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .unwrap_or(Path::new(".")),
+                )
+            }
             Err(_) => {
-                std::fs::create_dir_all(&self.staging)?;
+                crate::dirs::create_all(&self.staging)?;
                 let mut dir = self.staging.as_path();
                 while let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
                     sync_dir(parent)?;

@@ -486,9 +486,8 @@ pub fn progress_path(claim: &Claim) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// Names a claim's SMTP progress record: a suffix no spool input ends with once claimed, since claims
-/// end in their input's name and inputs with `#` sidecar suffixes are not told apart from them
-/// (`spool::claim` treats this suffix as a sidecar).
+/// Names a claim's SMTP progress record: a suffix no claim can end with, since a claim's name holds
+/// its input's name with `#` escaped (`spool::claim` treats this suffix as a sidecar).
 pub const PROGRESS_SUFFIX: &str = "#smtp-sent";
 
 /// Recipients per SMTP transaction: every server must take this many (RFC 5321, 4.5.3.1.8), and

@@ -12,6 +12,7 @@
 //! and `/` escaped. The part before the comma is globally unique and names its outputs.
 
 use std::fs::File;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -63,7 +64,7 @@ pub const COMMITTED: &str = "#committed";
 impl Instance {
     /// Creates and locks a new work folder below `root`.
     pub fn start(root: &Path) -> std::io::Result<Instance> {
-        std::fs::create_dir_all(root)?;
+        crate::dirs::create_all(root)?;
         let mut rnd = [0u8; 4];
         openssl::rand::rand_bytes(&mut rnd).map_err(std::io::Error::other)?;
         let secs = std::time::SystemTime::now()
@@ -75,7 +76,10 @@ impl Instance {
             rnd.iter().map(|b| format!("{b:02x}")).collect::<String>()
         );
         let tmp = root.join(format!(".{id}.new"));
-        std::fs::create_dir(&tmp)?;
+        std::fs::DirBuilder::new()
+            .mode(crate::dirs::DIR_MODE)
+            .create(&tmp)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(crate::dirs::DIR_MODE))?;
         let lock = File::create(tmp.join(".lock"))?;
         lock.try_lock()
             .map_err(|e| std::io::Error::other(format!("lock {}: {e}", tmp.display())))?;
@@ -217,16 +221,23 @@ pub fn parse_claim(path: &Path) -> Option<Claim> {
 /// Longest encoded relative path kept in a claim name (file names stop at 255 bytes).
 const MAX_ENCODED: usize = 180;
 
+/// `%`, `/` and `#` escaped: a claim's name never holds a `#` of its input's, so the state suffixes
+/// (`#committed`, `#smtp-sent`) cannot be forged by naming an input `report#committed`.
+fn escape(s: &str) -> String {
+    s.replace('%', "%25")
+        .replace('/', "%2F")
+        .replace('#', "%23")
+}
+
 fn encode_rel(rel: &Path) -> String {
-    let s = rel.to_string_lossy();
-    let encoded = s.replace('%', "%25").replace('/', "%2F");
+    let encoded = escape(&rel.to_string_lossy());
     if encoded.len() <= MAX_ENCODED {
         return encoded;
     }
     // too deep to keep whole: keep the file name, as much as fits
     let base = rel
         .file_name()
-        .map(|n| n.to_string_lossy().replace('%', "%25"))
+        .map(|n| escape(&n.to_string_lossy()))
         .unwrap_or_default();
     let mut start = base.len().saturating_sub(MAX_ENCODED);
     while !base.is_char_boundary(start) {
@@ -236,7 +247,9 @@ fn encode_rel(rel: &Path) -> String {
 }
 
 fn decode_rel(s: &str) -> String {
-    s.replace("%2F", "/").replace("%25", "%")
+    s.replace("%2F", "/")
+        .replace("%23", "#")
+        .replace("%25", "%")
 }
 
 /// fsync a directory, so renames into or out of it survive a crash.
@@ -250,12 +263,33 @@ mod tests {
 
     #[test]
     fn relative_paths_round_trip_through_claim_names() {
-        for rel in ["a.eml", "sub/dir/b.eml", "odd%2F/name,with,commas.eml"] {
+        for rel in [
+            "a.eml",
+            "sub/dir/b.eml",
+            "odd%2F/name,with,commas.eml",
+            "report#committed",
+            "x#smtp-sent",
+            "%23#%25#",
+        ] {
             let name = format!("i1-0,{}", encode_rel(Path::new(rel)));
             let claim = parse_claim(Path::new(&name)).unwrap();
             assert_eq!(claim.rel, Path::new(rel));
             assert_eq!(claim.id, "i1-0");
         }
+        // an input named like our state suffixes is neither committed nor a sidecar once claimed
+        for name in ["report#committed", "report#smtp-sent"] {
+            let claimed = format!("i1-0,{}", encode_rel(Path::new(name)));
+            assert!(!claimed.contains('#'), "{claimed}");
+            assert!(is_claim_name(&claimed));
+            let c = parse_claim(Path::new(&claimed)).unwrap();
+            assert_eq!(
+                c.path,
+                Path::new(&claimed),
+                "not taken for a committed claim"
+            );
+        }
+        let deep = "d/".repeat(150) + "x#committed";
+        assert!(!encode_rel(Path::new(&deep)).contains('#'));
         let deep = "d/".repeat(150) + "x.eml";
         assert!(encode_rel(Path::new(&deep)).ends_with("x.eml"));
         let wide = format!("a{}.eml", "\u{e9}".repeat(100)); // 205 bytes, multibyte
