@@ -2,7 +2,7 @@
 //! report. Each problem names its path or address. Exit 0 only when all is well: 78 for configuration,
 //! 66 for missing folders or keys, 69 when the SMTP server cannot be used.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, Route};
@@ -165,46 +165,9 @@ fn folders(config: &Config, r: &mut Report) {
             ),
         }
     }
-    // renames must not cross filesystems: work beside the spool, staging beside pickup
-    let same_fs = |a: &Path, b: &Path| -> Option<bool> {
-        Some(std::fs::metadata(a).ok()?.dev() == std::fs::metadata(b).ok()?.dev())
-    };
-    if let (Some(spool), Some(work)) = (&config.spool, &config.work)
-        && same_fs(spool, work) == Some(false)
-    {
-        r.add(
-            Level::Config,
-            format!(
-                "work {} is not on the filesystem of spool {}",
-                work.display(),
-                spool.display()
-            ),
-        );
-    }
-    if let Some(pickup) = &config.pickup {
-        let staging = config
-            .staging
-            .clone()
-            .or_else(|| pickup.parent().map(|p| p.join(".smime-pickup-staging")));
-        let beside = staging.as_ref().and_then(|s| {
-            if s.exists() {
-                Some(s.clone())
-            } else {
-                s.parent().map(Path::to_path_buf)
-            }
-        });
-        if let Some(s) = beside
-            && same_fs(pickup, &s) == Some(false)
-        {
-            r.add(
-                Level::Config,
-                format!(
-                    "staging {} is not on the filesystem of pickup {}",
-                    s.display(),
-                    pickup.display()
-                ),
-            );
-        }
+    // layouts that strand or loop: the same rules `run` and `once` refuse to start on
+    for problem in crate::layout::problems(config) {
+        r.add(Level::Config, problem);
     }
 }
 

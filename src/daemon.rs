@@ -148,19 +148,24 @@ pub fn run(
     };
     let failed = required(&config, &config.failed, "failed")?;
     let spool = spool_cfg.canonicalize().map_err(folder(&spool_cfg))?;
+    // before anything is claimed or created: a layout that loops or strands mail never starts
+    let layout = crate::layout::problems(&config);
+    if !layout.is_empty() {
+        return Err(ConfigError::Invalid {
+            path: config
+                .source
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("(built-in defaults)")),
+            why: layout.join("; "),
+        }
+        .into());
+    }
     crate::dirs::create_all(&failed).map_err(folder(&failed))?;
-    let work_root = config
-        .work
-        .clone()
-        .unwrap_or_else(|| spool.join(".smime-pickup"));
+    let work_root = crate::layout::work_folder(&config, &spool);
     let keyring = keyring::load(&config)?;
     let pickup = |dir: &PathBuf| Pickup {
         dir: dir.clone(),
-        staging: config.staging.clone().unwrap_or_else(|| {
-            dir.parent()
-                .unwrap_or(Path::new("/"))
-                .join(".smime-pickup-staging")
-        }),
+        staging: crate::layout::staging_folder(&config, dir),
         max_recipients: config.max_recipients_per_file,
     };
     let smtp = || {

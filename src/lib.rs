@@ -17,6 +17,7 @@ pub mod demo;
 pub mod dirs;
 pub mod finish;
 pub mod keyring;
+pub mod layout;
 pub mod logging;
 pub mod message;
 pub mod metrics;
