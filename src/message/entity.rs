@@ -1,0 +1,98 @@
+//! Lines and header fields: splitting an entity into its fields and body, and CRLF line endings.
+
+use super::{Field, ParseError};
+
+/// Splits an entity into its header fields and its body (the bytes after the blank line). Accepts LF
+/// and CRLF. A first line that is not a header field means the input is not a message.
+pub fn split_entity(bytes: &[u8]) -> Result<(Vec<Field<'_>>, &[u8]), ParseError> {
+    let mut fields: Vec<Field> = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let end = memchr(b'\n', &bytes[pos..]).map_or(bytes.len(), |i| pos + i + 1);
+        let line = &bytes[pos..end];
+        let content = trim_eol(line);
+        if content.is_empty() {
+            return Ok((fields, &bytes[end..]));
+        }
+        if content[0] == b' ' || content[0] == b'\t' {
+            match fields.last_mut() {
+                // continuation: extend the previous field up to the end of this line
+                Some(last) => {
+                    let start = last.raw.as_ptr() as usize - bytes.as_ptr() as usize;
+                    last.raw = trim_eol(&bytes[start..end]);
+                }
+                None => {
+                    return Err(ParseError::NotAMessage(
+                        "starts with a continuation line".into(),
+                    ));
+                }
+            }
+        } else {
+            let colon = content.iter().position(|&b| b == b':');
+            let name_ok = colon
+                .is_some_and(|c| c > 0 && content[..c].iter().all(|&b| (33..=126).contains(&b)));
+            if !name_ok {
+                if fields.is_empty() {
+                    return Err(ParseError::NotAMessage(
+                        "the first line is not a header field".into(),
+                    ));
+                }
+                // a non-field line ends a sloppy header block: treat it as the body's first line
+                return Ok((fields, &bytes[pos..]));
+            }
+            let name = std::str::from_utf8(&content[..colon.unwrap()]).expect("checked ASCII");
+            fields.push(Field { name, raw: content });
+        }
+        pos = end;
+    }
+    Ok((fields, &bytes[bytes.len()..]))
+}
+
+/// Appends `src` to `out` with every line ending (LF, CR or CRLF) written as CRLF.
+pub fn push_crlf(out: &mut Vec<u8>, src: &[u8]) {
+    if is_crlf_canonical(src) {
+        out.extend_from_slice(src);
+        return;
+    }
+    out.reserve(src.len() + src.len() / 32);
+    let mut start = 0;
+    for pos in memchr::memchr2_iter(b'\r', b'\n', src) {
+        if pos < start {
+            continue; // the LF of a CRLF already written
+        }
+        out.extend_from_slice(&src[start..pos]);
+        out.extend_from_slice(b"\r\n");
+        start = if src[pos] == b'\r' && src.get(pos + 1) == Some(&b'\n') {
+            pos + 2
+        } else {
+            pos + 1
+        };
+    }
+    out.extend_from_slice(&src[start..]);
+}
+
+/// True when every CR is followed by LF and every LF preceded by CR.
+fn is_crlf_canonical(src: &[u8]) -> bool {
+    let crs = memchr::memchr_iter(b'\r', src).count();
+    let lfs = memchr::memchr_iter(b'\n', src).count();
+    crs == lfs && memchr::memmem::find_iter(src, b"\r\n").count() == lfs
+}
+
+pub(super) fn trim_eol(line: &[u8]) -> &[u8] {
+    let mut l = line;
+    if let [rest @ .., b'\n'] = l {
+        l = rest;
+    }
+    if let [rest @ .., b'\r'] = l {
+        l = rest;
+    }
+    l
+}
+
+pub(super) fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    memchr::memchr(needle, hay)
+}
+
+pub(super) fn starts_with_ignore_case(hay: &[u8], prefix: &[u8]) -> bool {
+    hay.len() >= prefix.len() && hay[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
