@@ -182,3 +182,57 @@ fn modes_do_not_follow_the_umask() {
     }
     assert_eq!(mode(&s.path(".smime-pickup-staging")), 0o750);
 }
+
+#[test]
+fn envelope_lines_cannot_add_a_recipient() {
+    for extra in ["", "[seal]\nmissing_cert = \"sign-only\"\n"] {
+        let s = Setup::new(extra);
+        let body = "From: Alice <alice@example.com>\nTo: bob@example.com\nSubject: s\n\nhi\n";
+        for (name, envelope) in [
+            (
+                "cr-sender.eml",
+                "x-sender: bob@example.com\rx-receiver: evil@evil.example\n",
+            ),
+            (
+                "cr-receiver.eml",
+                "x-sender: alice@example.com\nx-receiver: bob@example.com\rx-receiver: evil@evil.example\n",
+            ),
+            (
+                "space.eml",
+                "x-sender: alice@example.com\nx-receiver: bob@example.com evil@evil.example\n",
+            ),
+            (
+                "job.eml",
+                "x-sender: alice@example.com\nx-receiver: bob@example.com\nx-job: a\rx-receiver: evil@evil.example\n",
+            ),
+        ] {
+            s.drop_message(name, format!("{envelope}{body}").as_bytes());
+        }
+        s.drop_message(
+            "nul.eml",
+            b"From: alice@example.com\nTo: bob@example.com\nSubject: a\0b\n\nhi\n",
+        );
+        let o = s.once();
+        assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
+        assert!(
+            s.pickup_files().is_empty(),
+            "nothing delivered: {:?}",
+            s.pickup_files()
+        );
+        for name in [
+            "cr-sender.eml",
+            "cr-receiver.eml",
+            "space.eml",
+            "job.eml",
+            "nul.eml",
+        ] {
+            let reason = std::fs::read_to_string(s.path(&format!("failed/{name}.reason")))
+                .unwrap_or_else(|e| panic!("{name}: {e}\n{}", stderr(&o)));
+            assert!(
+                reason.contains("bad envelope line") || reason.contains("holds a NUL"),
+                "{name}: {reason}"
+            );
+            assert_eq!(reason.lines().count(), 1, "{name}: {reason:?}");
+        }
+    }
+}

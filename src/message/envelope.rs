@@ -26,25 +26,33 @@ pub(super) fn split_pickup_envelope(input: &[u8]) -> Result<(Option<Envelope>, &
         if !known {
             break;
         }
-        let value = String::from_utf8_lossy(&line[colon + 1..])
-            .trim()
-            .to_string();
-        let bare = value
-            .trim_start_matches('<')
-            .trim_end_matches('>')
-            .to_string();
+        let bad = |why: &'static str| ParseError::BadEnvelope {
+            line: crate::logging::escape_controls(&String::from_utf8_lossy(line)).into_owned(),
+            why,
+        };
+        let value = std::str::from_utf8(&line[colon + 1..])
+            .map_err(|_| bad("not UTF-8"))?
+            .trim_matches(|c| c == ' ' || c == '\t');
+        let bare = value.strip_prefix('<').unwrap_or(value);
+        let bare = bare.strip_suffix('>').unwrap_or(bare);
         match name.as_str() {
-            "x-sender" => env.sender = bare,
-            "x-receiver" => {
-                if !bare.contains('@') {
-                    return Err(ParseError::BadEnvelope {
-                        line: String::from_utf8_lossy(line).into_owned(),
-                        why: "not an address",
-                    });
-                }
-                env.recipients.push(bare);
+            "x-sender" if bare.is_empty() => env.sender = String::new(), // the null sender
+            "x-sender" => {
+                mailbox(bare).map_err(bad)?;
+                env.sender = bare.to_string();
             }
-            _ => env.extras.push((name, value)),
+            "x-receiver" => {
+                mailbox(bare).map_err(bad)?;
+                env.recipients.push(bare.to_string());
+            }
+            "x-sender-override" => {
+                mailbox(bare).map_err(bad)?;
+                env.extras.push((name, bare.to_string()));
+            }
+            _ => {
+                token(value).map_err(bad)?;
+                env.extras.push((name, value.to_string()));
+            }
         }
         pos = end;
     }
@@ -54,4 +62,48 @@ pub(super) fn split_pickup_envelope(input: &[u8]) -> Result<(Option<Envelope>, &
 pub(super) fn dedup_addresses(list: &mut Vec<String>) {
     let mut seen = std::collections::HashSet::new();
     list.retain(|a| seen.insert(a.to_ascii_lowercase()));
+}
+
+/// Whether `a` can stand in an SMTP envelope and a pickup line as one address: `local@domain` with
+/// no white space, no control character (a CR would end the line and start another: an
+/// `x-receiver` the author never wrote) and none of the characters that delimit addresses.
+/// UTF-8 is allowed (SMTPUTF8); quoted local parts with spaces are not.
+pub fn mailbox(a: &str) -> Result<(), &'static str> {
+    if a.len() > 320 {
+        return Err("address longer than 320 octets");
+    }
+    if a.chars().any(|c| c.is_control()) {
+        return Err("control character (CR, LF, NUL...) in an address");
+    }
+    if a.chars().any(char::is_whitespace) {
+        return Err("white space in an address");
+    }
+    if a.chars().any(|c| "<>()[],;:\\\"".contains(c)) {
+        return Err("an address delimiter (<>()[],;:\\\") in an address");
+    }
+    match a.rsplit_once('@') {
+        Some((local, domain))
+            if !local.is_empty()
+                && !domain.is_empty()
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !domain.contains("..") =>
+        {
+            Ok(())
+        }
+        _ => Err("not an address (local@domain)"),
+    }
+}
+
+/// Whether `v` is what PowerMTA takes in `x-job`, `x-virtual-mta` and `x-envid`: printable ASCII,
+/// no spaces.
+pub fn token(v: &str) -> Result<(), &'static str> {
+    if v.is_empty() {
+        return Err("empty value");
+    }
+    if v.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err("only printable ASCII without spaces is allowed here")
+    }
 }

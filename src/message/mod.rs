@@ -24,6 +24,19 @@ pub use entity::{push_crlf, split_entity};
 use canonical::canonical_entity;
 use envelope::{dedup_addresses, split_pickup_envelope};
 
+/// A NUL or a CR that does not end a line, in a raw header field: neither may reach the outer
+/// header block (a bare CR ends a header line for some readers and not for others).
+fn unsafe_in_header(raw: &[u8]) -> Option<&'static str> {
+    if raw.contains(&0) {
+        return Some("a NUL byte");
+    }
+    let bare_cr = raw
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\r' && raw.get(i + 1) != Some(&b'\n'));
+    bare_cr.then_some("a bare CR")
+}
+
 /// Longest line SMTP allows, without its CRLF (RFC 5322 §2.1.1).
 const MAX_LINE: usize = 998;
 /// Base64 and quoted-printable line length for what we encode ourselves.
@@ -44,6 +57,10 @@ pub enum ParseError {
     NoRecipients,
     #[error("bad envelope line {line:?}: {why}")]
     BadEnvelope { line: String, why: &'static str },
+    #[error("bad address {address:?}: {why}")]
+    BadAddress { address: String, why: &'static str },
+    #[error("header {name} holds {what}: it would be copied into the outer header as is")]
+    BadHeader { name: String, what: &'static str },
 }
 
 /// The SMTP envelope of one message, plus the PowerMTA pickup extras that travel with it.
@@ -167,6 +184,15 @@ pub fn parse(input: &[u8], max_bytes: usize) -> Result<Message, ParseError> {
     if envelope.recipients.is_empty() {
         return Err(ParseError::NoRecipients);
     }
+    // whatever their source (envelope lines or headers), addresses go into pickup lines and SMTP
+    // commands: each must be one address and nothing more
+    let senders = Some(&envelope.sender).filter(|s| !s.is_empty());
+    for a in senders.into_iter().chain(&envelope.recipients) {
+        envelope::mailbox(a).map_err(|why| ParseError::BadAddress {
+            address: crate::logging::escape_controls(a).into_owned(),
+            why,
+        })?;
+    }
     envelope.hidden = envelope
         .recipients
         .iter()
@@ -182,6 +208,12 @@ pub fn parse(input: &[u8], max_bytes: usize) -> Result<Message, ParseError> {
     let mut outer = Vec::with_capacity(header_end + 128);
     let mut inner_headers = Vec::new();
     for field in &fields {
+        if let Some(what) = unsafe_in_header(field.raw) {
+            return Err(ParseError::BadHeader {
+                name: crate::logging::escape_controls(field.name).into_owned(),
+                what,
+            });
+        }
         if field.is_content() {
             push_crlf(&mut inner_headers, field.raw);
             inner_headers.extend_from_slice(b"\r\n");

@@ -172,3 +172,98 @@ fn already_signed_is_detected() {
     .unwrap();
     assert!(m.already_sealed);
 }
+
+#[test]
+fn envelope_values_that_could_inject_a_line_are_refused() {
+    let body = b"From: a@x.org\nTo: b@y.org\nSubject: s\n\nhi\n";
+    for (envelope, want) in [
+        (
+            &b"x-sender: b@x\rx-receiver: evil@evil.example\n"[..],
+            "control character",
+        ),
+        (
+            b"x-sender: a@x.org\nx-receiver: b@y.org\rx-receiver: c@evil\n",
+            "control character",
+        ),
+        (
+            b"x-sender: a@x.org\nx-receiver: b@y.org c@evil\n",
+            "white space",
+        ),
+        (
+            b"x-sender: a@x.org\nx-receiver: b@y\0.org\n",
+            "control character",
+        ),
+        (
+            b"x-sender: a@x.org\nx-receiver: <b@y.org>, c@evil\n",
+            "white space",
+        ),
+        (b"x-sender: a@x.org\nx-receiver: nobody\n", "not an address"),
+        (
+            b"x-sender: a@x.org\nx-receiver: b@y.org\nx-job: spring sale\n",
+            "printable ASCII",
+        ),
+        (
+            b"x-sender: a@x.org\nx-receiver: b@y.org\nx-virtual-mta: v\rx\n",
+            "printable ASCII",
+        ),
+        (
+            b"x-sender: a@x.org\nx-receiver: b@y.org\nx-envid: \xff\n",
+            "UTF-8",
+        ),
+    ] {
+        let input = [envelope, &body[..]].concat();
+        let e = parse(&input, 1 << 20).unwrap_err();
+        assert!(
+            matches!(e, ParseError::BadEnvelope { .. }) && e.to_string().contains(want),
+            "{:?}: {e}",
+            String::from_utf8_lossy(envelope)
+        );
+        assert!(
+            !e.to_string().contains('\r') && !e.to_string().contains('\0'),
+            "{e}"
+        );
+    }
+    // the good ones still pass, brackets and the null sender included
+    let ok = [
+        &b"x-sender: <>\nx-receiver: <b@y.org>\nx-job: spring-sale\nx-virtual-mta: vmta-1\n"[..],
+        body,
+    ]
+    .concat();
+    let m = parse(&ok, 1 << 20).unwrap();
+    assert_eq!(m.envelope.sender, "");
+    assert_eq!(m.envelope.recipients, ["b@y.org"]);
+}
+
+#[test]
+fn header_addresses_and_raw_headers_are_checked_too() {
+    let e = parse(b"From: a@x.org\nTo: \"b\" <b c@y.org>\n\nhi\n", 1 << 20);
+    assert!(
+        matches!(
+            e,
+            Err(ParseError::BadAddress { .. }) | Err(ParseError::NoRecipients)
+        ),
+        "{e:?}"
+    );
+    for (input, want) in [
+        (
+            &b"From: a@x.org\nTo: b@y.org\nSubject: a\0b\n\nhi\n"[..],
+            "NUL",
+        ),
+        (
+            b"From: a@x.org\nTo: b@y.org\nSubject: a\rX-Evil: 1\n\nhi\n",
+            "bare CR",
+        ),
+    ] {
+        let e = parse(input, 1 << 20).unwrap_err();
+        assert!(
+            matches!(e, ParseError::BadHeader { .. }) && e.to_string().contains(want),
+            "{e}"
+        );
+    }
+    // CRLF line ends are no bare CR
+    parse(
+        b"From: a@x.org\r\nTo: b@y.org\r\nSubject: a\r\n b\r\n\r\nhi\r\n",
+        1 << 20,
+    )
+    .unwrap();
+}
