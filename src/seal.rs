@@ -252,6 +252,12 @@ pub fn seal(
         if let Some(c) = sender_cert {
             certs.push(c);
         }
+        // one RecipientInfo per certificate, however many of its addresses receive the copy
+        let mut seen = std::collections::HashSet::new();
+        certs.retain(|c| {
+            c.digest(openssl::hash::MessageDigest::sha256())
+                .is_ok_and(|d| seen.insert(d.to_vec()))
+        });
         let mut data = start(payload.len() * 7 / 5 + 1024 * certs.len());
         smime::enveloped_entity(
             &certs,

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use openssl::stack::Stack;
 use openssl::x509::store::{X509Store, X509StoreBuilder};
@@ -273,9 +274,15 @@ pub enum LookupError {
 }
 
 /// Recipient certificates indexed by lowercase address.
+/// More addresses than any person or team certificate carries: a certificate over this is refused (it
+/// would only inflate the index; harvested certificates come from strangers).
+pub const MAX_ADDRESSES_PER_CERT: usize = 1000;
+
 #[derive(Default)]
 pub struct CertStore {
-    by_address: HashMap<String, Vec<CertInfo>>,
+    /// every address a certificate certifies points at the one shared copy of its facts (a clone per
+    /// address made memory grow with the square of the address count)
+    by_address: HashMap<String, Vec<Arc<CertInfo>>>,
     /// files that could not be read: reported, never fatal for the other files
     pub unreadable: Vec<String>,
     pub files: usize,
@@ -332,12 +339,21 @@ impl CertStore {
             if info.is_ca {
                 continue;
             }
+            if info.emails.len() > MAX_ADDRESSES_PER_CERT {
+                store.unreadable.push(format!(
+                    "{}: a certificate for {} addresses (over {MAX_ADDRESSES_PER_CERT}): not used",
+                    info.source.display(),
+                    info.emails.len()
+                ));
+                continue;
+            }
+            let info = Arc::new(info);
             for addr in &info.emails {
                 store
                     .by_address
                     .entry(addr.clone())
                     .or_default()
-                    .push(info.clone());
+                    .push(Arc::clone(&info));
             }
         }
         Ok(store)
@@ -376,7 +392,7 @@ impl CertStore {
     pub fn all(&self) -> impl Iterator<Item = (&str, &CertInfo)> {
         self.by_address
             .iter()
-            .flat_map(|(a, v)| v.iter().map(move |c| (a.as_str(), c)))
+            .flat_map(|(a, v)| v.iter().map(move |c| (a.as_str(), c.as_ref())))
     }
 }
 
