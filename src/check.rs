@@ -188,6 +188,16 @@ fn keys_and_certs(config: &Config, r: &mut Report) {
     let soon = now + 30 * 86_400;
     let mut identities: Vec<_> = ring.keys.entries().collect();
     identities.sort_by(|a, b| a.0.cmp(b.0));
+    if !identities.is_empty() && config.seal.sign && crate::keyring::usable_signers(&ring) == 0 {
+        r.add(
+            Level::Missing,
+            format!(
+                "keys {}: none of the {} signing keys is usable: every input would be refused",
+                config.keys.display(),
+                identities.len()
+            ),
+        );
+    }
     if identities.is_empty() {
         r.add(
             Level::Missing,

@@ -175,6 +175,8 @@ impl CliError {
             CliError::Smtp(e) if e.is_permanent() => 65,
             CliError::Smtp(_) => 69,
             CliError::Refused(_) => 65,
+            // not finished: temporary, whatever was refused meanwhile (the summary says both)
+            CliError::Outcome(s) if s.interrupted => 75,
             CliError::Outcome(s) if s.failed > 0 => 65,
             CliError::Outcome(_) => 75,
         }
@@ -206,7 +208,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let (shutdown, reload) = signal_flags()?;
             let summary = daemon::run(config, Mode::Once, shutdown, reload)?;
             println!("{summary}");
-            if summary.failed > 0 || summary.deferred > 0 {
+            if summary.failed > 0 || summary.deferred > 0 || summary.interrupted {
                 Err(CliError::Outcome(summary))
             } else {
                 Ok(())

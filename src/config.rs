@@ -237,27 +237,11 @@ impl Config {
                 .to_path_buf(),
         };
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        check_ranges(&file).map_err(|why| ConfigError::Invalid {
+            path: shown.clone(),
+            why,
+        })?;
         let max_message_bytes = file.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
-        if max_message_bytes == 0 {
-            return Err(ConfigError::Invalid {
-                path: shown,
-                why: "max_message_bytes must be above 0".into(),
-            });
-        }
-        let positive = |v: Option<u64>, key: &str, default: u64| match v {
-            Some(0) => Err(ConfigError::Invalid {
-                path: shown.clone(),
-                why: format!("{key} must be above 0"),
-            }),
-            Some(v) => Ok(v),
-            None => Ok(default),
-        };
-        if file.workers == Some(0) {
-            return Err(ConfigError::Invalid {
-                path: shown,
-                why: "workers must be above 0".into(),
-            });
-        }
         let smtp = resolve_smtp(file.smtp, &resolve, &shown)?;
         let route = file.route.unwrap_or(if smtp.host.is_empty() {
             Route::Pickup
@@ -291,26 +275,10 @@ impl Config {
             staging: file.staging.map(resolve),
             workers,
             settle: std::time::Duration::from_millis(file.settle_ms.unwrap_or(1000)),
-            rescan: std::time::Duration::from_secs(positive(
-                file.rescan_seconds,
-                "rescan_seconds",
-                30,
-            )?),
-            pickup_max_backlog: positive(
-                file.pickup_max_backlog.map(|v| v as u64),
-                "pickup_max_backlog",
-                20_000,
-            )? as usize,
-            retry_max: std::time::Duration::from_secs(positive(
-                file.retry_max_seconds,
-                "retry_max_seconds",
-                300,
-            )?),
-            max_recipients_per_file: positive(
-                file.max_recipients_per_file.map(|v| v as u64),
-                "max_recipients_per_file",
-                5000,
-            )? as usize,
+            rescan: std::time::Duration::from_secs(file.rescan_seconds.unwrap_or(30)),
+            pickup_max_backlog: file.pickup_max_backlog.unwrap_or(20_000),
+            retry_max: std::time::Duration::from_secs(file.retry_max_seconds.unwrap_or(300)),
+            max_recipients_per_file: file.max_recipients_per_file.unwrap_or(5000),
             keys: resolve(file.keys.unwrap_or_else(|| "keys".into())),
             certs: resolve(file.certs.unwrap_or_else(|| "certs".into())),
             ca: file.ca.map(resolve),
@@ -319,6 +287,51 @@ impl Config {
             seal: file.seal,
         })
     }
+}
+
+/// Every numeric setting's range (inclusive), checked when the file is read: a value outside is a
+/// configuration error naming the key, never a panic or an endless wait later. README's table gives
+/// the same ranges.
+pub const RANGES: [(&str, u64, u64); 10] = [
+    ("workers", 1, 1024),
+    ("settle_ms", 0, 600_000),
+    ("rescan_seconds", 1, 86_400),
+    ("pickup_max_backlog", 1, 10_000_000),
+    ("retry_max_seconds", 1, 86_400),
+    ("max_recipients_per_file", 1, 100_000),
+    ("max_message_bytes", 1, 1 << 30),
+    ("min_free_bytes", 0, u64::MAX),
+    ("[smtp] timeout", 1, 3_600),
+    ("[smtp] max_messages_per_connection", 1, 1_000_000),
+];
+
+fn check_ranges(file: &File) -> Result<(), String> {
+    let value = |key: &str| -> Option<u64> {
+        let as_u64 = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        match key {
+            "workers" => file.workers.map(as_u64),
+            "settle_ms" => file.settle_ms,
+            "rescan_seconds" => file.rescan_seconds,
+            "pickup_max_backlog" => file.pickup_max_backlog.map(as_u64),
+            "retry_max_seconds" => file.retry_max_seconds,
+            "max_recipients_per_file" => file.max_recipients_per_file.map(as_u64),
+            "max_message_bytes" => file.max_message_bytes.map(as_u64),
+            "min_free_bytes" => file.min_free_bytes,
+            "[smtp] timeout" => Some(file.smtp.timeout),
+            "[smtp] max_messages_per_connection" => {
+                Some(as_u64(file.smtp.max_messages_per_connection))
+            }
+            _ => None,
+        }
+    };
+    for (key, lo, hi) in RANGES {
+        if let Some(v) = value(key)
+            && !(lo..=hi).contains(&v)
+        {
+            return Err(format!("{key} = {v} is out of range ({lo} to {hi})"));
+        }
+    }
+    Ok(())
 }
 
 /// Keys whose values are secrets: never quoted in an error.
@@ -397,8 +410,8 @@ fn resolve_smtp(
         tls_ca: file.tls_ca.map(resolve),
         tls_verify: file.tls_verify,
         helo,
-        timeout: std::time::Duration::from_secs(file.timeout.max(1)),
-        max_messages_per_connection: file.max_messages_per_connection.max(1),
+        timeout: std::time::Duration::from_secs(file.timeout),
+        max_messages_per_connection: file.max_messages_per_connection,
     })
 }
 
@@ -454,6 +467,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 1") && e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn numbers_out_of_range_name_their_key() {
+        for (text, key) in [
+            ("workers = 100000", "workers"),
+            ("workers = 9223372036854775807", "workers"),
+            ("workers = 0", "workers"),
+            ("rescan_seconds = 9223372036854775807", "rescan_seconds"),
+            ("settle_ms = 9223372036854775807", "settle_ms"),
+            ("retry_max_seconds = 0", "retry_max_seconds"),
+            ("pickup_max_backlog = 0", "pickup_max_backlog"),
+            ("max_recipients_per_file = 0", "max_recipients_per_file"),
+            ("max_message_bytes = 0", "max_message_bytes"),
+            ("[smtp]\ntimeout = 0", "[smtp] timeout"),
+            ("[smtp]\ntimeout = 9223372036854775807", "[smtp] timeout"),
+            (
+                "[smtp]\nmax_messages_per_connection = 0",
+                "max_messages_per_connection",
+            ),
+        ] {
+            let e = Config::from_toml(text, Some(Path::new("c.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains("out of range"), "{text}: {e}");
+        }
+        for (key, lo, hi) in RANGES {
+            for v in [lo, hi] {
+                let text = match key.strip_prefix("[smtp] ") {
+                    Some(k) => format!("[smtp]\n{k} = {}", v.min(i64::MAX as u64)),
+                    None => format!("{key} = {}", v.min(i64::MAX as u64)),
+                };
+                assert!(
+                    Config::from_toml(&text, Some(Path::new("c.toml"))).is_ok(),
+                    "{text}"
+                );
+            }
+        }
     }
 }
 

@@ -38,6 +38,8 @@ pub struct Summary {
     pub delivered: usize,
     pub failed: usize,
     pub deferred: usize,
+    /// `once` was stopped (SIGINT, SIGTERM) before the spool was drained
+    pub interrupted: bool,
 }
 
 #[derive(Debug, Error)]
@@ -59,7 +61,11 @@ impl std::fmt::Display for Summary {
             f,
             "{} delivered, {} failed, {} deferred",
             self.delivered, self.failed, self.deferred
-        )
+        )?;
+        if self.interrupted {
+            write!(f, "; interrupted: the rest waits in the spool")?;
+        }
+        Ok(())
     }
 }
 
@@ -163,6 +169,7 @@ pub fn run(
     crate::dirs::create_all(&failed).map_err(folder(&failed))?;
     let work_root = crate::layout::work_folder(&config, &spool);
     let keyring = keyring::load(&config)?;
+    keyring::warn_if_no_signer(&config, &keyring);
     let pickup = |dir: &PathBuf| Pickup {
         dir: dir.clone(),
         staging: crate::layout::staging_folder(&config, dir),
@@ -269,6 +276,7 @@ pub fn run(
         .then(progress_bar);
     refresh_expiry(&shared);
     let mut last_metrics = Instant::now();
+    let mut interrupted = false;
     loop {
         notifier.tick(&shared, producers.first_scan_done.load(Ordering::SeqCst));
         if let Some(bar) = &progress {
@@ -280,6 +288,7 @@ pub fn run(
         }
         if shutdown.load(Ordering::SeqCst) {
             info!("stopping: finishing the messages in progress");
+            interrupted = true;
             break;
         }
         if last_adoption.elapsed() >= rescan {
@@ -346,6 +355,7 @@ pub fn run(
         failed: shared.failed_count.load(Ordering::SeqCst),
         deferred: shared.deferred.load(Ordering::SeqCst)
             + shared.retries.lock().expect("retries lock").len(),
+        interrupted: mode == Mode::Once && interrupted,
     };
     if let Ok(shared) = Arc::try_unwrap(shared) {
         shared.instance.close();
@@ -1013,6 +1023,7 @@ fn reload_state(shared: &Shared) {
                 new.keyring.keys.len(),
                 new.keyring.certs.addresses()
             );
+            keyring::warn_if_no_signer(&new.config, &new.keyring);
             *shared.state.write().expect("state lock") = Arc::new(new);
         }
         Err(e) => error!("reload refused, keeping the running configuration: {e}"),

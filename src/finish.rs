@@ -42,13 +42,41 @@ fn place_in_failed(
     let wanted = failed.join(&claim.rel);
     let parent = wanted.parent().unwrap_or(failed).to_path_buf();
     crate::dirs::create_all(&parent)?;
-    // the reason file is created first and exclusively: it reserves the name, so two workers (or two
-    // instances) refusing inputs with the same name at once never overwrite each other
     let line = format!(
         "{} {}\n",
         crate::smime::certs::rfc3339(crate::smime::certs::unix_now()),
         one_line(reason)
     );
+    // Both halves are written complete under temporary dot-names first (a full disk fails here and
+    // leaves nothing behind, so a retry finds the same final name free), then take their final names
+    // by link/rename: no empty reason, no truncated input an admin could resubmit.
+    let from = claim.current_path();
+    let tmp_reason = parent.join(format!(".{}.reason.tmp", claim.id));
+    let tmp_input = parent.join(format!(".{}.input.tmp", claim.id));
+    // leftovers of an attempt that crashed: the claim is still ours, so are they
+    let _ = std::fs::remove_file(&tmp_reason);
+    let _ = std::fs::remove_file(&tmp_input);
+    // across filesystems the input is copied beside its final name first; otherwise it is renamed
+    // straight from the work folder at the end (it never sits under a temporary name)
+    let across = copy
+        || crate::layout::same_filesystem(from.parent().unwrap_or(Path::new("/")), &parent)
+            != Some(true);
+    let staged = (|| {
+        let mut f = crate::dirs::create_new_file(&tmp_reason, crate::dirs::REASON_MODE)?;
+        f.write_all(line.as_bytes())?;
+        f.sync_all()?;
+        if across {
+            copy_synced(&from, &tmp_input)?;
+        }
+        Ok::<(), std::io::Error>(())
+    })();
+    if let Err(e) = staged {
+        let _ = std::fs::remove_file(&tmp_reason);
+        let _ = std::fs::remove_file(&tmp_input);
+        return Err(e);
+    }
+    // the reason's link reserves the name exclusively: two workers (or two instances) refusing
+    // inputs of the same name at once never overwrite each other
     let mut n = 0;
     let target = loop {
         let candidate = if n == 0 {
@@ -59,33 +87,49 @@ fn place_in_failed(
             parent.join(name)
         };
         n += 1;
-        if candidate.exists() {
+        if candidate.symlink_metadata().is_ok() {
             continue;
         }
-        match crate::dirs::create_new_file(&reason_path(&candidate), crate::dirs::REASON_MODE) {
-            Ok(mut f) => {
-                f.write_all(line.as_bytes())?;
-                f.sync_all()?;
-                break candidate;
-            }
+        match rename_exclusive(&tmp_reason, &reason_path(&candidate)) {
+            Ok(()) => break candidate,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }
     };
-    // a crash before the move leaves the input claimed, to be refused again (under a new name)
-    if copy {
-        std::fs::copy(claim.current_path(), &target)?;
-        std::fs::File::open(&target)?.sync_all()?;
-    } else {
-        move_file(&claim.current_path(), &target)?;
-    }
+    std::fs::rename(if across { &tmp_input } else { &from }, &target)?;
     // quarantined mail is for the service's user alone, whatever mode the exporter gave it
     std::fs::set_permissions(
         &target,
         std::os::unix::fs::PermissionsExt::from_mode(crate::dirs::INPUT_MODE),
     )?;
     sync_dir(&parent)?;
+    if across && !copy {
+        std::fs::remove_file(&from)?; // the original goes last, once its copy is durable
+    }
     Ok(target)
+}
+
+/// Renames `from` to `to` unless `to` exists (AlreadyExists then), atomically where the filesystem
+/// can (`RENAME_NOREPLACE`), else by a hard link and an unlink.
+fn rename_exclusive(from: &Path, to: &Path) -> std::io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::INVAL) => {
+            std::fs::hard_link(from, to)?;
+            std::fs::remove_file(from)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Copies `from` to a new file `to` and makes it durable; a failed copy leaves no file.
+fn copy_synced(from: &Path, to: &Path) -> std::io::Result<()> {
+    let done = std::fs::copy(from, to).and_then(|_| std::fs::File::open(to)?.sync_all());
+    if done.is_err() {
+        let _ = std::fs::remove_file(to);
+    }
+    done
 }
 
 fn reason_path(p: &Path) -> PathBuf {
@@ -99,17 +143,4 @@ fn reason_path(p: &Path) -> PathBuf {
 fn one_line(s: &str) -> String {
     let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
     crate::logging::escape_controls(&joined).into_owned()
-}
-
-/// rename, or copy + fsync + remove when `failed` is on another filesystem.
-fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
-    match std::fs::rename(from, to) {
-        Err(e) if e.raw_os_error() == Some(18) => {
-            // EXDEV
-            std::fs::copy(from, to)?;
-            std::fs::File::open(to)?.sync_all()?;
-            std::fs::remove_file(from)
-        }
-        other => other,
-    }
 }

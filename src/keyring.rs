@@ -51,3 +51,25 @@ pub fn load(config: &Config) -> Result<Keyring, KeyringError> {
     let certs = CertStore::load(&config.certs, config.ca.as_deref())?;
     Ok(Keyring { keys, certs })
 }
+
+/// Signing identities in `keyring` that can sign now (loaded, certificate valid and usable).
+pub fn usable_signers(keyring: &Keyring) -> usize {
+    let now = crate::smime::certs::unix_now();
+    keyring
+        .keys
+        .entries()
+        .filter(|(_, id)| id.as_ref().is_ok_and(|id| id.check(now).is_ok()))
+        .count()
+}
+
+/// Says loudly when `config` signs but no key can: every input would be refused.
+pub fn warn_if_no_signer(config: &Config, keyring: &Keyring) {
+    if config.seal.sign && usable_signers(keyring) == 0 {
+        log::error!(
+            "no usable signing key in {} ({} found): every input will be refused until one is \
+             added (then reload: SIGHUP); `smime-pickup check` says why each is unusable",
+            config.keys.display(),
+            keyring.keys.len()
+        );
+    }
+}

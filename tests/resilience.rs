@@ -133,3 +133,197 @@ fn a_certificate_with_thousands_of_addresses_is_indexed_in_linear_memory() {
     let content = openssl_verify(s.d.path(), &o.stdout).unwrap();
     assert!(String::from_utf8_lossy(&content).contains("hello team"));
 }
+
+/// A tmpfs mounted on `dir` for the test's lifetime (tests run as root, as CI does).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let o = run(std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir));
+        assert!(
+            o.status.success(),
+            "mount tmpfs (the tests run as root, as CI does): {}",
+            stderr(&o)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+
+    fn resize(&self, size: &str) {
+        let o = run(std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0));
+        assert!(o.status.success(), "remount: {}", stderr(&o));
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_failed_folder_keeps_inputs_whole_and_names_stable() {
+    let s = Setup::new("");
+    let full = Tmpfs::mount(&s.path("failed"), "64k");
+    // refused inputs (no From), one larger than the whole folder
+    let big = format!("Subject: big\n\n{}\n", "x".repeat(200_000));
+    s.drop_message("bad-big.eml", big.as_bytes());
+    for n in 0..5 {
+        s.drop_message(&format!("bad-{n}.eml"), b"Subject: no from\n\nbody\n");
+    }
+    s.drop_message("good.eml", &message(1));
+    for attempt in 0..3 {
+        let o = s.once();
+        assert_ne!(
+            o.status.code(),
+            Some(0),
+            "attempt {attempt}: {}",
+            stderr(&o)
+        );
+        // nothing partial: no empty reason, no truncated input, no temporary left
+        for f in list_files(&s.path("failed")) {
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(!name.starts_with('.'), "temporary left: {name}");
+            let len = std::fs::metadata(&f).unwrap().len();
+            if let Some(input) = name.strip_suffix(".reason") {
+                assert!(len > 0, "empty reason {name}");
+                assert!(
+                    s.path("failed").join(input).exists(),
+                    "orphan reason {name}"
+                );
+            } else {
+                assert!(
+                    name.starts_with("bad-") && len < 100,
+                    "truncated or misplaced: {name}"
+                );
+            }
+        }
+        // the big one is still claimed or in the spool, whole
+        let kept: Vec<_> = list_files(&s.path("spool"))
+            .into_iter()
+            .filter(|p| std::fs::metadata(p).unwrap().len() > 200_000)
+            .collect();
+        assert_eq!(
+            kept.len(),
+            1,
+            "attempt {attempt}: the big input is kept whole"
+        );
+    }
+    assert_eq!(s.delivered_ids().len(), 1, "good mail is not held up");
+    // room again: everything lands under its own name, one reason each
+    full.resize("8m");
+    let o = s.once();
+    assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
+    let mut names: Vec<String> = list_files(&s.path("failed"))
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = (0..5)
+        .flat_map(|n| [format!("bad-{n}.eml"), format!("bad-{n}.eml.reason")])
+        .chain(["bad-big.eml".to_string(), "bad-big.eml.reason".to_string()])
+        .collect();
+    want.sort();
+    assert_eq!(names, want);
+    assert_eq!(
+        std::fs::read(s.path("failed/bad-big.eml")).unwrap(),
+        big.as_bytes(),
+        "whole"
+    );
+    s.assert_nothing_in_flight();
+}
+
+#[test]
+fn an_interrupted_once_says_so_and_exits_75() {
+    let s = Setup::on_tmpfs("");
+    let total = 2000;
+    for n in 0..total {
+        s.drop_message(&format!("m{n}.eml"), &message(n));
+    }
+    let child = s
+        .cmd("once")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Running(child);
+    // interrupted mid-drain, by progress
+    s.wait_for(
+        "the first 50 deliveries",
+        std::time::Duration::from_secs(60),
+        || s.pickup_files().len() >= 50,
+    );
+    signal(&child, "-INT");
+    let status = wait_exit(&mut child, std::time::Duration::from_secs(30));
+    let mut out = String::new();
+    use std::io::Read;
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let delivered = s.pickup_files().len();
+    assert!(delivered < total, "the drain finished before the interrupt");
+    assert_eq!(status.code(), Some(75), "{out}");
+    assert!(
+        out.contains(&format!("{delivered} delivered")) && out.contains("interrupted"),
+        "{out}"
+    );
+    // the rest is where it was, and a second run finishes it
+    let o = s.once();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(s.delivered_ids().len(), total);
+}
+
+#[test]
+fn no_usable_signing_key_is_said_loudly() {
+    let s = Setup::new("");
+    let keys = s.path("pki/keys");
+    for entry in std::fs::read_dir(&keys).unwrap() {
+        let p = entry.unwrap().path();
+        if !p.to_string_lossy().contains("oldsender") {
+            std::fs::remove_file(p).unwrap(); // only the expired identity is left
+        }
+    }
+    s.drop_message("m.eml", &message(1));
+    let o = s.once();
+    assert_eq!(o.status.code(), Some(65));
+    assert!(
+        stderr(&o).contains("no usable signing key"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&mut s.cmd("check"));
+    assert_eq!(o.status.code(), Some(66));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("none of the 1 signing keys is usable"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+#[test]
+fn settings_out_of_range_are_refused_by_name() {
+    for (setting, key) in [
+        ("workers = 100000", "workers"),
+        ("workers = 9223372036854775807", "workers"),
+        ("rescan_seconds = 9223372036854775807", "rescan_seconds"),
+        ("settle_ms = 9223372036854775807", "settle_ms"),
+    ] {
+        let s = Setup::new(&format!("{setting}\n"));
+        s.drop_message("m.eml", &message(1));
+        for cmd in ["check", "once", "run"] {
+            let o = run(&mut s.cmd(cmd));
+            let out = String::from_utf8_lossy(&o.stdout).into_owned() + &stderr(&o);
+            assert_eq!(o.status.code(), Some(78), "{cmd} {setting}: {out}");
+            assert!(out.contains(key) && out.contains("out of range"), "{out}");
+            assert!(!out.contains("panicked"), "{out}");
+        }
+        assert!(s.path("spool/m.eml").exists());
+    }
+}
