@@ -165,6 +165,26 @@ fn folders(config: &Config, r: &mut Report) {
             ),
         }
     }
+    // what waits in the failed folder, by class (`failed list` shows each)
+    if let Some(failed) = config.failed.as_deref().filter(|f| f.is_dir())
+        && let Ok(list) = crate::failed::entries(failed)
+        && !list.is_empty()
+    {
+        let by_class: Vec<String> = crate::failed::counts(&list)
+            .iter()
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect();
+        r.add(
+            Level::Warning,
+            format!(
+                "failed {}: {} input{} wait ({}); `smime-pickup failed list` says why",
+                failed.display(),
+                list.len(),
+                if list.len() == 1 { "" } else { "s" },
+                by_class.join(", ")
+            ),
+        );
+    }
     // layouts that strand or loop: the same rules `run` and `once` refuse to start on
     for problem in crate::layout::problems(config) {
         r.add(Level::Config, problem);

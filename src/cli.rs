@@ -46,6 +46,8 @@ pub enum Command {
     Run,
     /// Process everything in the spool now, then exit (0 all delivered, 65 some failed, 75 some deferred)
     Once,
+    /// The failed folder: list what failed and why, put inputs back into the spool, purge old ones
+    Failed(crate::failed::FailedArgs),
 }
 
 #[derive(Debug, Args)]
@@ -150,6 +152,8 @@ pub enum CliError {
     Smtp(#[from] SmtpError),
     #[error("the server refused the message for {0}")]
     Refused(String),
+    #[error(transparent)]
+    Failed(#[from] crate::failed::FailedError),
     /// `once` finished with inputs failed or deferred (the summary is already printed)
     #[error("not everything was delivered: {0}")]
     Outcome(Summary),
@@ -175,6 +179,10 @@ impl CliError {
             CliError::Smtp(e) if e.is_permanent() => 65,
             CliError::Smtp(_) => 69,
             CliError::Refused(_) => 65,
+            CliError::Failed(crate::failed::FailedError::NotConfigured) => 78,
+            CliError::Failed(crate::failed::FailedError::Unknown(_)) => 66,
+            CliError::Failed(crate::failed::FailedError::NothingChosen) => 64,
+            CliError::Failed(crate::failed::FailedError::Io { .. }) => 74,
             // not finished: temporary, whatever was refused meanwhile (the summary says both)
             CliError::Outcome(s) if s.interrupted => 75,
             CliError::Outcome(s) if s.failed > 0 => 65,
@@ -213,6 +221,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             } else {
                 Ok(())
             }
+        }
+        Command::Failed(args) => {
+            let config = Config::locate(cli.config.as_deref())?;
+            print!("{}", crate::failed::run(&config, args)?);
+            Ok(())
         }
         Command::Demo(args) => {
             let summary = crate::demo::run(&args.fixtures, &args.out)?;

@@ -878,7 +878,7 @@ fn complete(shared: &Shared, ready: Ready, result: Result<Delivered, DeliverErro
                     "refused by the server for some recipients (the others got it): {}",
                     rejections(&done.rejected)
                 );
-                match finish::quarantine_copy(&claim, &shared.failed, &reason) {
+                match finish::quarantine_copy(&claim, &shared.failed, "server", &reason) {
                     Ok(to) => warn!("{rel}: {reason}; a copy is in {}", to.display()),
                     Err(e) => error!(
                         "{rel}: {reason}; cannot write a copy to {}: {e}",
@@ -910,7 +910,7 @@ fn complete(shared: &Shared, ready: Ready, result: Result<Delivered, DeliverErro
 /// Moves a claim that can never be delivered to the failed folder, with the reason.
 fn refuse(shared: &Shared, claim: Claim, why: &dyn std::fmt::Display, what: &str, class: &str) {
     let rel = claim.rel.display().to_string();
-    match finish::quarantine(&claim, &shared.failed, &why.to_string()) {
+    match finish::quarantine(&claim, &shared.failed, class, &why.to_string()) {
         Ok(to) => {
             shared.metrics.failed(class);
             shared.failed_count.fetch_add(1, Ordering::SeqCst);

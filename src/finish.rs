@@ -21,29 +21,41 @@ pub fn delivered(claim: &Claim) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Moves a refused input to `failed/<relative path>` (subfolders kept; `.1`, `.2` … on a name
-/// clash) and writes `<that>.reason`: one line with the time and the cause. Returns the new path.
-pub fn quarantine(claim: &Claim, failed: &Path, reason: &str) -> std::io::Result<PathBuf> {
-    place_in_failed(claim, failed, reason, false)
+/// Moves a refused input to `failed/<relative path>` (subfolders kept; `NAME.1.eml` … on a name
+/// clash) and writes `<that>.reason`: one line, `<time> <class>: <cause>`. Returns the new path.
+pub fn quarantine(
+    claim: &Claim,
+    failed: &Path,
+    class: &str,
+    reason: &str,
+) -> std::io::Result<PathBuf> {
+    place_in_failed(claim, failed, class, reason, false)
 }
 
 /// Like `quarantine`, but leaves the input claimed: for the recipients a server refused while the
 /// others got the message (the input is then finished as delivered).
-pub fn quarantine_copy(claim: &Claim, failed: &Path, reason: &str) -> std::io::Result<PathBuf> {
-    place_in_failed(claim, failed, reason, true)
+pub fn quarantine_copy(
+    claim: &Claim,
+    failed: &Path,
+    class: &str,
+    reason: &str,
+) -> std::io::Result<PathBuf> {
+    place_in_failed(claim, failed, class, reason, true)
 }
 
 fn place_in_failed(
     claim: &Claim,
     failed: &Path,
+    class: &str,
     reason: &str,
     copy: bool,
 ) -> std::io::Result<PathBuf> {
     let wanted = failed.join(&claim.rel);
     let parent = wanted.parent().unwrap_or(failed).to_path_buf();
     crate::dirs::create_all(&parent)?;
+    // `<time> <class>: <cause>`, read back by `failed list`
     let line = format!(
-        "{} {}\n",
+        "{} {class}: {}\n",
         crate::smime::certs::rfc3339(crate::smime::certs::unix_now()),
         one_line(reason)
     );
@@ -82,15 +94,13 @@ fn place_in_failed(
         let candidate = if n == 0 {
             wanted.clone()
         } else {
-            let mut name = wanted.file_name().unwrap_or_default().to_owned();
-            name.push(format!(".{n}"));
-            parent.join(name)
+            crate::failed::numbered(&wanted, n) // a.eml → a.1.eml: still an input name, not a reason
         };
         n += 1;
         if candidate.symlink_metadata().is_ok() {
             continue;
         }
-        match rename_exclusive(&tmp_reason, &reason_path(&candidate)) {
+        match rename_exclusive(&tmp_reason, &crate::failed::reason_of(&candidate)) {
             Ok(()) => break candidate,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
@@ -111,7 +121,7 @@ fn place_in_failed(
 
 /// Renames `from` to `to` unless `to` exists (AlreadyExists then), atomically where the filesystem
 /// can (`RENAME_NOREPLACE`), else by a hard link and an unlink.
-fn rename_exclusive(from: &Path, to: &Path) -> std::io::Result<()> {
+pub fn rename_exclusive(from: &Path, to: &Path) -> std::io::Result<()> {
     use rustix::fs::{CWD, RenameFlags, renameat_with};
     match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
         Ok(()) => Ok(()),
@@ -130,12 +140,6 @@ fn copy_synced(from: &Path, to: &Path) -> std::io::Result<()> {
         let _ = std::fs::remove_file(to);
     }
     done
-}
-
-fn reason_path(p: &Path) -> PathBuf {
-    let mut s = p.as_os_str().to_owned();
-    s.push(".reason");
-    PathBuf::from(s)
 }
 
 /// The reason on one line: runs of white space become one space, other control characters are

@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod deliver;
 pub mod demo;
 pub mod dirs;
+pub mod failed;
 pub mod finish;
 pub mod keyring;
 pub mod layout;

@@ -269,3 +269,91 @@ fn once_shows_a_progress_bar_on_a_terminal_and_log_lines_elsewhere() {
     assert_eq!(log.matches("delivered via pickup").count(), 3, "{log}");
     assert!(!log.contains(" inputs, "), "{log}");
 }
+
+/// `failed list`, `failed retry`, `failed purge`: what failed, why, and send it again.
+#[test]
+fn the_failed_folder_is_a_queue_to_list_retry_and_purge() {
+    let s = Setup::new("");
+    let bad = s.copy_fixtures("eml/malformed", "job42");
+    assert!(bad >= 5);
+    s.drop_message("job42/fine.eml", &message(1));
+    let o = s.once();
+    assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
+    let list = run(&mut s.cmd("failed").arg("list"));
+    assert!(list.status.success(), "{}", stderr(&list));
+    let text = String::from_utf8_lossy(&list.stdout).into_owned();
+    assert_eq!(
+        text.lines().count(),
+        bad + 1,
+        "a row per input and the counts: {text}"
+    );
+    assert!(
+        text.contains("job42/no-from.eml") && text.contains("  input "),
+        "{text}"
+    );
+    assert!(
+        text.contains("  certificate  job42/missing-cert.eml"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .last()
+            .unwrap()
+            .starts_with(&format!("{bad} failed inputs: "))
+    );
+    // JSON for scripts
+    let json = run(&mut s.cmd("failed").args(["list", "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["inputs"].as_array().unwrap().len(), bad);
+    let inputs = v["counts"]["input"].as_u64().unwrap() as usize;
+    assert!(inputs >= 3, "{v}");
+    // check counts them too
+    let check = run(&mut s.cmd("check"));
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains(&format!("{bad} inputs wait")),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+
+    // retry one class: back into the spool at the same place, reasons gone
+    let o = run(&mut s.cmd("failed").args(["retry", "--class", "input"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let moved = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        moved.contains(&format!("{inputs} put back into the spool")),
+        "{moved}"
+    );
+    assert!(s.path("spool/job42/no-from.eml").exists());
+    assert!(!s.path("failed/job42/no-from.eml.reason").exists());
+    assert!(
+        s.path("failed/job42/missing-cert.eml").exists(),
+        "other classes stay"
+    );
+    // refused again (nothing was fixed): same names, no .1, no reason taken for an input
+    let o = s.once();
+    assert_eq!(o.status.code(), Some(65));
+    assert!(s.path("failed/job42/no-from.eml.reason").exists());
+    assert!(!s.path("failed/job42/no-from.1.eml").exists());
+
+    // retry by path while the same name waits in the spool: a numbered name, nothing overwritten
+    s.drop_message("job42/missing-cert.eml", &message(2));
+    let o = run(&mut s.cmd("failed").args(["retry", "job42/missing-cert.eml"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(s.path("spool/job42/missing-cert.1.eml").exists());
+    assert_eq!(
+        std::fs::read(s.path("spool/job42/missing-cert.eml")).unwrap(),
+        message(2)
+    );
+    let o = run(&mut s.cmd("failed").args(["retry", "job42/not-there.eml"]));
+    assert_eq!(o.status.code(), Some(66), "{}", stderr(&o));
+    let o = run(&mut s.cmd("failed").arg("retry"));
+    assert_eq!(o.status.code(), Some(64));
+
+    // purge: nothing is a day old yet; everything is older than 0 days
+    let o = run(&mut s.cmd("failed").args(["purge", "--older-than", "1"]));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("purged 0"));
+    let o = run(&mut s.cmd("failed").args(["purge", "--older-than", "0"]));
+    assert!(o.status.success());
+    let list = run(&mut s.cmd("failed").arg("list"));
+    assert_eq!(String::from_utf8_lossy(&list.stdout), "0 failed inputs\n");
+}
