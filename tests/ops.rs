@@ -279,7 +279,7 @@ fn the_failed_folder_is_a_queue_to_list_retry_and_purge() {
     s.drop_message("job42/fine.eml", &message(1));
     let o = s.once();
     assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
-    let list = run(&mut s.cmd("failed").arg("list"));
+    let list = run(s.cmd("failed").arg("list"));
     assert!(list.status.success(), "{}", stderr(&list));
     let text = String::from_utf8_lossy(&list.stdout).into_owned();
     assert_eq!(
@@ -302,7 +302,7 @@ fn the_failed_folder_is_a_queue_to_list_retry_and_purge() {
             .starts_with(&format!("{bad} failed inputs: "))
     );
     // JSON for scripts
-    let json = run(&mut s.cmd("failed").args(["list", "--json"]));
+    let json = run(s.cmd("failed").args(["list", "--json"]));
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["inputs"].as_array().unwrap().len(), bad);
     let inputs = v["counts"]["input"].as_u64().unwrap() as usize;
@@ -316,7 +316,7 @@ fn the_failed_folder_is_a_queue_to_list_retry_and_purge() {
     );
 
     // retry one class: back into the spool at the same place, reasons gone
-    let o = run(&mut s.cmd("failed").args(["retry", "--class", "input"]));
+    let o = run(s.cmd("failed").args(["retry", "--class", "input"]));
     assert!(o.status.success(), "{}", stderr(&o));
     let moved = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
@@ -337,23 +337,23 @@ fn the_failed_folder_is_a_queue_to_list_retry_and_purge() {
 
     // retry by path while the same name waits in the spool: a numbered name, nothing overwritten
     s.drop_message("job42/missing-cert.eml", &message(2));
-    let o = run(&mut s.cmd("failed").args(["retry", "job42/missing-cert.eml"]));
+    let o = run(s.cmd("failed").args(["retry", "job42/missing-cert.eml"]));
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(s.path("spool/job42/missing-cert.1.eml").exists());
     assert_eq!(
         std::fs::read(s.path("spool/job42/missing-cert.eml")).unwrap(),
         message(2)
     );
-    let o = run(&mut s.cmd("failed").args(["retry", "job42/not-there.eml"]));
+    let o = run(s.cmd("failed").args(["retry", "job42/not-there.eml"]));
     assert_eq!(o.status.code(), Some(66), "{}", stderr(&o));
-    let o = run(&mut s.cmd("failed").arg("retry"));
+    let o = run(s.cmd("failed").arg("retry"));
     assert_eq!(o.status.code(), Some(64));
 
     // purge: nothing is a day old yet; everything is older than 0 days
-    let o = run(&mut s.cmd("failed").args(["purge", "--older-than", "1"]));
+    let o = run(s.cmd("failed").args(["purge", "--older-than", "1"]));
     assert!(String::from_utf8_lossy(&o.stdout).contains("purged 0"));
-    let o = run(&mut s.cmd("failed").args(["purge", "--older-than", "0"]));
+    let o = run(s.cmd("failed").args(["purge", "--older-than", "0"]));
     assert!(o.status.success());
-    let list = run(&mut s.cmd("failed").arg("list"));
+    let list = run(s.cmd("failed").arg("list"));
     assert_eq!(String::from_utf8_lossy(&list.stdout), "0 failed inputs\n");
 }
