@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod mta;
+pub mod servers;
 pub mod spool;
 
 use std::os::unix::fs::PermissionsExt;
