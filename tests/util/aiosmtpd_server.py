@@ -1,11 +1,15 @@
 """An aiosmtpd server for the interop tests: stores each accepted message as one file.
 
 usage: aiosmtpd_server.py PORT FOLDER [--tls CERT KEY] [--strict-ehlo] [--ehlo-reply "554 ..."]
+                          [--hold-file PATH]
 
 --strict-ehlo answers a repeated EHLO (in the same TLS state) with 503, as Python's old smtpd did
 (RFC 5321 allows it). --ehlo-reply answers every EHLO and HELO with the given reply.
-Prints "ready" once it listens; stops on SIGTERM.
+--hold-file: PATH holds a number N; the server stores every message, but answers the end of DATA
+only for the first N (in the order stored), holding the others until N grows: a client (or a test
+killing it) is then stopped at a known point. Prints "ready" once it listens; stops on SIGTERM.
 """
+import asyncio
 import os
 import signal
 import ssl
@@ -17,9 +21,17 @@ from aiosmtpd.smtp import SMTP
 
 
 class Store:
-    def __init__(self, folder):
+    def __init__(self, folder, hold_file):
         self.folder = folder
+        self.hold_file = hold_file
         self.count = 0
+
+    def answered(self):
+        try:
+            with open(self.hold_file) as f:
+                return int(f.read().strip() or "0")
+        except (OSError, ValueError):
+            return 0
 
     async def handle_DATA(self, server, session, envelope):
         self.count += 1
@@ -28,6 +40,9 @@ class Store:
         with open(tmp, "wb") as f:
             f.write(envelope.original_content)
         os.rename(tmp, os.path.join(self.folder, name))
+        seq = self.count
+        while self.hold_file and seq > self.answered():
+            await asyncio.sleep(0.05)
         return "250 2.0.0 stored as " + name
 
 
@@ -60,6 +75,7 @@ def main():
     tls = None
     strict = "--strict-ehlo" in args
     ehlo_reply = None
+    hold_file = args[args.index("--hold-file") + 1] if "--hold-file" in args else None
     if "--tls" in args:
         i = args.index("--tls")
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -73,7 +89,7 @@ def main():
             return server_class(self.handler, **self.SMTP_kwargs)
 
     kwargs = {"tls_context": tls, "require_starttls": False} if tls else {}
-    ctl = Ctl(Store(folder), hostname="127.0.0.1", port=port, ready_timeout=30, **kwargs)
+    ctl = Ctl(Store(folder, hold_file), hostname="127.0.0.1", port=port, ready_timeout=30, **kwargs)
     # the controller's own start-up probe would be answered by --ehlo-reply too; it only connects
     ctl.start()
     print("ready", flush=True)

@@ -81,6 +81,8 @@ pub struct AioOptions {
     pub strict_ehlo: bool,
     /// answer every EHLO and HELO with this reply
     pub ehlo_reply: Option<&'static str>,
+    /// answer the end of DATA only for as many messages as this file says (see `release`)
+    pub hold: bool,
 }
 
 pub struct Aiosmtpd {
@@ -124,6 +126,10 @@ impl Aiosmtpd {
         if let Some(reply) = options.ehlo_reply {
             cmd.args(["--ehlo-reply", reply]);
         }
+        if options.hold {
+            std::fs::write(d.join("answered"), "0").unwrap();
+            cmd.arg("--hold-file").arg(d.join("answered"));
+        }
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -141,6 +147,22 @@ impl Aiosmtpd {
 
     pub fn delivered(&self) -> Vec<Vec<u8>> {
         messages_in(&self.dir.path().join("mail"))
+    }
+
+    /// How many messages are stored: cheaper than `delivered` for progress checks.
+    pub fn stored(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join("mail")).map_or(0, |e| {
+            e.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        })
+    }
+
+    /// With `hold`: the server answers the first `n` messages it stored (in order), holds the rest.
+    pub fn answer_up_to(&self, n: usize) {
+        let tmp = self.dir.path().join(".answered");
+        std::fs::write(&tmp, n.to_string()).unwrap();
+        std::fs::rename(tmp, self.dir.path().join("answered")).unwrap();
     }
 
     pub fn wait_delivered(&self, n: usize) -> Vec<Vec<u8>> {
