@@ -5,7 +5,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, Route};
+use crate::config::{Config, Route, TlsMode};
 use crate::deliver::smtp::SmtpRoute;
 use crate::keyring;
 use crate::smime::certs::{CertProblem, Usage, unix_now, ymd};
@@ -349,15 +349,29 @@ fn smtp_check(config: &Config, r: &mut Report) {
             } else {
                 " (certificate NOT verified: tls_verify = false)"
             };
+            let pipelining = if conn.pipelining() {
+                ", offers PIPELINING"
+            } else {
+                ""
+            };
             r.add(
                 Level::Ok,
                 format!(
-                    "SMTP {}:{}: connected ({}{auth}){verify}",
+                    "SMTP {}:{}: connected ({}{auth}){verify}{pipelining}",
                     s.host, s.port, conn.security
                 ),
             );
+            if conn.security == "plain" && s.tls != TlsMode::None {
+                r.add(
+                    Level::Warning,
+                    format!(
+                        "SMTP {}:{}: the server offers no STARTTLS: messages go in clear text (tls = \"none\" if that is deliberate, \"starttls\" to require TLS)",
+                        s.host, s.port
+                    ),
+                );
+            }
             conn.quit();
         }
-        Err(e) => r.add(Level::Unavailable, e.to_string()),
+        Err(e) => r.add(Level::Unavailable, format!("SMTP {e}")),
     }
 }

@@ -648,9 +648,12 @@ fn flush(shared: &Shared, pending: &mut Vec<Claim>, claimed: &mut usize) {
         sync_sources(shared, &ready);
         let items: Vec<(&Claim, &[Sealed])> =
             ready.iter().map(|r| (&r.claim, &r.copies[..])).collect();
-        let results = shared.transport.deliver_batch(&items);
-        for (r, result) in ready.into_iter().zip(results) {
-            complete(shared, r, result);
+        // each is finished as soon as its result is final (for SMTP: right after the server's 250)
+        shared
+            .transport
+            .deliver_batch(&items, &mut |i, result| complete(shared, &ready[i], result));
+        for c in ready.into_iter().flat_map(|r| r.copies) {
+            crate::buffers::give(c.data);
         }
     }
     shared
@@ -864,7 +867,7 @@ fn prepare(shared: &Shared, claim: Claim) -> Option<Ready> {
 }
 
 /// Acts on what the route did with one sealed claim.
-fn complete(shared: &Shared, ready: Ready, result: Result<Delivered, DeliverError>) {
+fn complete(shared: &Shared, ready: &Ready, result: Result<Delivered, DeliverError>) {
     let Ready {
         claim,
         copies,
@@ -878,7 +881,7 @@ fn complete(shared: &Shared, ready: Ready, result: Result<Delivered, DeliverErro
                     "refused by the server for some recipients (the others got it): {}",
                     rejections(&done.rejected)
                 );
-                match finish::quarantine_copy(&claim, &shared.failed, "server", &reason) {
+                match finish::quarantine_copy(claim, &shared.failed, "server", &reason) {
                     Ok(to) => warn!("{rel}: {reason}; a copy is in {}", to.display()),
                     Err(e) => error!(
                         "{rel}: {reason}; cannot write a copy to {}: {e}",
@@ -886,7 +889,7 @@ fn complete(shared: &Shared, ready: Ready, result: Result<Delivered, DeliverErro
                     ),
                 }
             }
-            finish_delivered(shared, &claim, done.units);
+            finish_delivered(shared, claim, done.units);
             let recipients: usize = copies.iter().map(|c| c.envelope.recipients.len()).sum();
             let out_bytes: usize = copies.iter().map(|c| c.data.len()).sum();
             shared.metrics.delivered(done.route, out_bytes);
@@ -899,11 +902,10 @@ fn complete(shared: &Shared, ready: Ready, result: Result<Delivered, DeliverErro
                 started.elapsed().as_millis()
             );
         }
-        Err(e) if !e.is_transient() => refuse(shared, claim, &e, "refused by the server", "server"),
-        Err(e) => defer(shared, claim, &e),
-    }
-    for c in copies {
-        crate::buffers::give(c.data);
+        Err(e) if !e.is_transient() => {
+            refuse(shared, claim.clone(), &e, "refused by the server", "server")
+        }
+        Err(e) => defer(shared, claim.clone(), &e),
     }
 }
 

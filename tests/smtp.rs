@@ -281,6 +281,10 @@ fn temporary_refusals_and_dropped_connections_defer_then_deliver_once() {
         // a server without PIPELINING: one command at a time
         &["-p", "-r", "RCPT"],
         &["-p", "-q", "."],
+        // the session refused: the route's problem, never the message's
+        &["-f", "EHLO"],
+        &["-r", "EHLO"],
+        &["-f", "CONNECT"],
     ] {
         fault_then_recover(faults, false);
     }

@@ -9,7 +9,7 @@ use log::{info, warn};
 
 use super::pickup::Pickup;
 use super::smtp::SmtpRoute;
-use super::{DeliverError, Delivered, Transport};
+use super::{DeliverError, Delivered, Done, Transport};
 use crate::seal::Sealed;
 use crate::spool::claim::Claim;
 
@@ -114,7 +114,7 @@ impl Transport for Fallback {
         self.smtp.deliver(claim, copies)
     }
 
-    fn deliver_batch(&self, items: &[(&Claim, &[Sealed])]) -> Vec<Result<Delivered, DeliverError>> {
+    fn deliver_batch(&self, items: &[(&Claim, &[Sealed])], done: &mut Done<'_>) {
         if choose(self.pickup_problem(false).as_deref()) == "pickup" {
             // copies SMTP already took (before a switch back) must not go again through pickup
             let unsent: Vec<Option<Vec<Sealed>>> = items
@@ -126,27 +126,27 @@ impl Transport for Fallback {
                 .zip(&unsent)
                 .map(|((claim, copies), u)| (*claim, u.as_deref().unwrap_or(copies)))
                 .collect();
-            let results = self.pickup.deliver_batch(&filtered);
-            if results.iter().all(Result::is_ok) {
-                return results;
+            let mut results = Vec::with_capacity(items.len());
+            self.pickup
+                .deliver_batch(&filtered, &mut |_, r| results.push(r));
+            if results.iter().any(Result::is_err) {
+                self.pickup_problem(true);
             }
-            self.pickup_problem(true);
-            // the ones pickup could not take go by SMTP
-            return results
-                .into_iter()
-                .zip(items)
-                .map(|(r, (claim, copies))| match r {
+            // the ones pickup could not take go by SMTP, each finished as soon as it is sent
+            for (i, (r, (claim, copies))) in results.into_iter().zip(items).enumerate() {
+                let result = match r {
                     // committed to pickup already: recovery publishes it, SMTP would send it twice
                     Err(e) if claim.committed_path().exists() => Err(e),
                     Err(_) => self.smtp.deliver(claim, copies),
                     ok => ok,
-                })
-                .collect();
+                };
+                done(i, result);
+            }
+            return;
         }
-        items
-            .iter()
-            .map(|(claim, copies)| self.smtp.deliver(claim, copies))
-            .collect()
+        for (i, (claim, copies)) in items.iter().enumerate() {
+            done(i, self.smtp.deliver(claim, copies));
+        }
     }
 
     fn recover(&self, claim: &Claim) -> Result<Option<Delivered>, DeliverError> {

@@ -60,6 +60,9 @@ pub struct Delivered {
     pub rejected: Vec<(String, String)>,
 }
 
+/// Receives each result of `deliver_batch`: the item's index and what became of it.
+pub type Done<'a> = dyn FnMut(usize, Result<Delivered, DeliverError>) + 'a;
+
 pub trait Transport: Send + Sync {
     /// Delivers the sealed copies of `claim`. Must be safe to call again after a crash at any point
     /// (see `recover`).
@@ -70,13 +73,14 @@ pub trait Transport: Send + Sync {
         "pickup"
     }
 
-    /// Delivers several claims at once (a route may make them durable together); one result each,
-    /// in order.
-    fn deliver_batch(&self, items: &[(&Claim, &[Sealed])]) -> Vec<Result<Delivered, DeliverError>> {
-        items
-            .iter()
-            .map(|(claim, copies)| self.deliver(claim, copies))
-            .collect()
+    /// Delivers several claims (a route may make them durable together) and hands each result to
+    /// `done` with its index, in order, as soon as it is final: a route that delivers one by one
+    /// (SMTP) lets each message be finished right after the server took it, before the next goes out,
+    /// so a crash can only send again the one in flight.
+    fn deliver_batch(&self, items: &[(&Claim, &[Sealed])], done: &mut Done<'_>) {
+        for (i, (claim, copies)) in items.iter().enumerate() {
+            done(i, self.deliver(claim, copies));
+        }
     }
 
     /// Finishes a delivery a crash interrupted after its commit point; `Ok(None)` when `claim` never

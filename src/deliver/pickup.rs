@@ -23,7 +23,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::{DeliverError, Delivered, Transport};
+use super::{DeliverError, Delivered, Done, Transport};
 use crate::seal::Sealed;
 use crate::spool::claim::{Claim, sync_dir};
 
@@ -288,8 +288,11 @@ impl Transport for Pickup {
             .expect("one result")
     }
 
-    fn deliver_batch(&self, items: &[(&Claim, &[Sealed])]) -> Vec<Result<Delivered, DeliverError>> {
-        self.deliver_many(items)
+    fn deliver_batch(&self, items: &[(&Claim, &[Sealed])], done: &mut Done<'_>) {
+        // the batch is made durable together: every result is final only at the end
+        for (i, result) in self.deliver_many(items).into_iter().enumerate() {
+            done(i, result);
+        }
     }
 
     fn recover(&self, claim: &Claim) -> Result<Option<Delivered>, DeliverError> {

@@ -15,70 +15,18 @@
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use lettre::Address;
-use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{Certificate, SmtpConnection, TlsParameters};
-use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt, Rset};
-use lettre::transport::smtp::extension::ClientId;
-use thiserror::Error;
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
+
+mod session;
+
+pub use session::{Connection, SmtpError, SmtpRoute};
 
 use super::{DeliverError, Delivered, Transport};
-use crate::config::{Smtp as Settings, TlsMode};
 use crate::seal::Sealed;
 use crate::spool::claim::Claim;
-
-/// Why an SMTP step failed. Everything but a permanent (5xx) reply is worth a retry.
-#[derive(Debug, Error)]
-pub enum SmtpError {
-    #[error("{server}: cannot connect: {source}")]
-    Connect {
-        server: String,
-        source: lettre::transport::smtp::Error,
-    },
-    #[error("{server}: the server offers no STARTTLS (tls = \"starttls\")")]
-    NoStarttls { server: String },
-    #[error("{server}: STARTTLS failed: {source}")]
-    Starttls {
-        server: String,
-        source: lettre::transport::smtp::Error,
-    },
-    #[error(
-        "{server}: refusing to send the password over an unencrypted connection (set tls = \"none\" to allow it)"
-    )]
-    AuthWithoutTls { server: String },
-    #[error("{server}: authentication as {user:?} failed: {source}")]
-    Auth {
-        server: String,
-        user: String,
-        source: lettre::transport::smtp::Error,
-    },
-    #[error("{server}: {stage} refused: {source}")]
-    Reply {
-        server: String,
-        stage: &'static str,
-        source: lettre::transport::smtp::Error,
-    },
-    #[error("{0}: not a valid address")]
-    Address(String),
-    #[error("{path}: {source}")]
-    Progress {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
-impl SmtpError {
-    pub fn is_permanent(&self) -> bool {
-        match self {
-            SmtpError::Reply { source, .. } => source.is_permanent(),
-            SmtpError::Address(_) => true,
-            _ => false,
-        }
-    }
-}
 
 /// What the server did with one transaction.
 #[derive(Debug, Default)]
@@ -88,126 +36,13 @@ pub struct Outcome {
     pub rejected: Vec<(String, String)>,
 }
 
-/// An open, authenticated connection and how many messages it carried.
-pub struct Connection {
-    conn: SmtpConnection,
-    sent: usize,
-    /// the server offers PIPELINING (RFC 2920): the envelope goes in one write
-    pipelining: bool,
-    /// left in the middle of DATA: only closing the socket ends it without sending the message
-    dead: bool,
-    /// "STARTTLS", "TLS" or "plain", for the `send` command's banner
-    pub security: &'static str,
-}
-
-pub struct SmtpRoute {
-    pub settings: Settings,
-    tls: TlsParameters,
-    pool: Mutex<Vec<Connection>>,
-}
-
 impl SmtpRoute {
-    pub fn new(settings: Settings) -> Result<SmtpRoute, String> {
-        let mut builder = TlsParameters::builder(settings.host.clone());
-        if let Some(ca) = &settings.tls_ca {
-            let pem = std::fs::read(ca).map_err(|e| format!("tls_ca {}: {e}", ca.display()))?;
-            let cert =
-                Certificate::from_pem(&pem).map_err(|e| format!("tls_ca {}: {e}", ca.display()))?;
-            builder = builder.add_root_certificate(cert);
-        }
-        if !settings.tls_verify {
-            builder = builder
-                .dangerous_accept_invalid_certs(true)
-                .dangerous_accept_invalid_hostnames(true);
-        }
-        let tls = builder
-            .build_native()
-            .map_err(|e| format!("TLS setup for {}: {e}", settings.host))?;
-        Ok(SmtpRoute {
-            settings,
-            tls,
-            pool: Mutex::new(Vec::new()),
-        })
-    }
-
-    pub fn server(&self) -> String {
-        format!("{}:{}", self.settings.host, self.settings.port)
-    }
-
-    /// Connects, secures and authenticates as configured.
-    pub fn open(&self) -> Result<Connection, SmtpError> {
-        let s = &self.settings;
-        let server = self.server();
-        let id = ClientId::Domain(s.helo.clone());
-        let wrapped = (s.tls == TlsMode::Tls).then_some(&self.tls);
-        let mut conn = SmtpConnection::connect(
-            (s.host.as_str(), s.port),
-            Some(s.timeout),
-            &id,
-            wrapped,
-            None,
-        )
-        .map_err(|source| SmtpError::Connect {
-            server: server.clone(),
-            source,
-        })?;
-        set_nodelay(&s.host, s.port);
-        let mut security = if wrapped.is_some() { "TLS" } else { "plain" };
-        match s.tls {
-            TlsMode::Starttls if !conn.can_starttls() => {
-                return Err(SmtpError::NoStarttls { server });
-            }
-            TlsMode::Starttls | TlsMode::Opportunistic if conn.can_starttls() => {
-                conn.starttls(&self.tls, &id)
-                    .map_err(|source| SmtpError::Starttls {
-                        server: server.clone(),
-                        source,
-                    })?;
-                security = "STARTTLS";
-            }
-            _ => {}
-        }
-        // lettre keeps only the extensions it uses from the EHLO reply; ask again (before AUTH, which
-        // a new EHLO could reset) to learn whether the envelope can be pipelined
-        let pipelining = conn
-            .command(Ehlo::new(id.clone()))
-            .map(|r| r.message().any(|l| l.eq_ignore_ascii_case("PIPELINING")))
-            .map_err(|source| SmtpError::Reply {
-                server: server.clone(),
-                stage: "EHLO",
-                source,
-            })?;
-        if let Some(user) = &s.user {
-            if !conn.is_encrypted() && s.tls != TlsMode::None {
-                conn.abort();
-                return Err(SmtpError::AuthWithoutTls { server });
-            }
-            let password = s.password.as_ref().map(|p| p.0.clone()).unwrap_or_default();
-            conn.auth(
-                &[Mechanism::Plain, Mechanism::Login],
-                &Credentials::new(user.clone(), password),
-            )
-            .map_err(|source| SmtpError::Auth {
-                server: server.clone(),
-                user: user.clone(),
-                source,
-            })?;
-        }
-        Ok(Connection {
-            conn,
-            sent: 0,
-            pipelining,
-            dead: false,
-            security,
-        })
-    }
-
     /// A pooled connection, or a new one.
     fn take(&self) -> Result<Connection, SmtpError> {
         let pooled = self.pool.lock().expect("pool lock").pop();
         match pooled {
             Some(c) => Ok(c),
-            None => self.open(),
+            None => self.open_tracked(),
         }
     }
 
@@ -223,16 +58,6 @@ impl SmtpRoute {
     }
 }
 
-/// QUIT, politely; errors do not matter any more.
-impl Connection {
-    pub fn quit(mut self) {
-        // one left in the middle of DATA would only wait for a reply that never comes
-        if !self.dead {
-            let _ = self.conn.quit();
-        }
-    }
-}
-
 impl SmtpRoute {
     /// One transaction on a pooled connection; a connection that fails is dropped, and a stale pooled
     /// one (closed by the server while idle) is replaced once before giving up.
@@ -244,7 +69,11 @@ impl SmtpRoute {
     ) -> Result<Outcome, SmtpError> {
         let mut fresh = false;
         loop {
-            let mut c = if fresh { self.open()? } else { self.take()? };
+            let mut c = if fresh {
+                self.open_tracked()?
+            } else {
+                self.take()?
+            };
             let was_pooled = c.sent > 0;
             match transact(&mut c, &self.server(), sender, recipients, data) {
                 Ok(outcome) => {
@@ -259,6 +88,9 @@ impl SmtpRoute {
                         && matches!(
                             e,
                             SmtpError::Reply {
+                                stage: "MAIL FROM",
+                                ..
+                            } | SmtpError::Timeout {
                                 stage: "MAIL FROM",
                                 ..
                             }
@@ -288,22 +120,12 @@ impl SmtpRoute {
         data: &[u8],
     ) -> Result<(Outcome, std::time::Duration), SmtpError> {
         if c.dead {
-            *c = self.open()?;
+            *c = self.open_tracked()?;
         }
         let started = Instant::now();
         let outcome = transact(c, &self.server(), sender, recipients, data)?;
         c.sent += 1;
         Ok((outcome, started.elapsed()))
-    }
-}
-
-/// See `nodelay`: without it every message waits 40 ms for a delayed ACK.
-fn set_nodelay(host: &str, port: u16) {
-    use std::net::ToSocketAddrs;
-    for peer in (host, port).to_socket_addrs().into_iter().flatten() {
-        if let Err(e) = super::nodelay::for_peer(peer) {
-            log::debug!("TCP_NODELAY for {peer}: {e}");
-        }
     }
 }
 
@@ -325,12 +147,8 @@ fn mail_from(sender: &str) -> Result<Option<Address>, SmtpError> {
     }
 }
 
-fn refused(server: &str, stage: &'static str, source: lettre::transport::smtp::Error) -> SmtpError {
-    SmtpError::Reply {
-        server: server.to_string(),
-        stage,
-        source,
-    }
+fn refused(tx: &Tx, stage: &'static str, source: lettre::transport::smtp::Error) -> SmtpError {
+    session::step_failed(tx.server, stage, source, tx.timeout)
 }
 
 /// MAIL FROM, RCPT TO each recipient (collecting permanent refusals), DATA: pipelined when the
@@ -344,6 +162,7 @@ fn transact(
 ) -> Result<Outcome, SmtpError> {
     let tx = Tx {
         server,
+        timeout: c.timeout,
         sender,
         recipients,
         data,
@@ -358,13 +177,15 @@ fn transact(
 /// One transaction: with whom, from whom, to whom, what.
 struct Tx<'a> {
     server: &'a str,
+    /// how long each reply may take
+    timeout: std::time::Duration,
     sender: &'a str,
     recipients: &'a [String],
     data: &'a [u8],
 }
 
 fn transact_stepwise(c: &mut Connection, tx: &Tx) -> Result<Outcome, SmtpError> {
-    let reply = |stage| move |source| refused(tx.server, stage, source);
+    let reply = |stage| move |source| refused(tx, stage, source);
     c.conn
         .command(Mail::new(mail_from(tx.sender)?, vec![]))
         .map_err(reply("MAIL FROM"))?;
@@ -399,7 +220,7 @@ fn transact_stepwise(c: &mut Connection, tx: &Tx) -> Result<Outcome, SmtpError> 
 /// RFC 2920: MAIL, every RCPT and DATA in one write, then their replies read in order; the message
 /// follows only if DATA was answered 354 and no recipient was refused for now.
 fn transact_pipelined(c: &mut Connection, tx: &Tx) -> Result<Outcome, SmtpError> {
-    let reply = |stage, source| refused(tx.server, stage, source);
+    let reply = |stage, source| refused(tx, stage, source);
     let mut outcome = Outcome::default();
     let mut envelope = Mail::new(mail_from(tx.sender)?, vec![]).to_string();
     let mut asked = Vec::new();
@@ -758,6 +579,10 @@ mod tests {
             started.elapsed()
         );
         assert!(!err.is_permanent(), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!("127.0.0.1:{port}: no reply to MAIL FROM within 1 s")
+        );
         assert!(c.dead, "the connection is not used again");
         c.quit(); // must not wait for a reply either
         assert!(started.elapsed() < Duration::from_secs(3));

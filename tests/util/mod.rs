@@ -6,6 +6,7 @@
 pub mod gpgsm;
 pub mod mta;
 pub mod nss;
+pub mod servers;
 pub mod spool;
 
 #[allow(unused_imports)] // not every test binary uses every checker

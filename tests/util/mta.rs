@@ -23,7 +23,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn wait_listening(port: u16, what: &str) {
+pub fn wait_listening(port: u16, what: &str) {
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -58,6 +58,20 @@ pub struct Postfix {
 
 impl Postfix {
     pub fn start() -> Postfix {
+        Postfix::start_with("")
+    }
+
+    /// Also relays for 127.0.0.1 without AUTH (for sessions without TLS).
+    pub fn start_open() -> Postfix {
+        Postfix::start_with(
+            "mynetworks = 127.0.0.0/8\n\
+             smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated, reject\n\
+             smtpd_recipient_restrictions = permit_mynetworks, permit_sasl_authenticated, reject\n",
+        )
+    }
+
+    /// `extra` main.cf lines override the defaults (Postfix takes the last setting).
+    fn start_with(extra: &str) -> Postfix {
         let dir = tempfile::Builder::new()
             .prefix("postfix")
             .tempdir()
@@ -91,7 +105,7 @@ impl Postfix {
              smtpd_recipient_restrictions = check_recipient_access inline:{{ {{ {REFUSED} = 550 5.1.1 no such user here }} }}, permit_sasl_authenticated, reject\n",
             uid = id("-u"),
             gid = id("-g"),
-        );
+        ) + extra;
         std::fs::write(d.join("etc/main.cf"), main_cf).unwrap();
         // Debian's master.cf with our port and no chroot
         let master =
