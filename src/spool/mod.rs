@@ -38,7 +38,8 @@ impl Snapshot {
     /// Same file, same content as far as the kernel can tell. The ctime is left out: `rename()`
     /// changes it, so it is compared before the claim only (`same`).
     pub fn same_content(&self, other: &Snapshot) -> bool {
-        (self.dev, self.ino, self.size, self.mtime) == (other.dev, other.ino, other.size, other.mtime)
+        (self.dev, self.ino, self.size, self.mtime)
+            == (other.dev, other.ino, other.size, other.mtime)
     }
 }
 

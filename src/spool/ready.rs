@@ -64,6 +64,10 @@ impl Tracker {
         }
     }
 
+    pub fn settle(&self) -> Duration {
+        self.settle
+    }
+
     pub fn seen(&mut self, path: &Path, what: Seen, now: Instant) {
         let settle = self.settle;
         match what {
@@ -85,15 +89,22 @@ impl Tracker {
             Seen::RenamedIn => match self.files.get_mut(path) {
                 Some(e) if e.returned => e.returned = false,
                 _ => {
-                    self.files.insert(path.to_path_buf(), Entry::new(false, now));
+                    self.files
+                        .insert(path.to_path_buf(), Entry::new(false, now));
                 }
             },
             Seen::Created | Seen::Modified => {
-                let e = self.files.entry(path.to_path_buf()).or_insert(Entry::new(true, now));
+                let e = self
+                    .files
+                    .entry(path.to_path_buf())
+                    .or_insert(Entry::new(true, now));
                 (e.open, e.ready_at) = (true, now + settle);
             }
             Seen::ClosedWrite => {
-                let e = self.files.entry(path.to_path_buf()).or_insert(Entry::new(false, now));
+                let e = self
+                    .files
+                    .entry(path.to_path_buf())
+                    .or_insert(Entry::new(false, now));
                 (e.open, e.ready_at) = (false, now + settle);
             }
             Seen::Scanned {
@@ -317,7 +328,10 @@ mod tests {
         t.put_back(p, true, at(0));
         t.seen(p, Seen::Removed, at(1));
         t.seen(p, Seen::RenamedIn, at(2));
-        assert!(t.take_ready(at(60_000)).is_empty(), "open: waits for the close");
+        assert!(
+            t.take_ready(at(60_000)).is_empty(),
+            "open: waits for the close"
+        );
         t.seen(p, Seen::ClosedWrite, at(3000));
         assert!(t.take_ready(at(3900)).is_empty(), "settling");
         assert_eq!(t.take_ready(at(4000)), vec![p.to_path_buf()]);

@@ -160,7 +160,10 @@ mod tests {
         // a missing folder is made again, never through the link
         let fd = open_folder(&root, Path::new("a/new/er"), true).unwrap();
         assert!(root.join("a/new/er").is_dir());
-        let meta = lstat_in(&open_folder(&root, Path::new("a"), false).unwrap(), Path::new("link"));
+        let meta = lstat_in(
+            &open_folder(&root, Path::new("a"), false).unwrap(),
+            Path::new("link"),
+        );
         assert!(meta.unwrap().file_type().is_symlink());
         drop(fd);
     }
@@ -174,14 +177,21 @@ mod tests {
         let judged = Snapshot::of(&std::fs::metadata(&path).unwrap());
         let none = HashSet::new();
         let mut buf = Vec::new();
-        assert_eq!(read_unchanged(&path, &judged, &none, &mut buf).unwrap(), Ok(()));
+        assert_eq!(
+            read_unchanged(&path, &judged, &none, &mut buf).unwrap(),
+            Ok(())
+        );
         assert_eq!(buf, b"complete");
         let open = HashSet::from([(judged.dev, judged.ino)]);
         let got = read_unchanged(&path, &judged, &open, &mut Vec::new()).unwrap();
         assert_eq!(got, Err(Changed::OpenForWriting));
         // truncated in place (same inode, kept alive so a new file cannot reuse its number)
         std::fs::hard_link(&path, tmp.path().join("keep")).unwrap();
-        let mut w = std::fs::OpenOptions::new().write(true).truncate(true).open(&path).unwrap();
+        let mut w = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
         w.write_all(b"half").unwrap();
         let got = read_unchanged(&path, &judged, &none, &mut Vec::new()).unwrap();
         assert_eq!(got, Err(Changed::Written));
