@@ -44,11 +44,13 @@ pub struct Producers {
 }
 
 /// How long new inputs are taken: for ever (`run`), or (`once`) until `settle` after the first
-/// scan: what is complete by then is taken, what is not stays for the next run.
+/// scan: what is complete by then is taken, what is not stays for the next run. It closes sooner
+/// when nothing tracked can be complete by then (only files still open for writing are left).
 struct Intake {
     once: bool,
     settle: Duration,
     until: Mutex<Option<Instant>>,
+    closed: AtomicBool,
 }
 
 impl Intake {
@@ -66,7 +68,7 @@ impl Intake {
     }
 
     fn closed(&self) -> bool {
-        self.until().is_some_and(|u| Instant::now() >= u)
+        self.closed.load(Ordering::SeqCst) || self.until().is_some_and(|u| Instant::now() >= u)
     }
 }
 
@@ -109,6 +111,7 @@ impl Producers {
                 once,
                 settle,
                 until: Mutex::new(None),
+                closed: AtomicBool::new(false),
             }),
             warned: Arc::new(Mutex::new(HashSet::new())),
         };
@@ -262,16 +265,20 @@ fn event_loop(spool: &Path, rx: mpsc::Receiver<notify::Result<notify::Event>>, o
         // `once` takes what is complete by the moment intake closes, however late this runs
         let until = on.intake.until();
         let now = Instant::now();
-        let ready = tracker
-            .lock()
-            .expect("tracker lock")
-            .take_ready(until.map_or(now, |u| now.min(u)));
+        let (ready, waiting) = {
+            let mut t = tracker.lock().expect("tracker lock");
+            let ready = t.take_ready(until.map_or(now, |u| now.min(u)));
+            (ready, t.next_deadline())
+        };
         for path in ready {
             if !on.emit_now(spool, path) {
                 return;
             }
         }
-        if until.is_some_and(|u| now >= u) {
+        if let Some(u) = until
+            && (now >= u || waiting.is_none_or(|d| d > u))
+        {
+            on.intake.closed.store(true, Ordering::SeqCst);
             return;
         }
     }
