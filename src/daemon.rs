@@ -757,11 +757,7 @@ fn take_new(
 
 /// `once` is ending: files seen but not complete when intake closed stay for the next run.
 fn left_incomplete(shared: &Shared) {
-    let tracker = shared.tracker.lock().expect("tracker lock");
-    let left = tracker
-        .paths()
-        .filter(|p| p.symlink_metadata().is_ok_and(|m| m.is_file()))
-        .count();
+    let left = shared.tracker.lock().expect("tracker lock").files_left();
     if left > 0 {
         warn!(
             "{left} files still being written or settling are left in the spool for the next run"
@@ -840,50 +836,6 @@ struct Ready {
     started: Instant,
 }
 
-/// A fresh claim, read into a buffer this worker used before, if it is still the file judged
-/// complete and nobody has it open for writing; otherwise put back into the spool to settle again.
-fn read_fresh(
-    shared: &Shared,
-    claim: &Claim,
-    (judged, open): (Snapshot, &HashSet<(u64, u64)>),
-) -> std::io::Result<Option<Vec<u8>>> {
-    let mut bytes = crate::buffers::take(judged.size as usize + 1);
-    let why = match crate::spool::safe::read_unchanged(&claim.path, &judged, open, &mut bytes) {
-        Ok(Ok(())) => return Ok(Some(bytes)),
-        Ok(Err(why)) => why,
-        Err(e) => {
-            crate::buffers::give(bytes);
-            return Err(e);
-        }
-    };
-    crate::buffers::give(bytes);
-    let writing = why == crate::spool::safe::Changed::OpenForWriting;
-    let back = shared.spool.join(&claim.rel);
-    // tracked before the rename back, so the rename's event does not make it complete at once
-    let mut tracker = shared.tracker.lock().expect("tracker lock");
-    tracker.put_back(&back, writing, Instant::now());
-    match shared.instance.put_back(&shared.spool, claim) {
-        Ok(to) => {
-            if to != back {
-                tracker.forget(&back);
-                tracker.put_back(&to, writing, Instant::now());
-            }
-            warn!(
-                "{}: {why}; put back as {} to settle again",
-                claim.rel.display(),
-                to.display()
-            );
-            Ok(None)
-        }
-        Err(e) => {
-            tracker.forget(&back);
-            Err(std::io::Error::other(format!(
-                "{why}, and it cannot be put back into the spool: {e}"
-            )))
-        }
-    }
-}
-
 /// The claimed input, read into a buffer this worker used before.
 fn read_input(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
@@ -925,7 +877,11 @@ fn prepare(
         }
     }
     let read = match judged {
-        Some(judged) => read_fresh(shared, &claim, judged),
+        Some((judged, open)) => {
+            let tracker = &shared.tracker;
+            let fresh = crate::spool::Fresh::new(&shared.spool, &shared.instance, tracker);
+            fresh.read(&claim, judged, open)
+        }
         None => read_input(&claim.path).map(Some),
     };
     let bytes = match read {

@@ -6,6 +6,7 @@
 
 pub mod claim;
 mod folders;
+mod fresh;
 pub mod ready;
 pub mod safe;
 pub mod watch;
@@ -13,6 +14,8 @@ pub mod watch;
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
+
+pub use fresh::Fresh;
 
 /// What an input looked like when it was judged complete: the claimed file must still be this one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -148,9 +148,12 @@ impl Tracker {
         self.files.remove(path);
     }
 
-    /// Every path tracked and not complete yet.
-    pub fn paths(&self) -> impl Iterator<Item = &Path> {
-        self.files.keys().map(PathBuf::as_path)
+    /// How many tracked paths, not complete yet, are still regular files.
+    pub fn files_left(&self) -> usize {
+        self.files
+            .keys()
+            .filter(|p| p.symlink_metadata().is_ok_and(|m| m.is_file()))
+            .count()
     }
 
     /// Removes and returns the paths complete at `now`.
