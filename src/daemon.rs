@@ -2,7 +2,7 @@
 //! seal, deliver and finish. `run` keeps going until told to stop; `once` stops when the spool is
 //! drained. Shutdown and reload are flags passed in, so tests drive the loop without signals.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -22,8 +22,10 @@ use crate::keyring::{self, KeyringError};
 use crate::metrics::{Gauges, Metrics};
 use crate::seal::{self, Keyring, Sealed};
 use crate::smime::certs::unix_now;
-use crate::spool::claim::{Claim, Instance};
+use crate::spool::claim::{Claim, Instance, Taken};
+use crate::spool::ready::Tracker;
 use crate::spool::watch::{Emit, Producers};
+use crate::spool::{Candidate, Snapshot};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -76,7 +78,7 @@ struct State {
 }
 
 enum Job {
-    Path(PathBuf),
+    Path(Candidate),
     Claim(Claim),
 }
 
@@ -89,6 +91,8 @@ struct Shared {
     /// the pickup directory, watched by the intake gate when it is the only route
     gate_pickup: Option<Pickup>,
     instance: Instance,
+    /// what the producers track; workers put changed claims back into it
+    tracker: Arc<Mutex<Tracker>>,
     shutdown: Arc<AtomicBool>,
     inflight: AtomicUsize,
     delivered: AtomicUsize,
@@ -220,6 +224,7 @@ pub fn run(
         transport,
         gate_pickup,
         instance,
+        tracker: Arc::new(Mutex::new(Tracker::new(settle))),
         shutdown: shutdown.clone(),
         inflight: AtomicUsize::new(0),
         delivered: AtomicUsize::new(0),
@@ -258,7 +263,9 @@ pub fn run(
         let send = send.clone();
         Arc::new(move |path| send(Job::Path(path)))
     };
-    let producers = Producers::start(spool, settle, rescan, emit, shutdown.clone())
+    let timing = (settle, rescan, mode == Mode::Once);
+    let tracker = shared.tracker.clone();
+    let producers = Producers::start(spool, timing, tracker, emit, shutdown.clone())
         .map_err(folder(&shared.spool))?;
     info!(
         "{} {} with {workers} workers; delivering to {target}",
@@ -327,12 +334,13 @@ pub fn run(
                     .push((later, claim));
             }
         }
+        // `once` ends when intake has (settle_ms after the first scan) and all it took is done
         if mode == Mode::Once
-            && producers.first_scan_done.load(Ordering::SeqCst)
+            && producers.intake_done()
             && shared.inflight.load(Ordering::SeqCst) == 0
             && shared.retries.lock().expect("retries lock").is_empty()
-            && producers.tracker.lock().expect("tracker lock").is_empty()
         {
+            left_incomplete(&shared);
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -612,10 +620,10 @@ fn worker(shared: &Shared, rx: &Mutex<Receiver<Job>>) {
         // after shutdown, queued jobs are left where they are: unclaimed files stay in the spool,
         // claims stay in the work folder for the next start
         if !shared.shutdown.load(Ordering::SeqCst) {
-            let mut pending: Vec<Claim> = Vec::new();
+            let mut pending: Vec<(Claim, Option<Snapshot>)> = Vec::new();
             for job in jobs {
                 match job {
-                    Job::Claim(claim) => pending.push(claim),
+                    Job::Claim(claim) => pending.push((claim, None)),
                     Job::Path(path) => {
                         // the gate may wait for our own pending claims: write them first
                         let taken = match take_new(shared, &path, !pending.is_empty()) {
@@ -625,9 +633,9 @@ fn worker(shared: &Shared, rx: &Mutex<Receiver<Job>>) {
                             }
                             Ok(taken) => taken,
                         };
-                        if let Some(claim) = taken {
+                        if let Some((claim, judged)) = taken {
                             claimed += 1;
-                            pending.push(claim);
+                            pending.push((claim, Some(judged)));
                         }
                     }
                 }
@@ -639,10 +647,16 @@ fn worker(shared: &Shared, rx: &Mutex<Receiver<Job>>) {
 }
 
 /// Seals and delivers the pending claims as one batch.
-fn flush(shared: &Shared, pending: &mut Vec<Claim>, claimed: &mut usize) {
+fn flush(shared: &Shared, pending: &mut Vec<(Claim, Option<Snapshot>)>, claimed: &mut usize) {
+    // fresh claims a process still holds open for writing go back (one look at /proc per batch)
+    let open = if pending.iter().any(|(_, judged)| judged.is_some()) {
+        crate::spool::writers(&shared.instance.dir)
+    } else {
+        Default::default()
+    };
     let ready: Vec<Ready> = pending
         .drain(..)
-        .filter_map(|claim| prepare(shared, claim))
+        .filter_map(|(claim, judged)| prepare(shared, claim, judged.map(|j| (j, &open))))
         .collect();
     if !ready.is_empty() {
         sync_sources(shared, &ready);
@@ -692,7 +706,12 @@ fn sync_sources(shared: &Shared, ready: &[Ready]) {
 struct MustFlush;
 
 /// Claims a spool file once the route can take it; `None` when it waits, is gone or was taken.
-fn take_new(shared: &Shared, path: &Path, holding: bool) -> Result<Option<Claim>, MustFlush> {
+fn take_new(
+    shared: &Shared,
+    candidate: &Candidate,
+    holding: bool,
+) -> Result<Option<(Claim, Snapshot)>, MustFlush> {
+    let path = &candidate.path;
     loop {
         match gate(shared) {
             Gate::Open => break,
@@ -714,17 +733,54 @@ fn take_new(shared: &Shared, path: &Path, holding: bool) -> Result<Option<Claim>
             }
         }
     }
-    match shared.instance.claim(&shared.spool, path) {
-        Ok(Some(claim)) => {
+    match shared.instance.take(&shared.spool, candidate) {
+        Ok(Taken::Claimed(claim)) => {
             // counted for the backlog gate now, not only once written: a batch claims many first
             shared.claimed_unwritten.fetch_add(1, Ordering::SeqCst);
-            Ok(Some(claim))
+            return Ok(Some((claim, candidate.snapshot)));
         }
-        Ok(None) => Ok(None), // another instance or an earlier event took it
-        Err(e) => {
-            warn!("{}: cannot claim: {e}", path.display());
-            Ok(None)
+        Ok(Taken::Gone) => {} // another instance or an earlier event took it
+        Ok(Taken::Changed) => {
+            info!(
+                "{}: changed since it was judged complete; settling again",
+                path.display()
+            );
+            let mut tracker = shared.tracker.lock().expect("tracker lock");
+            tracker.changed(path, Instant::now());
         }
+        Ok(Taken::NotRegular(kind)) => {
+            warn!(
+                "{}: {kind}, not a regular file; left where it is",
+                path.display()
+            )
+        }
+        Ok(Taken::Outside) => warn!(
+            "{}: reached through a symbolic link; left where it is",
+            path.display()
+        ),
+        Ok(Taken::Unreadable(e)) => {
+            // left in the spool, visible, for its owner to fix; said again at every rescan
+            warn!(
+                "{}: cannot read it ({e}); left in the spool",
+                path.display()
+            );
+            if shared.mode == Mode::Once {
+                shared.deferred.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        Err(e) => warn!("{}: cannot claim: {e}", path.display()),
+    }
+    Ok(None)
+}
+
+/// `once` is ending: files seen but not complete when intake closed stay for the next run.
+fn left_incomplete(shared: &Shared) {
+    let left = shared.tracker.lock().expect("tracker lock").files_left();
+    if left > 0 {
+        warn!(
+            "{left} files still being written or settling are left in the spool for the next run"
+        );
+        shared.deferred.fetch_add(left, Ordering::SeqCst);
     }
 }
 
@@ -810,7 +866,11 @@ fn read_input(path: &Path) -> std::io::Result<Vec<u8>> {
 
 /// Finishes an interrupted delivery, or reads and seals the claim. Refusals and deferrals are dealt
 /// with here; `Some` means: deliver these copies.
-fn prepare(shared: &Shared, claim: Claim) -> Option<Ready> {
+fn prepare(
+    shared: &Shared,
+    claim: Claim,
+    judged: Option<(Snapshot, &HashSet<(u64, u64)>)>,
+) -> Option<Ready> {
     let started = Instant::now();
     let recovered = if claim.fresh {
         Ok(None)
@@ -834,8 +894,17 @@ fn prepare(shared: &Shared, claim: Claim) -> Option<Ready> {
             return None;
         }
     }
-    let bytes = match read_input(&claim.path) {
-        Ok(b) => b,
+    let read = match judged {
+        Some((judged, open)) => {
+            let tracker = &shared.tracker;
+            let fresh = crate::spool::Fresh::new(&shared.spool, &shared.instance, tracker);
+            fresh.read(&claim, judged, open)
+        }
+        None => read_input(&claim.path).map(Some),
+    };
+    let bytes = match read {
+        Ok(Some(b)) => b,
+        Ok(None) => return None,
         Err(e) => {
             let path = claim.path.clone();
             defer(shared, claim, &DeliverError::Io { path, source: e });

@@ -16,6 +16,8 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::{Candidate, Snapshot, safe};
+
 /// This process's work folder and lock.
 pub struct Instance {
     pub id: String,
@@ -23,6 +25,22 @@ pub struct Instance {
     root: PathBuf,
     _lock: File,
     seq: AtomicU64,
+}
+
+/// What came of trying to claim a spool file.
+#[derive(Debug)]
+pub enum Taken {
+    Claimed(Claim),
+    /// gone, or taken by someone else first
+    Gone,
+    /// written, truncated, replaced or chmod-ed since it was judged complete
+    Changed,
+    /// a link, FIFO, socket or device (now): left where it is
+    NotRegular(&'static str),
+    /// reached through a link, or not below the spool at all: never ours
+    Outside,
+    /// we may not read it: left where it is, for its owner to fix
+    Unreadable(std::io::Error),
 }
 
 /// One claimed input.
@@ -95,38 +113,92 @@ impl Instance {
         })
     }
 
-    /// Claims `path` (below `spool`) by renaming it into our folder. `Ok(None)`: someone else got it
-    /// first, or it is gone.
+    /// Claims `path` (below `spool`) as it is now; `Ok(None)` unless it is taken (tests, tools).
     pub fn claim(&self, spool: &Path, path: &Path) -> std::io::Result<Option<Claim>> {
-        // only regular files are inputs: a folder moved in is walked, never claimed whole
-        match path.symlink_metadata() {
-            Ok(m) if m.is_file() => {}
-            Ok(m) if m.is_dir() => return Ok(None),
-            Ok(_) => {
-                log::warn!(
-                    "{}: not a regular file (a link?); left where it is",
-                    path.display()
-                );
-                return Ok(None);
-            }
+        let snapshot = match path.symlink_metadata() {
+            Ok(m) => Snapshot::of(&m),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
+        };
+        let path = path.to_path_buf();
+        Ok(match self.take(spool, &Candidate { path, snapshot })? {
+            Taken::Claimed(claim) => Some(claim),
+            _ => None,
+        })
+    }
+
+    /// Claims a complete input by renaming it into our folder, if it is still the regular file
+    /// judged complete (not changed since, not a link, readable by us), reached through real folders
+    /// of the spool only.
+    pub fn take(&self, spool: &Path, candidate: &Candidate) -> std::io::Result<Taken> {
+        let path = &candidate.path;
+        let Ok(rel) = path.strip_prefix(spool).map(Path::to_path_buf) else {
+            return Ok(Taken::Outside);
+        };
+        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+            return Ok(Taken::Outside);
+        };
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        let folder = match safe::open_folder(spool, parent, false) {
+            Ok(fd) => fd,
+            Err(e) if gone(&e) => return Ok(Taken::Gone),
+            // a link (or a file) where a folder was: whatever is behind it is not ours
+            Err(e) if safe::through_link(&e) => return Ok(Taken::Outside),
+            Err(e) => return Err(e),
+        };
+        let meta = match safe::lstat_in(&folder, Path::new(name)) {
+            Ok(m) => m,
+            Err(e) if gone(&e) => return Ok(Taken::Gone),
+            Err(e) => return Err(e),
+        };
+        if let Some(kind) = super::special_kind(&meta) {
+            return Ok(Taken::NotRegular(kind));
         }
-        let rel = path.strip_prefix(spool).unwrap_or(path).to_path_buf();
+        if meta.is_dir() {
+            return Ok(Taken::Gone); // a folder moved in is walked, never claimed whole
+        }
+        if Snapshot::of(&meta) != candidate.snapshot {
+            return Ok(Taken::Changed);
+        }
+        if let Err(e) = safe::readable(&folder, Path::new(name)) {
+            return Ok(Taken::Unreadable(e));
+        }
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}-{seq}", self.id);
-        let name = format!("{id},{}", encode_rel(&rel));
-        let target = self.dir.join(&name);
-        match std::fs::rename(path, &target) {
-            Ok(()) => Ok(Some(Claim {
+        let target = self.dir.join(format!("{id},{}", encode_rel(&rel)));
+        let ours = safe::open_folder(&self.dir, Path::new(""), false)?;
+        let to = Path::new(target.file_name().expect("a claim name"));
+        match safe::rename_noreplace(&folder, Path::new(name), &ours, to) {
+            Ok(()) => Ok(Taken::Claimed(Claim {
                 path: target,
                 id,
                 rel,
                 fresh: true,
             })),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) if gone(&e) => Ok(Taken::Gone),
             Err(e) => Err(e),
         }
+    }
+
+    /// Puts a fresh claim back where it was in the spool (its folder made again if it was removed;
+    /// beside it under `<claim id>-<name>` if a new file took the name meanwhile); returns where.
+    pub fn put_back(&self, spool: &Path, claim: &Claim) -> std::io::Result<PathBuf> {
+        let (parent, name) = match (claim.rel.parent(), claim.rel.file_name()) {
+            (Some(p), Some(n)) => (p, n.to_owned()),
+            _ => return Err(std::io::Error::other("no name to put back under")),
+        };
+        let folder = safe::open_folder(spool, parent, true)?;
+        let ours = safe::open_folder(&self.dir, Path::new(""), false)?;
+        let from = Path::new(claim.path.file_name().expect("a claim name"));
+        let mut to = PathBuf::from(&name);
+        if let Err(e) = safe::rename_noreplace(&ours, from, &folder, &to) {
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(e);
+            }
+            to = PathBuf::from(format!("{}-{}", claim.id, name.to_string_lossy()));
+            safe::rename_noreplace(&ours, from, &folder, &to)?;
+        }
+        Ok(spool.join(parent).join(to))
     }
 
     /// Adopts the claims of every dead instance under the work root; returns them (now in our folder).

@@ -5,12 +5,70 @@
 //! at start, every `rescan_seconds`, and at once when the watcher reports an overflow or an error.
 
 pub mod claim;
+mod folders;
+mod fresh;
 pub mod ready;
+pub mod safe;
 pub mod watch;
 
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
+
+pub use fresh::Fresh;
+
+/// What an input looked like when it was judged complete: the claimed file must still be this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+}
+
+impl Snapshot {
+    pub fn of(meta: &std::fs::Metadata) -> Snapshot {
+        Snapshot {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// Same file, same content as far as the kernel can tell. The ctime is left out: `rename()`
+    /// changes it, so it is compared before the claim only (`same`).
+    pub fn same_content(&self, other: &Snapshot) -> bool {
+        (self.dev, self.ino, self.size, self.mtime)
+            == (other.dev, other.ino, other.size, other.mtime)
+    }
+}
+
+/// A spool file judged complete, with what it looked like then.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub path: PathBuf,
+    pub snapshot: Snapshot,
+}
+
+/// What a path below the spool is that is neither a regular file nor a real folder, if so.
+pub fn special_kind(meta: &std::fs::Metadata) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    Some(if t.is_file() || t.is_dir() {
+        return None;
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a device"
+    })
+}
 
 /// Whether a path below the spool is an input: not a dotfile, not below a dot-folder (our work
 /// folder lives there), not a writer's temporary `.tmp` / `.part` file.
@@ -40,7 +98,8 @@ pub fn is_hidden(spool: &Path, path: &Path) -> bool {
 
 /// (device, inode) of every file below `spool` that some process holds open for writing, read from
 /// /proc (Linux). Files in a burst look alike by their mtime; this is what tells a slow writer's
-/// half-written file from a finished one when no watcher event was seen.
+/// half-written file from a finished one when no watcher event was seen. A claimed file is looked
+/// for under its work folder (the writer's descriptor follows the rename).
 pub fn writers(spool: &Path) -> HashSet<(u64, u64)> {
     let mut open = HashSet::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {

@@ -6,7 +6,9 @@
 //!   it stayed unchanged for the settle time;
 //! - found by a scan (no events seen): complete once its mtime is older than the settle time and no
 //!   process holds it open for writing (see `writers`); a scan that finds a tracked file closed
-//!   repairs a missed close event (watch overflow).
+//!   repairs a missed close event (watch overflow);
+//! - put back by a worker (it changed after it was judged complete): like a file written in place,
+//!   whatever the rename back into the spool looks like to the watcher.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +33,19 @@ pub enum Seen {
 struct Entry {
     open: bool,
     ready_at: Instant,
+    /// put back by us and its return not seen yet: the rename back is no sign of completeness, and
+    /// the event of the claim's rename away may still be on its way
+    returned: bool,
+}
+
+impl Entry {
+    fn new(open: bool, ready_at: Instant) -> Entry {
+        Entry {
+            open,
+            ready_at,
+            returned: false,
+        }
+    }
 }
 
 /// Files not yet complete, and when the others become so.
@@ -49,9 +64,14 @@ impl Tracker {
         }
     }
 
+    pub fn settle(&self) -> Duration {
+        self.settle
+    }
+
     pub fn seen(&mut self, path: &Path, what: Seen, now: Instant) {
         let settle = self.settle;
         match what {
+            Seen::Removed if self.files.get(path).is_some_and(|e| e.returned) => {}
             Seen::Removed => {
                 // a folder that left takes what was tracked below it along (paths order by
                 // component, so those follow it directly)
@@ -66,41 +86,35 @@ impl Tracker {
                     self.files.remove(&p);
                 }
             }
-            Seen::RenamedIn => {
-                self.files.insert(
-                    path.to_path_buf(),
-                    Entry {
-                        open: false,
-                        ready_at: now,
-                    },
-                );
-            }
+            Seen::RenamedIn => match self.files.get_mut(path) {
+                Some(e) if e.returned => e.returned = false,
+                _ => {
+                    self.files
+                        .insert(path.to_path_buf(), Entry::new(false, now));
+                }
+            },
             Seen::Created | Seen::Modified => {
-                self.files.insert(
-                    path.to_path_buf(),
-                    Entry {
-                        open: true,
-                        ready_at: now + settle,
-                    },
-                );
+                let e = self
+                    .files
+                    .entry(path.to_path_buf())
+                    .or_insert(Entry::new(true, now));
+                (e.open, e.ready_at) = (true, now + settle);
             }
             Seen::ClosedWrite => {
-                self.files.insert(
-                    path.to_path_buf(),
-                    Entry {
-                        open: false,
-                        ready_at: now + settle,
-                    },
-                );
+                let e = self
+                    .files
+                    .entry(path.to_path_buf())
+                    .or_insert(Entry::new(false, now));
+                (e.open, e.ready_at) = (false, now + settle);
             }
             Seen::Scanned {
                 age,
                 open_for_write,
             } => {
-                let entry = self.files.entry(path.to_path_buf()).or_insert(Entry {
-                    open: true,
-                    ready_at: now,
-                });
+                let entry = self
+                    .files
+                    .entry(path.to_path_buf())
+                    .or_insert(Entry::new(true, now));
                 if open_for_write {
                     entry.open = true;
                 } else {
@@ -109,6 +123,37 @@ impl Tracker {
                 }
             }
         }
+    }
+
+    /// A worker put `path` back (it changed after it was judged complete): complete again once
+    /// closed (`open`: a process has it open for writing) and unchanged for the settle time. Called
+    /// before the rename back, so the rename's event cannot make it complete at once.
+    pub fn put_back(&mut self, path: &Path, open: bool, now: Instant) {
+        let mut e = Entry::new(open, now + self.settle);
+        e.returned = true;
+        self.files.insert(path.to_path_buf(), e);
+    }
+
+    /// A worker found `path` changed before claiming it: unless events already track it, it is
+    /// complete once unchanged for the settle time (a writer still on it is caught at the claim).
+    pub fn changed(&mut self, path: &Path, now: Instant) {
+        let settle = self.settle;
+        self.files
+            .entry(path.to_path_buf())
+            .or_insert(Entry::new(false, now + settle));
+    }
+
+    /// Forgets a path (a put-back that did not happen).
+    pub fn forget(&mut self, path: &Path) {
+        self.files.remove(path);
+    }
+
+    /// How many tracked paths, not complete yet, are still regular files.
+    pub fn files_left(&self) -> usize {
+        self.files
+            .keys()
+            .filter(|p| p.symlink_metadata().is_ok_and(|m| m.is_file()))
+            .count()
     }
 
     /// Removes and returns the paths complete at `now`.
@@ -274,6 +319,39 @@ mod tests {
             t.contains(Path::new("/spool/x-2/c.eml")) && t.contains(Path::new("/spool/xa.eml"))
         );
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn a_put_back_file_settles_again_whatever_its_rename_events_say() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let p = Path::new("/spool/a.eml");
+        // the claim's rename away arrives late, then the rename back: neither counts
+        let mut t = Tracker::new(S);
+        t.put_back(p, true, at(0));
+        t.seen(p, Seen::Removed, at(1));
+        t.seen(p, Seen::RenamedIn, at(2));
+        assert!(
+            t.take_ready(at(60_000)).is_empty(),
+            "open: waits for the close"
+        );
+        t.seen(p, Seen::ClosedWrite, at(3000));
+        assert!(t.take_ready(at(3900)).is_empty(), "settling");
+        assert_eq!(t.take_ready(at(4000)), vec![p.to_path_buf()]);
+        // closed already: complete after the settle time, not at the rename back
+        let mut t = Tracker::new(S);
+        t.put_back(p, false, at(0));
+        t.seen(p, Seen::RenamedIn, at(5));
+        assert!(t.take_ready(at(500)).is_empty());
+        assert_eq!(t.take_ready(at(1000)).len(), 1);
+        // once back, a removal is a removal, and a new file renamed in is complete at once
+        let mut t = Tracker::new(S);
+        t.put_back(p, false, at(0));
+        t.seen(p, Seen::RenamedIn, at(1));
+        t.seen(p, Seen::Removed, at(2));
+        assert!(t.is_empty());
+        t.seen(p, Seen::RenamedIn, at(3));
+        assert_eq!(t.take_ready(at(3)).len(), 1);
     }
 
     #[test]

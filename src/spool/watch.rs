@@ -7,8 +7,13 @@
 //! inside the spool by default, and every claim, commit and finish there would otherwise come back
 //! as events to filter out (about 6 % of the throughput when draining). New folders are watched as
 //! their creation is seen, and every scan watches the folders it walks, so a missed one is repaired.
+//!
+//! Nothing is followed: a symbolic link (to a file or a folder), FIFO, socket or device is left where
+//! it is with one warning, never tracked, watched or walked into (see `folders`). What is handed
+//! over carries its `Snapshot`, which the claim checks.
 
 use std::collections::HashSet;
+use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,11 +26,12 @@ use log::{debug, warn};
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher as _};
 
+use super::folders::Folders;
 use super::ready::{Seen, Tracker};
-use super::{is_hidden, is_input, writers};
+use super::{Candidate, Snapshot, is_hidden, is_input, special_kind, writers};
 
 /// Hands one complete input to the workers; false when shutting down.
-pub type Emit = Arc<dyn Fn(PathBuf) -> bool + Send + Sync>;
+pub type Emit = Arc<dyn Fn(Candidate) -> bool + Send + Sync>;
 
 /// Shared between the producers and whoever waits for them (`once`).
 pub struct Producers {
@@ -37,82 +43,45 @@ pub struct Producers {
     _watcher: Option<Folders>,
 }
 
-/// The watcher, shared by both threads: each adds the folders it finds.
-#[derive(Clone)]
-struct Folders(Arc<Mutex<Watched>>);
-
-struct Watched {
-    watcher: notify::RecommendedWatcher,
-    /// folders watched, and the ones that could not be (warned about once)
-    ok: HashSet<PathBuf>,
-    failed: HashSet<PathBuf>,
+/// How long new inputs are taken: for ever (`run`), or (`once`) until `settle` after the first
+/// scan: what is complete by then is taken, what is not stays for the next run. It closes sooner
+/// when nothing tracked can be complete by then (only files still open for writing are left).
+struct Intake {
+    once: bool,
+    settle: Duration,
+    until: Mutex<Option<Instant>>,
+    closed: AtomicBool,
 }
 
-impl Folders {
-    fn new(watcher: notify::RecommendedWatcher) -> Folders {
-        Folders(Arc::new(Mutex::new(Watched {
-            watcher,
-            ok: HashSet::new(),
-            failed: HashSet::new(),
-        })))
-    }
-
-    /// Watches one folder (not its subfolders) unless that was done already; `again` renews it
-    /// anyway (a folder made or moved in may be a new one under a known name).
-    fn watch(&self, dir: &Path, again: bool) {
-        let mut w = self.0.lock().expect("watcher lock");
-        if !again && (w.ok.contains(dir) || w.failed.contains(dir)) {
-            return;
-        }
-        match w.watcher.watch(dir, RecursiveMode::NonRecursive) {
-            Ok(()) => {
-                w.failed.remove(dir);
-                w.ok.insert(dir.to_path_buf());
-            }
-            Err(e) => {
-                if w.failed.insert(dir.to_path_buf()) {
-                    // the periodic rescan still finds its files
-                    warn!(
-                        "{}: cannot watch ({e}); its files are found by rescans",
-                        dir.display()
-                    );
-                }
-            }
+impl Intake {
+    /// The first scan is done: `once` takes what becomes complete within the settle time.
+    fn scanned(&self) {
+        if self.once {
+            let mut until = self.until.lock().expect("intake lock");
+            until.get_or_insert(Instant::now() + self.settle);
         }
     }
 
-    /// Watches a folder made or moved in, and every folder below it (they may have come along).
-    fn watch_tree(&self, spool: &Path, dir: &Path) {
-        let walker = walkdir::WalkDir::new(dir)
-            .into_iter()
-            .filter_entry(|e| e.file_type().is_dir() && !is_hidden(spool, e.path()));
-        for entry in walker.flatten() {
-            self.watch(entry.path(), true);
-        }
+    /// The moment intake closes, once known.
+    fn until(&self) -> Option<Instant> {
+        *self.until.lock().expect("intake lock")
     }
 
-    /// Forgets a path that left (removed, or renamed away) and the folders below it.
-    fn forget(&self, path: &Path) {
-        let mut w = self.0.lock().expect("watcher lock");
-        // every claimed input leaves too: only a folder we know (watched or failed) has any below it
-        if !w.ok.contains(path) && !w.failed.contains(path) {
-            return;
-        }
-        w.ok.retain(|d| !d.starts_with(path));
-        w.failed.retain(|d| !d.starts_with(path));
+    fn closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst) || self.until().is_some_and(|u| Instant::now() >= u)
     }
 }
 
 impl Producers {
     /// Starts watching and scanning `spool` (an absolute, canonical path).
+    /// With `once`, intake ends `settle` after the first scan and the threads return then.
     pub fn start(
         spool: PathBuf,
-        settle: Duration,
-        rescan: Duration,
+        (settle, rescan, once): (Duration, Duration, bool),
+        tracker: Arc<Mutex<Tracker>>,
         emit: Emit,
         shutdown: Arc<AtomicBool>,
     ) -> std::io::Result<Producers> {
-        let tracker = Arc::new(Mutex::new(Tracker::new(settle)));
         let first_scan_done = Arc::new(AtomicBool::new(false));
         let rescan_now = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
@@ -121,16 +90,7 @@ impl Producers {
         })
         .and_then(|mut w| w.watch(&spool, RecursiveMode::NonRecursive).map(|()| w));
         let watcher = match watcher {
-            Ok(w) => {
-                let folders = Folders::new(w);
-                folders
-                    .0
-                    .lock()
-                    .expect("watcher lock")
-                    .ok
-                    .insert(spool.clone());
-                Some(folders)
-            }
+            Ok(w) => Some(Folders::new(w, &spool)),
             Err(e) => {
                 // still correct, only slower: the periodic rescan finds everything
                 warn!(
@@ -147,6 +107,13 @@ impl Producers {
             shutdown,
             rescan_now: rescan_now.clone(),
             folders: watcher.clone(),
+            intake: Arc::new(Intake {
+                once,
+                settle,
+                until: Mutex::new(None),
+                closed: AtomicBool::new(false),
+            }),
+            warned: Arc::new(Mutex::new(HashSet::new())),
         };
         let threads = vec![
             {
@@ -159,7 +126,7 @@ impl Producers {
                 let done = first_scan_done.clone();
                 std::thread::Builder::new()
                     .name("scan".into())
-                    .spawn(move || scan_loop(&spool, settle, rescan, &on, &done))?
+                    .spawn(move || scan_loop(&spool, rescan, &on, &done))?
             },
         ];
         Ok(Producers {
@@ -174,6 +141,11 @@ impl Producers {
     /// Asks for a full scan now (after SIGHUP, say).
     pub fn rescan(&self) {
         self.rescan_now.store(true, Ordering::SeqCst);
+    }
+
+    /// `once`: intake has ended (see `Intake`) and both threads are done.
+    pub fn intake_done(&self) -> bool {
+        self.threads.iter().all(|t| t.is_finished())
     }
 
     /// Waits for both threads (call after setting shutdown).
@@ -192,11 +164,42 @@ struct On {
     shutdown: Arc<AtomicBool>,
     rescan_now: Arc<AtomicBool>,
     folders: Option<Folders>,
+    intake: Arc<Intake>,
+    /// links, FIFOs, sockets and devices already warned about
+    warned: Arc<Mutex<HashSet<PathBuf>>>,
+}
+
+impl On {
+    /// Warns once per path about a spool entry that is not a regular file or a real folder.
+    fn special(&self, spool: &Path, path: &Path, kind: &str) {
+        if is_input(spool, path) && self.warned.lock().expect("warned lock").insert(path.into()) {
+            warn!(
+                "{}: {kind}, not a regular file; left where it is",
+                path.display()
+            );
+        }
+    }
+
+    /// Hands over a path the tracker found complete, as it is now: a regular file, or nothing.
+    fn emit_now(&self, spool: &Path, path: PathBuf) -> bool {
+        match path.symlink_metadata() {
+            Ok(meta) if meta.is_file() => (self.emit)(Candidate {
+                path,
+                snapshot: Snapshot::of(&meta),
+            }),
+            Ok(meta) => {
+                if let Some(kind) = special_kind(&meta) {
+                    self.special(spool, &path, kind);
+                }
+                true
+            }
+            Err(_) => true,
+        }
+    }
 }
 
 fn event_loop(spool: &Path, rx: mpsc::Receiver<notify::Result<notify::Event>>, on: &On) {
-    let (tracker, emit, shutdown, rescan_now) =
-        (&on.tracker, &on.emit, &on.shutdown, &on.rescan_now);
+    let (tracker, shutdown, rescan_now) = (&on.tracker, &on.shutdown, &on.rescan_now);
     let folders = on.folders.as_ref();
     while !shutdown.load(Ordering::SeqCst) {
         let wait = tracker
@@ -216,22 +219,35 @@ fn event_loop(spool: &Path, rx: mpsc::Receiver<notify::Result<notify::Event>>, o
                 let now = Instant::now();
                 let mut t = tracker.lock().expect("tracker lock");
                 for (path, seen) in classify(&event) {
-                    // a folder created or moved in is watched and scanned, never taken as an input
-                    let folder = matches!(event.kind, EventKind::Create(CreateKind::Folder))
-                        || seen == Seen::RenamedIn && path.is_dir();
-                    if folder {
-                        if !is_hidden(spool, &path) {
+                    if seen == Seen::Removed {
+                        t.seen(&path, seen, now);
+                        if let Some(f) = folders {
+                            f.forget(&path);
+                        }
+                        on.warned.lock().expect("warned lock").remove(&path);
+                        continue;
+                    }
+                    if is_hidden(spool, &path) {
+                        continue;
+                    }
+                    // what it is now, never what a link points to
+                    let Ok(meta) = path.symlink_metadata() else {
+                        continue;
+                    };
+                    if meta.is_dir() {
+                        // a folder made or moved in is watched and scanned, never taken
+                        let arrived =
+                            matches!(event.kind, EventKind::Create(_)) || seen == Seen::RenamedIn;
+                        if arrived {
                             if let Some(f) = folders {
                                 f.watch_tree(spool, &path);
                             }
                             // files may have landed in it before its watch existed
                             rescan_now.store(true, Ordering::SeqCst);
                         }
-                    } else if seen == Seen::Removed {
-                        t.seen(&path, seen, now);
-                        if let Some(f) = folders {
-                            f.forget(&path);
-                        }
+                    } else if let Some(kind) = special_kind(&meta) {
+                        t.seen(&path, Seen::Removed, now);
+                        on.special(spool, &path, kind);
                     } else if is_input(spool, &path) {
                         t.seen(&path, seen, now);
                     }
@@ -246,13 +262,24 @@ fn event_loop(spool: &Path, rx: mpsc::Receiver<notify::Result<notify::Event>>, o
                 std::thread::sleep(Duration::from_millis(200))
             }
         }
-        // the lock is held until the ready files are queued, so `once` never sees "nothing tracked,
-        // nothing in flight" while a file is between the two
-        let mut t = tracker.lock().expect("tracker lock");
-        for path in t.take_ready(Instant::now()) {
-            if !emit(path) {
+        // `once` takes what is complete by the moment intake closes, however late this runs
+        let until = on.intake.until();
+        let now = Instant::now();
+        let (ready, waiting) = {
+            let mut t = tracker.lock().expect("tracker lock");
+            let ready = t.take_ready(until.map_or(now, |u| now.min(u)));
+            (ready, t.next_deadline())
+        };
+        for path in ready {
+            if !on.emit_now(spool, path) {
                 return;
             }
+        }
+        if let Some(u) = until
+            && (now >= u || waiting.is_none_or(|d| d > u))
+        {
+            on.intake.closed.store(true, Ordering::SeqCst);
+            return;
         }
     }
 }
@@ -281,19 +308,20 @@ fn classify(event: &notify::Event) -> Vec<(PathBuf, Seen)> {
     }
 }
 
-fn scan_loop(spool: &Path, settle: Duration, every: Duration, on: &On, first_done: &AtomicBool) {
+fn scan_loop(spool: &Path, every: Duration, on: &On, first_done: &AtomicBool) {
     let (shutdown, rescan_now) = (&on.shutdown, &on.rescan_now);
     loop {
         rescan_now.store(false, Ordering::SeqCst);
         let started = Instant::now();
-        if !scan_once(spool, settle, on) {
+        if !scan_once(spool, on) {
             return;
         }
         debug!("{}: scan took {:?}", spool.display(), started.elapsed());
+        on.intake.scanned();
         first_done.store(true, Ordering::SeqCst);
         let next = Instant::now() + every;
         while Instant::now() < next && !rescan_now.load(Ordering::SeqCst) {
-            if shutdown.load(Ordering::SeqCst) {
+            if shutdown.load(Ordering::SeqCst) || on.intake.closed() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -301,31 +329,55 @@ fn scan_loop(spool: &Path, settle: Duration, every: Duration, on: &On, first_don
     }
 }
 
-/// One pass over the spool, watching every folder it walks; false when shutting down.
-fn scan_once(spool: &Path, settle: Duration, on: &On) -> bool {
-    let (tracker, emit, shutdown) = (&on.tracker, &on.emit, &on.shutdown);
+/// One pass over the spool, watching every folder it walks; false when shutting down or when
+/// `once` stopped taking new inputs. Links are never followed (the walk's root is the canonical
+/// spool, and no link below it is walked into).
+fn scan_once(spool: &Path, on: &On) -> bool {
+    let (tracker, shutdown) = (&on.tracker, &on.shutdown);
+    let settle = tracker.lock().expect("tracker lock").settle();
     let open = writers(spool);
     let walker = walkdir::WalkDir::new(spool)
         .min_depth(1)
+        .follow_root_links(false)
         .into_iter()
         .filter_entry(|e| {
             // never descend into dot-folders (our work folder among them)
             !e.file_name().to_string_lossy().starts_with('.')
         });
     for entry in walker {
-        if shutdown.load(Ordering::SeqCst) {
+        if shutdown.load(Ordering::SeqCst) || on.intake.closed() {
             return false;
         }
-        let Ok(entry) = entry else { continue };
-        if entry.file_type().is_dir()
-            && let Some(f) = &on.folders
-        {
-            f.watch(entry.path(), false);
-        }
-        if !entry.file_type().is_file() || !is_input(spool, entry.path()) {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                // a folder we may not read hides its inputs: say so at every scan
+                if e.io_error()
+                    .is_some_and(|io| io.kind() == ErrorKind::PermissionDenied)
+                {
+                    warn!("{e}; its inputs wait");
+                }
+                continue;
+            }
+        };
+        if !is_input(spool, entry.path()) {
             continue;
         }
         let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            if let Some(f) = &on.folders {
+                f.watch(entry.path(), false);
+            }
+            continue;
+        }
+        if let Some(kind) = special_kind(&meta) {
+            tracker
+                .lock()
+                .expect("tracker lock")
+                .seen(entry.path(), Seen::Removed, Instant::now());
+            on.special(spool, entry.path(), kind);
+            continue;
+        }
         let age = meta
             .modified()
             .ok()
@@ -343,7 +395,11 @@ fn scan_once(spool: &Path, settle: Duration, on: &On) -> bool {
                 continue;
             }
         }
-        if !emit(entry.into_path()) {
+        let candidate = Candidate {
+            path: entry.into_path(),
+            snapshot: Snapshot::of(&meta),
+        };
+        if !(on.emit)(candidate) {
             return false;
         }
     }
