@@ -58,6 +58,7 @@ struct File {
     route: Option<Route>,
     min_free_bytes: Option<u64>,
     metrics_file: Option<PathBuf>,
+    inputs: Option<Vec<String>>,
     #[serde(default)]
     seal: Policy,
     #[serde(default)]
@@ -183,6 +184,8 @@ pub struct Config {
     pub route: Route,
     /// The pickup route counts as unhealthy below this much free space
     pub min_free_bytes: u64,
+    /// File name patterns of inputs (`*` any run, `?` one character; default `*.eml`)
+    pub inputs: Vec<String>,
     /// Prometheus text file, rewritten every second (node_exporter's textfile collector)
     pub metrics_file: Option<PathBuf>,
     pub smtp: Smtp,
@@ -242,6 +245,13 @@ impl Config {
             why,
         })?;
         let max_message_bytes = file.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+        let inputs = file.inputs.unwrap_or_else(|| vec!["*.eml".to_string()]);
+        if inputs.is_empty() || inputs.iter().any(|p| p.is_empty() || p.contains('/')) {
+            return Err(ConfigError::Invalid {
+                path: shown,
+                why: "inputs must list file name patterns such as \"*.eml\" (no '/')".into(),
+            });
+        }
         let smtp = resolve_smtp(file.smtp, &resolve, &shown)?;
         let route = file.route.unwrap_or(if smtp.host.is_empty() {
             Route::Pickup
@@ -267,6 +277,7 @@ impl Config {
             route,
             min_free_bytes: file.min_free_bytes.unwrap_or(100 * 1024 * 1024),
             metrics_file: file.metrics_file.map(resolve),
+            inputs,
             smtp,
             spool: file.spool.map(resolve),
             pickup: file.pickup.map(resolve),

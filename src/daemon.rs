@@ -216,6 +216,7 @@ pub fn run(
     let instance = Instance::start(&work_root).map_err(folder(&work_root))?;
     let workers = config.workers;
     let (settle, rescan) = (config.settle, config.rescan);
+    let inputs = crate::spool::Inputs::new(&config.inputs);
     let shared = Arc::new(Shared {
         mode,
         spool: spool.clone(),
@@ -265,7 +266,7 @@ pub fn run(
     };
     let timing = (settle, rescan, mode == Mode::Once);
     let tracker = shared.tracker.clone();
-    let producers = Producers::start(spool, timing, tracker, emit, shutdown.clone())
+    let producers = Producers::start(spool, timing, inputs, tracker, emit, shutdown.clone())
         .map_err(folder(&shared.spool))?;
     info!(
         "{} {} with {workers} workers; delivering to {target}",

@@ -68,7 +68,7 @@ fn layouts_that_loop_or_strand_never_start() {
 
 #[test]
 fn inputs_named_like_our_state_are_delivered_like_any_other() {
-    let s = Setup::new("");
+    let s = Setup::new("inputs = [\"*\"]\n");
     let names = [
         "report#committed",
         "report#smtp-sent",

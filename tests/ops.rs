@@ -357,3 +357,33 @@ fn the_failed_folder_is_a_queue_to_list_retry_and_purge() {
     let list = run(s.cmd("failed").arg("list"));
     assert_eq!(String::from_utf8_lossy(&list.stdout), "0 failed inputs\n");
 }
+
+/// Only `*.eml` (by default) is an input; a failed folder moved back whole feeds no reason in.
+#[test]
+fn only_input_names_are_taken_and_reasons_never() {
+    let s = Setup::new("");
+    s.drop_message("notes.txt", &message(1));
+    s.drop_message("job/ok.EML", &message(2));
+    s.drop_message("job/bad.eml", b"Subject: no from\n\nx\n");
+    let o = s.once();
+    assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
+    assert_eq!(s.delivered_ids().len(), 1, "ok.EML only");
+    assert!(s.path("spool/notes.txt").exists(), "left alone");
+    assert_eq!(
+        stderr(&o).matches("notes.txt: not an input name").count(),
+        1
+    );
+    // the admin's `mv failed/job/* spool/job/`: the input comes back, its reason is left alone
+    for f in list_files(&s.path("failed/job")) {
+        std::fs::rename(&f, s.path("spool/job").join(f.file_name().unwrap())).unwrap();
+    }
+    let o = s.once();
+    assert_eq!(o.status.code(), Some(65));
+    assert!(
+        s.path("spool/job/bad.eml.reason").exists(),
+        "a reason is never taken"
+    );
+    assert!(s.path("failed/job/bad.eml.reason").exists());
+    assert!(!s.path("failed/job/bad.eml.reason.reason").exists());
+    assert!(!s.path("failed/job/bad.1.eml").exists(), "same name again");
+}

@@ -86,6 +86,46 @@ pub fn is_input(spool: &Path, path: &Path) -> bool {
         && !name.ends_with(".part")
 }
 
+/// Which file names are inputs (`inputs` in the config, `*.eml` by default): PowerMTA-style patterns
+/// where `*` stands for any run of characters and `?` for one, compared without regard to ASCII case
+/// (exporters on other systems write `.EML`). A reason file (`*.reason`) is never an input, whatever
+/// the patterns say, so moving a failed folder's contents back cannot feed reasons in as messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inputs(Vec<String>);
+
+impl Inputs {
+    pub fn new(patterns: &[String]) -> Inputs {
+        Inputs(patterns.iter().map(|p| p.to_ascii_lowercase()).collect())
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        !name.ends_with(".reason") && self.0.iter().any(|p| glob(p.as_bytes(), name.as_bytes()))
+    }
+}
+
+/// `*` and `?` matching, iterative (linear in practice: one backtrack point).
+fn glob(pattern: &[u8], name: &[u8]) -> bool {
+    let (mut p, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == name[n]) {
+            p += 1;
+            n += 1;
+        } else if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, n));
+            p += 1;
+        } else if let Some((sp, sn)) = star {
+            p = sp + 1;
+            n = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
 /// Below a dot-folder (our work folder among them), a dot-file, or not below `spool` at all.
 pub fn is_hidden(spool: &Path, path: &Path) -> bool {
     path.strip_prefix(spool).map_or(true, |rel| {
@@ -158,6 +198,30 @@ mod tests {
         ] {
             assert_eq!(is_input(spool, Path::new(p)), want, "{p}");
         }
+    }
+
+    #[test]
+    fn input_patterns() {
+        let eml = Inputs::new(&["*.eml".to_string()]);
+        for (name, want) in [
+            ("a.eml", true),
+            ("A.EML", true),
+            (".eml", true),
+            ("notes.txt", false),
+            ("a.eml.reason", false),
+            ("a.eml.1", false),
+            ("a.1.eml", true),
+            ("eml", false),
+        ] {
+            assert_eq!(eml.matches(name), want, "{name}");
+        }
+        let any = Inputs::new(&["*".to_string()]);
+        assert!(any.matches("x") && !any.matches("x.eml.reason"));
+        let several = Inputs::new(&["msg-??.txt".to_string(), "*.msg".to_string()]);
+        assert!(several.matches("msg-01.txt") && several.matches("a.msg"));
+        assert!(!several.matches("msg-1.txt") && !several.matches("a.eml"));
+        let long = "a".repeat(10_000);
+        assert!(!Inputs::new(&["*a*a*a*a*b".to_string()]).matches(&long));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use notify::{EventKind, RecursiveMode, Watcher as _};
 
 use super::folders::Folders;
 use super::ready::{Seen, Tracker};
-use super::{Candidate, Snapshot, is_hidden, is_input, special_kind, writers};
+use super::{Candidate, Inputs, Snapshot, is_hidden, is_input, special_kind, writers};
 
 /// Hands one complete input to the workers; false when shutting down.
 pub type Emit = Arc<dyn Fn(Candidate) -> bool + Send + Sync>;
@@ -78,6 +78,7 @@ impl Producers {
     pub fn start(
         spool: PathBuf,
         (settle, rescan, once): (Duration, Duration, bool),
+        inputs: Inputs,
         tracker: Arc<Mutex<Tracker>>,
         emit: Emit,
         shutdown: Arc<AtomicBool>,
@@ -114,6 +115,7 @@ impl Producers {
                 closed: AtomicBool::new(false),
             }),
             warned: Arc::new(Mutex::new(HashSet::new())),
+            inputs: Arc::new(inputs),
         };
         let threads = vec![
             {
@@ -165,8 +167,9 @@ struct On {
     rescan_now: Arc<AtomicBool>,
     folders: Option<Folders>,
     intake: Arc<Intake>,
-    /// links, FIFOs, sockets and devices already warned about
+    /// links, FIFOs, sockets, devices and files the input patterns leave out, already warned about
     warned: Arc<Mutex<HashSet<PathBuf>>>,
+    inputs: Arc<Inputs>,
 }
 
 impl On {
@@ -178,6 +181,22 @@ impl On {
                 path.display()
             );
         }
+    }
+
+    /// Whether a regular file's name is an input's (`inputs`); warns once per other file.
+    fn wanted(&self, path: &Path) -> bool {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if self.inputs.matches(&name) {
+            return true;
+        }
+        if self.warned.lock().expect("warned lock").insert(path.into()) {
+            warn!(
+                "{}: not an input name (inputs = {:?}); left where it is",
+                path.display(),
+                self.inputs
+            );
+        }
+        false
     }
 
     /// Hands over a path the tracker found complete, as it is now: a regular file, or nothing.
@@ -248,7 +267,7 @@ fn event_loop(spool: &Path, rx: mpsc::Receiver<notify::Result<notify::Event>>, o
                     } else if let Some(kind) = special_kind(&meta) {
                         t.seen(&path, Seen::Removed, now);
                         on.special(spool, &path, kind);
-                    } else if is_input(spool, &path) {
+                    } else if is_input(spool, &path) && on.wanted(&path) {
                         t.seen(&path, seen, now);
                     }
                 }
@@ -376,6 +395,9 @@ fn scan_once(spool: &Path, on: &On) -> bool {
                 .expect("tracker lock")
                 .seen(entry.path(), Seen::Removed, Instant::now());
             on.special(spool, entry.path(), kind);
+            continue;
+        }
+        if !on.wanted(entry.path()) {
             continue;
         }
         let age = meta
