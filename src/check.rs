@@ -68,7 +68,12 @@ impl Report {
             .iter()
             .filter(|(l, _)| *l == Level::Warning)
             .count();
-        out.push_str(&format!("{problems} problems, {warnings} warnings\n"));
+        let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+        out.push_str(&format!(
+            "{}, {}\n",
+            plural(problems, "problem"),
+            plural(warnings, "warning")
+        ));
         out
     }
 }
@@ -160,6 +165,27 @@ fn folders(config: &Config, r: &mut Report) {
                 Level::Missing,
                 format!(
                     "{key} {}: cannot be written by this user ({e})",
+                    dir.display()
+                ),
+            ),
+        }
+    }
+    // the metrics file's folder: written every second by the daemon
+    if let Some(m) = &config.metrics_file {
+        let dir = m
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        match rustix::fs::access(dir, rustix::fs::Access::WRITE_OK) {
+            Ok(()) => r.add(
+                Level::Ok,
+                format!("metrics_file {}: its folder is writable", m.display()),
+            ),
+            Err(e) => r.add(
+                Level::Missing,
+                format!(
+                    "metrics_file {}: its folder {} cannot be written ({e})",
+                    m.display(),
                     dir.display()
                 ),
             ),

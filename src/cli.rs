@@ -55,7 +55,7 @@ pub struct DemoArgs {
     /// The fixtures folder (holds pki/ and eml/)
     #[arg(long, value_name = "DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures"))]
     pub fixtures: PathBuf,
-    /// Where results go (sealed/, failed/); replaced if it holds a previous demo
+    /// Where results go (spool/, pickup/, failed/ and the config); replaced if it holds a previous demo
     #[arg(long, value_name = "DIR", default_value = "demo-out")]
     pub out: PathBuf,
 }
@@ -87,10 +87,9 @@ impl SealFlags {
     }
 }
 
+/// Where `seal` and `send` find keys and certificates, over the config.
 #[derive(Debug, Args)]
-pub struct SealArgs {
-    #[command(flatten)]
-    pub how: SealFlags,
+pub struct KeyFolders {
     /// Sender keys folder (overrides the config)
     #[arg(long, value_name = "DIR")]
     pub keys: Option<PathBuf>,
@@ -100,6 +99,28 @@ pub struct SealArgs {
     /// Trusted CA bundle, PEM (overrides the config)
     #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
+}
+
+impl KeyFolders {
+    fn apply(self, config: &mut Config) {
+        if let Some(k) = self.keys {
+            config.keys = k;
+        }
+        if let Some(c) = self.certs {
+            config.certs = c;
+        }
+        if let Some(ca) = self.ca {
+            config.ca = Some(ca);
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SealArgs {
+    #[command(flatten)]
+    pub how: SealFlags,
+    #[command(flatten)]
+    pub folders: KeyFolders,
     /// Also write every sealed copy (Bcc recipients get their own) into DIR as N.eml, with its
     /// envelope (x-sender, x-receiver lines) in N.env
     #[arg(long, value_name = "DIR")]
@@ -112,11 +133,13 @@ pub struct SealArgs {
 pub struct SendArgs {
     #[command(flatten)]
     pub how: SealFlags,
-    /// Accepted for the sparkpostSMIME tool's scripts: sending is always by SMTP here
-    #[arg(long = "send_smtp", hide = true)]
+    #[command(flatten)]
+    pub folders: KeyFolders,
+    /// Send by SMTP (the default; the sparkpostSMIME tool's spelling, accepted for its scripts)
+    #[arg(long = "send_smtp")]
     pub send_smtp: bool,
-    /// The sparkpostSMIME tool's spelling of a detached signature (--sign)
-    #[arg(long = "sign_detached", hide = true)]
+    /// Sign with a detached signature, as --sign does (the sparkpostSMIME tool's spelling)
+    #[arg(long = "sign_detached")]
     pub sign_detached: bool,
     /// The message file
     pub file: PathBuf,
@@ -215,7 +238,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let config = Config::locate(cli.config.as_deref())?;
             let (shutdown, reload) = signal_flags()?;
             let summary = daemon::run(config, Mode::Once, shutdown, reload)?;
-            println!("{summary}");
+            println!("{}", summary.with_rate());
             if summary.failed > 0 || summary.deferred > 0 || summary.interrupted {
                 Err(CliError::Outcome(summary))
             } else {
@@ -255,15 +278,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 
 fn seal_command(config_path: Option<&Path>, args: SealArgs) -> Result<(), CliError> {
     let mut config = Config::locate(config_path)?;
-    if let Some(k) = args.keys {
-        config.keys = k;
-    }
-    if let Some(c) = args.certs {
-        config.certs = c;
-    }
-    if let Some(ca) = args.ca {
-        config.ca = Some(ca);
-    }
+    args.folders.apply(&mut config);
     args.how.apply(&mut config);
     let input_name = if args.file == Path::new("-") {
         PathBuf::from("(stdin)")
@@ -305,6 +320,7 @@ fn seal_command(config_path: Option<&Path>, args: SealArgs) -> Result<(), CliErr
 /// `send`: seal one message and inject it over SMTP, printing what the sparkpostSMIME tool printed.
 fn send_command(config_path: Option<&Path>, mut args: SendArgs) -> Result<(), CliError> {
     let mut config = Config::locate(config_path)?;
+    args.folders.apply(&mut config);
     if config.smtp.host.is_empty() {
         return Err(CliError::NoSmtpHost);
     }
@@ -349,7 +365,8 @@ fn send_command(config_path: Option<&Path>, mut args: SendArgs) -> Result<(), Cl
                 refused.push(r.clone());
             }
             if !outcome.accepted.is_empty() {
-                println!("OK - in {:.3} seconds", took.as_secs_f64());
+                // microseconds: a pipelined transaction to a server on this host takes well under a millisecond
+                println!("OK - in {:.6} seconds", took.as_secs_f64());
             }
         }
     }

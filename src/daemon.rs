@@ -42,6 +42,20 @@ pub struct Summary {
     pub deferred: usize,
     /// `once` was stopped (SIGINT, SIGTERM) before the spool was drained
     pub interrupted: bool,
+    /// from the start to the end of the run
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    /// The summary with the time it took and the rate, as `once` prints it last.
+    pub fn with_rate(&self) -> String {
+        let secs = self.elapsed.as_secs_f64();
+        let done = (self.delivered + self.failed) as f64;
+        format!(
+            "{self} in {secs:.1} s ({:.0} inputs/s)",
+            if secs > 0.0 { done / secs } else { 0.0 }
+        )
+    }
 }
 
 #[derive(Debug, Error)]
@@ -110,6 +124,10 @@ struct Shared {
     metrics: Metrics,
     /// Unix time the earliest usable certificate expires (refreshed at start and reload)
     earliest_expiry: std::sync::atomic::AtomicI64,
+    /// the progress bar shows the "still finding more" style
+    bar_scanning: AtomicBool,
+    /// the last write of `metrics_file` failed (warned about once)
+    metrics_failing: AtomicBool,
 }
 
 /// May workers take new inputs from the spool?
@@ -147,6 +165,7 @@ pub fn run(
     shutdown: Arc<AtomicBool>,
     reload: Arc<AtomicBool>,
 ) -> Result<Summary, DaemonError> {
+    let started = Instant::now();
     let folder = |path: &Path| {
         let path = path.to_path_buf();
         move |source| DaemonError::Folder { path, source }
@@ -240,6 +259,8 @@ pub fn run(
         claimed_unwritten: AtomicUsize::new(0),
         metrics: Metrics::default(),
         earliest_expiry: std::sync::atomic::AtomicI64::new(i64::MAX),
+        bar_scanning: AtomicBool::new(true),
+        metrics_failing: AtomicBool::new(false),
     });
 
     let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(workers * 16);
@@ -365,6 +386,7 @@ pub fn run(
         deferred: shared.deferred.load(Ordering::SeqCst)
             + shared.retries.lock().expect("retries lock").len(),
         interrupted: mode == Mode::Once && interrupted,
+        elapsed: started.elapsed(),
     };
     if let Ok(shared) = Arc::try_unwrap(shared) {
         shared.instance.close();
@@ -440,13 +462,26 @@ impl Notifier {
 /// `once` on a terminal: a bar with the count, the rate and the time left.
 fn progress_bar() -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} inputs, {per_sec:.0}, {eta} left ({msg})",
-        )
-        .expect("a valid template"),
-    );
+    bar.set_style(progress_style(true));
     bar
+}
+
+/// While the first scan runs the total is still growing: no time left is shown until it is known.
+/// (In indicatif's templates `{key:.N}` is a colour, not a precision: the rate has a key of its own.)
+fn progress_style(scanning: bool) -> indicatif::ProgressStyle {
+    let template = if scanning {
+        "{bar:30} {pos}/{len}+ inputs (still finding more), {rate} ({msg})"
+    } else {
+        "{bar:30} {pos}/{len} inputs, {rate}, {eta} left ({msg})"
+    };
+    indicatif::ProgressStyle::with_template(template)
+        .expect("a valid template")
+        .with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0}/s", state.per_sec());
+            },
+        )
 }
 
 fn update_progress(bar: &indicatif::ProgressBar, shared: &Shared, producers: &impl Waiting) {
@@ -456,6 +491,10 @@ fn update_progress(bar: &indicatif::ProgressBar, shared: &Shared, producers: &im
     let total = done + deferred + shared.inflight.load(Ordering::SeqCst) + producers.waiting();
     if total == 0 {
         return; // nothing found yet: an empty bar rather than a full one
+    }
+    let scanning = producers.scanning();
+    if scanning != shared.bar_scanning.swap(scanning, Ordering::SeqCst) {
+        bar.set_style(progress_style(scanning));
     }
     bar.set_length(total as u64);
     bar.set_position((done + deferred) as u64);
@@ -469,11 +508,16 @@ fn update_progress(bar: &indicatif::ProgressBar, shared: &Shared, producers: &im
 /// Files the producers know of but have not queued yet.
 trait Waiting {
     fn waiting(&self) -> usize;
+    /// The first scan is still running: more inputs may be found.
+    fn scanning(&self) -> bool;
 }
 
 impl Waiting for Producers {
     fn waiting(&self) -> usize {
         self.tracker.lock().expect("tracker lock").len()
+    }
+    fn scanning(&self) -> bool {
+        !self.first_scan_done.load(Ordering::SeqCst)
     }
 }
 
@@ -483,6 +527,9 @@ struct NothingWaiting;
 impl Waiting for NothingWaiting {
     fn waiting(&self) -> usize {
         0
+    }
+    fn scanning(&self) -> bool {
+        false
     }
 }
 
@@ -500,8 +547,16 @@ fn write_metrics(shared: &Shared) {
         route: shared.transport.route_now(),
         expiry_days: (expiry != i64::MAX).then(|| (expiry - unix_now()).div_euclid(86_400)),
     };
-    if let Err(e) = crate::metrics::write_file(path, &shared.metrics.render(&gauges)) {
-        debug!("{}: {e}", path.display());
+    // a failure is said once, and so is the recovery: not a line every second
+    match crate::metrics::write_file(path, &shared.metrics.render(&gauges)) {
+        Err(e) if !shared.metrics_failing.swap(true, Ordering::SeqCst) => warn!(
+            "metrics_file {}: cannot write it ({e}); trying again every second",
+            path.display()
+        ),
+        Ok(()) if shared.metrics_failing.swap(false, Ordering::SeqCst) => {
+            info!("metrics_file {}: written again", path.display())
+        }
+        _ => {}
     }
 }
 
@@ -882,10 +937,10 @@ fn prepare(
         Ok(Some(done)) => {
             finish_delivered(shared, &claim, 0);
             info!(
-                "{}: delivery finished after a restart via {} ({} files)",
+                "{}: delivery finished after a restart via {} ({})",
                 claim.rel.display(),
                 done.route,
-                done.units
+                done.made()
             );
             return None;
         }
@@ -964,9 +1019,9 @@ fn complete(shared: &Shared, ready: &Ready, result: Result<Delivered, DeliverErr
             let out_bytes: usize = copies.iter().map(|c| c.data.len()).sum();
             shared.metrics.delivered(done.route, out_bytes);
             info!(
-                "{rel}: delivered via {} ({} files) message-id=<{}> sender={} recipients={recipients} bytes={out_bytes} ms={}",
+                "{rel}: delivered via {} ({}) message-id=<{}> sender={} recipients={recipients} bytes={out_bytes} ms={}",
                 done.route,
-                done.units,
+                done.made(),
                 copies[0].message_id,
                 copies[0].envelope.sender,
                 started.elapsed().as_millis()

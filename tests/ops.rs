@@ -258,6 +258,24 @@ fn once_shows_a_progress_bar_on_a_terminal_and_log_lines_elsewhere() {
         !screen.contains("delivered via pickup"),
         "no per-message lines beside the bar: {screen}"
     );
+    // the rate in the terminal's own colour (no black on black), as a whole number
+    assert!(!screen.contains("\u{1b}[38;5;0m"), "{screen:?}");
+    let rate = screen
+        .split(" inputs, ")
+        .nth(1)
+        .and_then(|r| r.split("/s").next())
+        .unwrap_or_else(|| panic!("no rate: {screen:?}"));
+    assert!(rate.trim().parse::<u64>().is_ok(), "rate {rate:?}");
+    // the summary with its time and rate
+    let last = screen
+        .lines()
+        .rev()
+        .find(|l| l.contains("delivered"))
+        .unwrap();
+    assert!(
+        last.contains("5 delivered, 0 failed, 0 deferred in ") && last.contains(" inputs/s)"),
+        "{last:?}"
+    );
 
     // without a terminal: plain log lines, no bar
     for n in 5..8 {
@@ -268,6 +286,97 @@ fn once_shows_a_progress_bar_on_a_terminal_and_log_lines_elsewhere() {
     let log = stderr(&o);
     assert_eq!(log.matches("delivered via pickup").count(), 3, "{log}");
     assert!(!log.contains(" inputs, "), "{log}");
+    // each line names its pickup file, in the singular for one
+    for n in 5..8 {
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("m{n}.eml: delivered via pickup")))
+            .unwrap();
+        let name = line
+            .split("(1 file: ")
+            .nth(1)
+            .and_then(|r| r.split(')').next())
+            .unwrap_or_else(|| panic!("{line}"));
+        assert!(name.ends_with(&format!(".m{n}.eml")), "{line}");
+        assert!(s.path("pickup").join(name).exists(), "{line}");
+    }
+}
+
+#[test]
+fn send_takes_key_folders_and_times_the_real_transaction() {
+    let sink = util::mta::Sink::start(&[]);
+    let d = Dir::new();
+    let input = d.write("m.eml", &message(1));
+    let o = run(bin(d.path())
+        .env("SMTP_HOST", "127.0.0.1")
+        .env("SMTP_PORT", sink.port.to_string())
+        .arg("send")
+        .arg("--keys")
+        .arg(d.keys())
+        .arg("--certs")
+        .arg(d.certs())
+        .arg("--ca")
+        .arg(d.ca())
+        .arg(&input));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    let secs: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("OK - in "))
+        .and_then(|r| r.strip_suffix(" seconds"))
+        .unwrap_or_else(|| panic!("{out}"))
+        .parse()
+        .unwrap();
+    assert!(secs > 0.0, "a real duration, not 0.000: {out}");
+    // without --keys and no config, the missing default keys folder is a configuration problem
+    let o = run(bin(d.path())
+        .env("SMTP_HOST", "127.0.0.1")
+        .env("SMTP_PORT", sink.port.to_string())
+        .arg("send")
+        .arg(&input));
+    assert_eq!(o.status.code(), Some(78), "{}", stderr(&o));
+    assert!(stderr(&o).contains("keys folder"), "{}", stderr(&o));
+    // the seed tool's spellings are listed
+    let help = run(bin(d.path()).args(["send", "--help"]));
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("--send_smtp") && help.contains("--sign_detached"),
+        "{help}"
+    );
+}
+
+#[test]
+fn a_metrics_file_that_cannot_be_written_is_said_once_and_checked() {
+    let s = Setup::new("metrics_file = \"nowhere/m.prom\"\n");
+    let o = run(&mut s.cmd("check"));
+    let report = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        report.contains("metrics_file") && report.contains("cannot be written"),
+        "{report}"
+    );
+    // the count agrees with its noun
+    let last = report.lines().last().unwrap();
+    for part in last.split(", ") {
+        let (n, word) = part.split_once(' ').unwrap();
+        assert_eq!(n == "1", !word.ends_with('s'), "{last}");
+    }
+    let mut child = s.start("run.log");
+    s.drop_message("m.eml", &message(1));
+    s.wait_for("delivery", std::time::Duration::from_secs(20), || {
+        s.delivered_ids().len() == 1
+    });
+    std::thread::sleep(std::time::Duration::from_millis(2500)); // two more metric writes
+    std::fs::create_dir(s.path("nowhere")).unwrap();
+    s.wait_for(
+        "the metrics file",
+        std::time::Duration::from_secs(10),
+        || s.path("nowhere/m.prom").exists(),
+    );
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, std::time::Duration::from_secs(20)).success());
+    let log = std::fs::read_to_string(s.path("run.log")).unwrap();
+    assert_eq!(log.matches("cannot write it").count(), 1, "{log}");
+    assert!(log.contains("written again"), "{log}");
 }
 
 /// `failed list`, `failed retry`, `failed purge`: what failed, why, and send it again.

@@ -56,6 +56,8 @@ pub struct Delivered {
     pub route: &'static str,
     /// files or transactions made
     pub units: usize,
+    /// the pickup files' names (empty for other routes)
+    pub names: Vec<String>,
     /// recipients the server refused for good, with its reply (the others got the message)
     pub rejected: Vec<(String, String)>,
 }
@@ -86,4 +88,25 @@ pub trait Transport: Send + Sync {
     /// Finishes a delivery a crash interrupted after its commit point; `Ok(None)` when `claim` never
     /// reached it (then it is sealed and delivered again from the start).
     fn recover(&self, claim: &Claim) -> Result<Option<Delivered>, DeliverError>;
+}
+
+impl Delivered {
+    /// What was made, for the log: `1 file: NAME`, `3 files: A, B, C`, `2 transactions`.
+    pub fn made(&self) -> String {
+        let plural =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        if self.names.is_empty() {
+            let what = if self.route == "pickup" {
+                ("file", "files")
+            } else {
+                ("transaction", "transactions")
+            };
+            return plural(self.units, what.0, what.1);
+        }
+        format!(
+            "{}: {}",
+            plural(self.names.len(), "file", "files"),
+            self.names.join(", ")
+        )
+    }
 }

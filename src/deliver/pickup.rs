@@ -146,7 +146,7 @@ impl Pickup {
             let staged = (|| {
                 for copy in copies.iter() {
                     for slice in copy.envelope.recipients.chunks(self.max_recipients.max(1)) {
-                        let name = format!("{}.{}.eml", claim.id, names[i].len());
+                        let name = pickup_name(claim, names[i].len());
                         let path = self.staging.join(&name);
                         let mut file = std::fs::File::create(&path).map_err(Self::io(&path))?;
                         // readable by the MTA's group whatever the service's umask (0077 under systemd)
@@ -213,6 +213,7 @@ impl Pickup {
                 Ok(_) => Ok(Delivered {
                     route: "pickup",
                     units: names[i].len(),
+                    names: std::mem::take(&mut names[i]),
                     rejected: Vec::new(),
                 }),
                 Err(e) => Err(self.unavailable(format!("publishing failed: {e}"))),
@@ -322,8 +323,60 @@ impl Transport for Pickup {
         Ok(Some(Delivered {
             route: "pickup",
             units,
+            names: staged,
             rejected: Vec::new(),
         }))
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn pickup_names_carry_a_safe_form_of_the_input_name() {
+    let claim = |rel: &str| Claim {
+        path: PathBuf::from("/w/x"),
+        id: "i1-7".into(),
+        rel: rel.into(),
+        fresh: true,
+    };
+    for (rel, want) in [
+        ("job/report.eml", "i1-7.0.report.eml"),
+        ("évé nt\n.EML", "i1-7.0._v__nt_.eml"),
+        ("..hidden.eml", "i1-7.0.hidden.eml"),
+        ("x/../../etc", "i1-7.0.etc.eml"),
+        ("....eml", "i1-7.0.eml"),
+    ] {
+        assert_eq!(pickup_name(&claim(rel), 0), want, "{rel}");
+    }
+    assert!(pickup_name(&claim(&"a".repeat(300)), 0).len() < 80);
+}
+
+/// A pickup file's name: `<claim id>.<n>.<input's name>.eml`. The claim id makes it unique and is
+/// what recovery looks for (`<id>.` prefix); the input's name, reduced to letters, digits, `-`, `_`
+/// and `.` and at most 60 bytes, tells an admin (and PowerMTA's badmail folder) where it came from.
+pub fn pickup_name(claim: &Claim, n: usize) -> String {
+    let input = claim.rel.file_name().unwrap_or_default().to_string_lossy();
+    let input = match input.len().checked_sub(4) {
+        Some(cut) if input.is_char_boundary(cut) && input[cut..].eq_ignore_ascii_case(".eml") => {
+            &input[..cut]
+        }
+        _ => &input[..],
+    };
+    let mut stem: String = input
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(60)
+        .collect();
+    stem = stem.trim_start_matches('.').to_string();
+    if stem.is_empty() {
+        format!("{}.{n}.eml", claim.id)
+    } else {
+        format!("{}.{n}.{stem}.eml", claim.id)
     }
 }
 
@@ -383,9 +436,16 @@ mod tests {
             .deliver(&claim, &[copy(&["a@y", "b@y", "c@y"]), copy(&["d@y"])])
             .unwrap();
         assert_eq!(done.units, 3);
-        assert_eq!(names(&p.dir), ["i1-7.0.eml", "i1-7.1.eml", "i1-7.2.eml"]);
+        assert_eq!(
+            names(&p.dir),
+            ["i1-7.0.m.eml", "i1-7.1.m.eml", "i1-7.2.m.eml"]
+        );
+        assert_eq!(
+            done.made(),
+            "3 files: i1-7.0.m.eml, i1-7.1.m.eml, i1-7.2.m.eml"
+        );
         assert!(names(&p.staging).is_empty());
-        let first = std::fs::read_to_string(p.dir.join("i1-7.0.eml")).unwrap();
+        let first = std::fs::read_to_string(p.dir.join("i1-7.0.m.eml")).unwrap();
         assert_eq!(
             first,
             "x-sender: s@x.org\r\nx-receiver: a@y\r\nx-receiver: b@y\r\nx-job: j\r\nSubject: x\r\n\r\nbody\r\n"

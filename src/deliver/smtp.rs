@@ -374,6 +374,7 @@ impl Transport for SmtpRoute {
         let mut delivered = Delivered {
             route: "smtp",
             units: 0,
+            names: Vec::new(),
             rejected: Vec::new(),
         };
         let all: Vec<(&Sealed, &[String])> = copies
