@@ -197,6 +197,7 @@ impl CliError {
                 66
             }
             CliError::Daemon(DaemonError::Folder { .. }) => 74,
+            CliError::Daemon(DaemonError::Fatal(_)) => 74,
             CliError::NoSmtpHost => 78,
             CliError::Check(code) => *code,
             CliError::Smtp(e) if e.is_permanent() => 65,

@@ -69,6 +69,10 @@ pub enum DaemonError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The world changed under the daemon in a way it cannot repair by itself (its work folder
+    /// vanished): it stops, and a restart (systemd's) sets it up again.
+    #[error("stopped: {0}")]
+    Fatal(String),
 }
 
 impl std::fmt::Display for Summary {
@@ -128,6 +132,8 @@ struct Shared {
     bar_scanning: AtomicBool,
     /// the last write of `metrics_file` failed (warned about once)
     metrics_failing: AtomicBool,
+    /// why the daemon must stop (see `DaemonError::Fatal`)
+    fatal: Mutex<Option<String>>,
 }
 
 /// May workers take new inputs from the spool?
@@ -261,6 +267,7 @@ pub fn run(
         earliest_expiry: std::sync::atomic::AtomicI64::new(i64::MAX),
         bar_scanning: AtomicBool::new(true),
         metrics_failing: AtomicBool::new(false),
+        fatal: Mutex::new(None),
     });
 
     let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(workers * 16);
@@ -313,6 +320,7 @@ pub fn run(
         }
         if last_metrics.elapsed() >= Duration::from_secs(1) {
             write_metrics(&shared);
+            check_work_folder(&shared);
             last_metrics = Instant::now();
         }
         if shutdown.load(Ordering::SeqCst) {
@@ -388,10 +396,14 @@ pub fn run(
         interrupted: mode == Mode::Once && interrupted,
         elapsed: started.elapsed(),
     };
+    let fatal = shared.fatal.lock().expect("fatal lock").take();
     if let Ok(shared) = Arc::try_unwrap(shared) {
         shared.instance.close();
     }
-    Ok(summary)
+    match fatal {
+        Some(why) => Err(DaemonError::Fatal(why)),
+        None => Ok(summary),
+    }
 }
 
 /// Talks to systemd (`Type=notify`) when NOTIFY_SOCKET is set: READY=1 once the spool was scanned
@@ -824,9 +836,32 @@ fn take_new(
                 shared.deferred.fetch_add(1, Ordering::SeqCst);
             }
         }
-        Err(e) => warn!("{}: cannot claim: {e}", path.display()),
+        Err(e) => {
+            warn!("{}: cannot claim: {e}", path.display());
+            check_work_folder(shared);
+        }
     }
     Ok(None)
+}
+
+/// Stops the daemon when its own work folder is gone (deleted, or moved away with a spool that was
+/// renamed): claims cannot be made safely without it, and retrying would only log the same error
+/// forever. A restart makes a new one; claims that went with the old folder are wherever it went.
+fn check_work_folder(shared: &Shared) {
+    if shared.instance.dir.join(".lock").exists() {
+        return;
+    }
+    let why = format!(
+        "the work folder {} is gone (removed, or moved away with the spool); claims it held went \
+         with it; restart to make a new one",
+        shared.instance.dir.display()
+    );
+    let mut fatal = shared.fatal.lock().expect("fatal lock");
+    if fatal.is_none() {
+        error!("{why}");
+        *fatal = Some(why);
+        shared.shutdown.store(true, Ordering::SeqCst);
+    }
 }
 
 /// `once` is ending: files seen but not complete when intake closed stay for the next run.

@@ -327,3 +327,64 @@ fn settings_out_of_range_are_refused_by_name() {
         assert!(s.path("spool/m.eml").exists());
     }
 }
+
+#[test]
+fn a_spool_replaced_under_a_running_daemon_is_watched_again() {
+    // work outside the spool (beside it, same filesystem): the daemon carries on
+    let s = Setup::new("rescan_seconds = 1\nwork = \"work\"\n");
+    let mut child = s.start("run.log");
+    s.drop_message("a.eml", &message(1));
+    s.wait_for(
+        "the first delivery",
+        std::time::Duration::from_secs(20),
+        || s.delivered_ids().len() == 1,
+    );
+    std::fs::rename(s.path("spool"), s.path("old-spool")).unwrap();
+    std::fs::create_dir(s.path("spool")).unwrap();
+    s.wait_for_log("run.log", "was replaced by a new one; watching it");
+    for n in 2..22 {
+        s.drop_message(&format!("m{n}.eml"), &message(n));
+    }
+    s.wait_for(
+        "20 more deliveries",
+        std::time::Duration::from_secs(30),
+        || s.delivered_ids().len() == 21,
+    );
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, std::time::Duration::from_secs(20)).success());
+}
+
+#[test]
+fn a_vanished_work_folder_stops_the_daemon_with_the_reason_and_a_restart_recovers() {
+    for replace_spool in [false, true] {
+        let s = Setup::new("rescan_seconds = 1\n");
+        let mut child = s.start("run.log");
+        s.drop_message("a.eml", &message(1));
+        s.wait_for(
+            "the first delivery",
+            std::time::Duration::from_secs(20),
+            || s.delivered_ids().len() == 1,
+        );
+        if replace_spool {
+            // the default work folder lives inside the spool and leaves with it
+            std::fs::rename(s.path("spool"), s.path("old-spool")).unwrap();
+            std::fs::create_dir(s.path("spool")).unwrap();
+        } else {
+            std::fs::remove_dir_all(s.path("spool/.smime-pickup")).unwrap();
+        }
+        let status = wait_exit(&mut child, std::time::Duration::from_secs(30));
+        assert_eq!(status.code(), Some(74), "replace_spool {replace_spool}");
+        let log = std::fs::read_to_string(s.path("run.log")).unwrap();
+        assert!(
+            log.contains("the work folder") && log.contains("is gone"),
+            "{log}"
+        );
+        // systemd restarts it: new inputs are delivered
+        for n in 2..12 {
+            s.drop_message(&format!("m{n}.eml"), &message(n));
+        }
+        let o = s.once();
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(s.delivered_ids().len(), 11);
+    }
+}

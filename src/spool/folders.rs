@@ -83,6 +83,21 @@ impl Folders {
         }
     }
 
+    /// Starts over on a spool folder that was replaced by a new one under the same path: the old
+    /// watches follow the old folder wherever it went, so they are dropped and the new one watched
+    /// (the rescan that follows watches its subfolders).
+    pub fn reset(&self, spool: &Path) {
+        {
+            let mut w = self.0.lock().expect("watcher lock");
+            let old: Vec<_> = w.ok.drain().collect();
+            for dir in old {
+                let _ = w.watcher.unwatch(&dir);
+            }
+            w.failed.clear();
+        }
+        self.watch(spool, true);
+    }
+
     /// Forgets a path that left (removed, or renamed away) and the folders below it.
     pub fn forget(&self, path: &Path) {
         let mut w = self.0.lock().expect("watcher lock");

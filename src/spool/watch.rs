@@ -329,10 +329,32 @@ fn classify(event: &notify::Event) -> Vec<(PathBuf, Seen)> {
 
 fn scan_loop(spool: &Path, every: Duration, on: &On, first_done: &AtomicBool) {
     let (shutdown, rescan_now) = (&on.shutdown, &on.rescan_now);
+    let identity = |p: &Path| p.symlink_metadata().ok().map(|m| (m.dev(), m.ino()));
+    let mut known = identity(spool);
     loop {
         rescan_now.store(false, Ordering::SeqCst);
         let started = Instant::now();
-        if !scan_once(spool, on) {
+        // the spool renamed away and a new folder made in its place: watch the new one
+        let now = identity(spool);
+        if now != known {
+            match now {
+                None => warn!(
+                    "{}: the spool folder is gone; waiting for it",
+                    spool.display()
+                ),
+                Some(_) => {
+                    warn!(
+                        "{}: the spool folder was replaced by a new one; watching it",
+                        spool.display()
+                    );
+                    if let Some(f) = &on.folders {
+                        f.reset(spool);
+                    }
+                }
+            }
+            known = now;
+        }
+        if known.is_some() && !scan_once(spool, on) {
             return;
         }
         debug!("{}: scan took {:?}", spool.display(), started.elapsed());
