@@ -6,9 +6,6 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 use thiserror::Error;
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-
 use crate::config::{Config, ConfigError};
 use crate::daemon::{self, DaemonError, Mode, Summary};
 use crate::deliver::smtp::{SmtpError, SmtpRoute};
@@ -230,15 +227,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Run => {
             let config = Config::locate(cli.config.as_deref())?;
-            let (shutdown, reload) = signal_flags()?;
-            let summary = daemon::run(config, Mode::Run, shutdown, reload)?;
+            let summary = daemon::run(config, Mode::Run, signal_control()?)?;
             log::info!("stopped: {summary}");
             Ok(())
         }
         Command::Once => {
             let config = Config::locate(cli.config.as_deref())?;
-            let (shutdown, reload) = signal_flags()?;
-            let summary = daemon::run(config, Mode::Once, shutdown, reload)?;
+            let summary = daemon::run(config, Mode::Once, signal_control()?)?;
             println!("{}", summary.with_rate());
             if summary.failed > 0 || summary.deferred > 0 || summary.interrupted {
                 Err(CliError::Outcome(summary))
@@ -381,23 +376,12 @@ fn send_command(config_path: Option<&Path>, mut args: SendArgs) -> Result<(), Cl
 
 /// SIGTERM and SIGINT set the shutdown flag, SIGHUP the reload flag; nothing else happens in the
 /// handlers.
-fn signal_flags() -> Result<(Arc<AtomicBool>, Arc<AtomicBool>), CliError> {
-    let (shutdown, reload) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let register = |sig, flag: &Arc<AtomicBool>| {
-        signal_hook::flag::register(sig, flag.clone())
-            .map(|_| ())
-            .map_err(|source| CliError::Input {
-                path: "(signal handlers)".into(),
-                source,
-            })
-    };
-    register(signal_hook::consts::SIGTERM, &shutdown)?;
-    register(signal_hook::consts::SIGINT, &shutdown)?;
-    register(signal_hook::consts::SIGHUP, &reload)?;
-    Ok((shutdown, reload))
+
+fn signal_control() -> Result<daemon::Control, CliError> {
+    daemon::Control::from_signals().map_err(|source| CliError::Input {
+        path: "(signal handlers)".into(),
+        source,
+    })
 }
 
 /// Reads `file` (`-`: stdin) and seals it with `config`; errors name the input as `shown`.

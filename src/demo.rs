@@ -6,8 +6,6 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use crate::cli::CliError;
 use crate::config::Config;
@@ -70,8 +68,7 @@ pub fn run(fixtures: &Path, out: &Path) -> Result<Summary, CliError> {
     let mut config = Config::read(&config_path)?;
     // the files were just copied: they are complete, no need to wait for them to settle
     config.settle = std::time::Duration::ZERO;
-    let no = || Arc::new(AtomicBool::new(false));
-    Ok(daemon::run(config, Mode::Once, no(), no())?)
+    Ok(daemon::run(config, Mode::Once, daemon::Control::none())?)
 }
 
 /// The pickup file holding the message whose Message-ID contains `needle`, for the "open one" hint.

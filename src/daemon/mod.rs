@@ -1,11 +1,18 @@
 //! The pipeline as threads: producers (watch + scan) feed a bounded queue; N workers each claim,
 //! seal, deliver and finish. `run` keeps going until told to stop; `once` stops when the spool is
-//! drained. Shutdown and reload are flags passed in, so tests drive the loop without signals.
+//! drained. Stop and reload arrive as channels (`Control`), so tests drive the loop without
+//! signals. Nothing on a message's way sleeps to poll: workers block on the queue, producers block
+//! on a full queue, the main loop blocks in a select over stop, reload, finished work, the next
+//! retry and a tick for metrics and systemd.
 
+pub mod control;
+
+pub use control::Control;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, select};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -112,6 +119,10 @@ struct Shared {
     /// what the producers track; workers put changed claims back into it
     tracker: Arc<Mutex<Tracker>>,
     shutdown: Arc<AtomicBool>,
+    /// never sent on: dropped at shutdown, which wakes every select on it at once
+    halt: Receiver<()>,
+    /// a worker finished a batch (wakes the main loop to see whether `once` is drained)
+    done: Sender<()>,
     inflight: AtomicUsize,
     delivered: AtomicUsize,
     failed_count: AtomicUsize,
@@ -165,13 +176,11 @@ fn required(config: &Config, value: &Option<PathBuf>, key: &str) -> Result<PathB
 /// Runs the pipeline until the spool is drained (`Once`) or `shutdown` is set (`Run`). `reload`
 /// (SIGHUP) re-reads the config file, keys and certificates; a broken new config is refused and the
 /// old one stays.
-pub fn run(
-    config: Config,
-    mode: Mode,
-    shutdown: Arc<AtomicBool>,
-    reload: Arc<AtomicBool>,
-) -> Result<Summary, DaemonError> {
+pub fn run(config: Config, mode: Mode, control: Control) -> Result<Summary, DaemonError> {
     let started = Instant::now();
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let (halt_tx, halt) = crossbeam_channel::bounded::<()>(0);
+    let (done, done_rx) = crossbeam_channel::unbounded::<()>();
     let folder = |path: &Path| {
         let path = path.to_path_buf();
         move |source| DaemonError::Folder { path, source }
@@ -252,6 +261,8 @@ pub fn run(
         instance,
         tracker: Arc::new(Mutex::new(Tracker::new(settle))),
         shutdown: shutdown.clone(),
+        halt,
+        done,
         inflight: AtomicUsize::new(0),
         delivered: AtomicUsize::new(0),
         failed_count: AtomicUsize::new(0),
@@ -270,8 +281,8 @@ pub fn run(
         fatal: Mutex::new(None),
     });
 
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(workers * 16);
-    let rx = Arc::new(Mutex::new(rx));
+    // a multi-consumer queue: each worker blocks on it by itself (no lock to queue behind)
+    let (tx, rx) = crossbeam_channel::bounded::<Job>(workers * 16);
     let mut threads = Vec::new();
     for i in 0..workers {
         let (shared, rx) = (shared.clone(), rx.clone());
@@ -311,34 +322,54 @@ pub fn run(
     let progress = (mode == Mode::Once && std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .then(progress_bar);
     refresh_expiry(&shared);
-    let mut last_metrics = Instant::now();
+    let mut last_second = Instant::now();
     let mut interrupted = false;
+    // the tick drives what is periodic by nature (metrics, systemd, the progress bar, `once`'s
+    // end of intake); messages never wait for it
+    let ticker = crossbeam_channel::tick(Duration::from_millis(100));
     loop {
-        notifier.tick(&shared, producers.first_scan_done.load(Ordering::SeqCst));
-        if let Some(bar) = &progress {
-            update_progress(bar, &shared, &producers);
-        }
-        if last_metrics.elapsed() >= Duration::from_secs(1) {
-            write_metrics(&shared);
-            check_work_folder(&shared);
-            last_metrics = Instant::now();
+        let next_retry = shared
+            .retries
+            .lock()
+            .expect("retries lock")
+            .iter()
+            .map(|(at, _)| *at)
+            .min();
+        let retry_timer = next_retry.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
+        select! {
+            recv(control.stop) -> _ => {
+                info!("stopping: finishing the messages in progress");
+                interrupted = true;
+                break;
+            }
+            recv(control.reload) -> _ => {
+                notifier.send(&[sd_notify::NotifyState::Reloading]);
+                reload_state(&shared);
+                refresh_expiry(&shared);
+                notifier.send(&[sd_notify::NotifyState::Ready]);
+                producers.rescan();
+            }
+            recv(done_rx) -> _ => {}
+            recv(retry_timer) -> _ => {}
+            recv(ticker) -> _ => {
+                notifier.tick(&shared, producers.first_scan_done.load(Ordering::SeqCst));
+                if let Some(bar) = &progress {
+                    update_progress(bar, &shared, &producers);
+                }
+                if last_second.elapsed() >= Duration::from_secs(1) {
+                    write_metrics(&shared);
+                    check_work_folder(&shared);
+                    last_second = Instant::now();
+                }
+                if last_adoption.elapsed() >= rescan {
+                    // another instance sharing the spool may have died since
+                    adopt(&shared);
+                    last_adoption = Instant::now();
+                }
+            }
         }
         if shutdown.load(Ordering::SeqCst) {
-            info!("stopping: finishing the messages in progress");
-            interrupted = true;
-            break;
-        }
-        if last_adoption.elapsed() >= rescan {
-            // another instance sharing the spool may have died since
-            adopt(&shared);
-            last_adoption = Instant::now();
-        }
-        if reload.swap(false, Ordering::SeqCst) {
-            notifier.send(&[sd_notify::NotifyState::Reloading]);
-            reload_state(&shared);
-            refresh_expiry(&shared);
-            notifier.send(&[sd_notify::NotifyState::Ready]);
-            producers.rescan();
+            break; // a fatal condition (see check_work_folder)
         }
         let due: Vec<Claim> = {
             let mut retries = shared.retries.lock().expect("retries lock");
@@ -373,10 +404,10 @@ pub fn run(
             left_incomplete(&shared);
             break;
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
     notifier.send(&[sd_notify::NotifyState::Stopping]);
     shutdown.store(true, Ordering::SeqCst);
+    drop(halt_tx); // wakes every thread waiting on the queue, a full queue or the gate
     drop(tx);
     drop(send);
     producers.join();
@@ -620,7 +651,7 @@ fn adopt(shared: &Shared) {
 }
 
 /// Queues a job if there is room now; gives it back otherwise.
-fn try_send_job(tx: &SyncSender<Job>, shared: &Shared, job: Job) -> Result<(), Job> {
+fn try_send_job(tx: &Sender<Job>, shared: &Shared, job: Job) -> Result<(), Job> {
     shared.inflight.fetch_add(1, Ordering::SeqCst);
     tx.try_send(job).map_err(|e| {
         shared.inflight.fetch_sub(1, Ordering::SeqCst);
@@ -630,57 +661,39 @@ fn try_send_job(tx: &SyncSender<Job>, shared: &Shared, job: Job) -> Result<(), J
     })
 }
 
-/// Queues a job, waiting while the queue is full; false once shutting down.
-fn send_job(tx: &SyncSender<Job>, shared: &Shared, mut job: Job) -> bool {
+/// Queues a job, blocking while the queue is full (the producers' backpressure); false once
+/// shutting down.
+fn send_job(tx: &Sender<Job>, shared: &Shared, job: Job) -> bool {
     shared.inflight.fetch_add(1, Ordering::SeqCst);
-    loop {
-        if shared.shutdown.load(Ordering::SeqCst) {
-            shared.inflight.fetch_sub(1, Ordering::SeqCst);
-            return false;
-        }
-        match tx.try_send(job) {
-            Ok(()) => return true,
-            Err(TrySendError::Full(j)) => {
-                job = j;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                shared.inflight.fetch_sub(1, Ordering::SeqCst);
-                return false;
-            }
-        }
+    let sent = select! {
+        send(tx, job) -> r => r.is_ok(),
+        recv(shared.halt) -> _ => false,
+    };
+    if !sent {
+        shared.inflight.fetch_sub(1, Ordering::SeqCst);
     }
+    sent
 }
 
 /// Claims sealed in one go by a worker before their delivery; made durable together.
 const BATCH: usize = 32;
 
-fn worker(shared: &Shared, rx: &Mutex<Receiver<Job>>) {
+fn worker(shared: &Shared, rx: &Receiver<Job>) {
     loop {
-        let first = {
-            let rx = rx.lock().expect("queue lock");
-            rx.recv_timeout(Duration::from_millis(100))
-        };
-        let first = match first {
-            Ok(job) => job,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                if shared.shutdown.load(Ordering::SeqCst) {
-                    return;
-                }
-                continue;
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        let first = select! {
+            recv(rx) -> job => match job {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+            recv(shared.halt) -> _ => return,
         };
         // whatever else is already waiting joins the batch: under load, one sync serves many
         // messages; at a trickle, a batch is one message and nothing waits for company
         let mut jobs = vec![first];
-        {
-            let rx = rx.lock().expect("queue lock");
-            while jobs.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
+        while jobs.len() < BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
             }
         }
         let taken = jobs.len();
@@ -711,6 +724,7 @@ fn worker(shared: &Shared, rx: &Mutex<Receiver<Job>>) {
             flush(shared, &mut pending, &mut claimed);
         }
         shared.inflight.fetch_sub(taken, Ordering::SeqCst);
+        let _ = shared.done.send(());
     }
 }
 
@@ -797,7 +811,11 @@ fn take_new(
                     return Ok(None);
                 }
                 debug!("{}: waiting, {reason:?}", path.display());
-                std::thread::sleep(Duration::from_millis(200));
+                // the pickup folder's state is outside: looked at again shortly (or at shutdown)
+                select! {
+                    recv(shared.halt) -> _ => return Ok(None),
+                    default(Duration::from_millis(200)) => {}
+                }
             }
         }
     }
