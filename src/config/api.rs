@@ -214,3 +214,70 @@ pub(super) fn resolve_api(
         timeout: std::time::Duration::from_secs(file.timeout.unwrap_or(30)),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, Flavor, Hop};
+    use std::path::Path;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::from_toml(text, Some(Path::new("c.toml"))).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn routes_are_names_or_ordered_lists() {
+        let key = "[api]\nkey = \"k_123\"\n[smtp]\nhost = \"h\"\n";
+        for (route, want) in [
+            ("\"api\"", vec![Hop::Api]),
+            ("\"pickup-then-api\"", vec![Hop::Pickup, Hop::Api]),
+            ("\"pickup-then-smtp\"", vec![Hop::Pickup, Hop::Smtp]),
+            (
+                "[\"pickup\", \"api\", \"smtp\"]",
+                vec![Hop::Pickup, Hop::Api, Hop::Smtp],
+            ),
+            ("[\"smtp\", \"api\"]", vec![Hop::Smtp, Hop::Api]),
+        ] {
+            let c = parse(&format!("route = {route}\n{key}")).unwrap();
+            assert_eq!(c.route.0, want, "{route}");
+        }
+        for bad in ["\"ftp\"", "[]", "[\"api\", \"api\"]", "\"api-then-pickup\""] {
+            let e = parse(&format!("route = {bad}\n{key}")).unwrap_err();
+            assert!(e.contains("route"), "{bad}: {e}");
+        }
+        let e = parse("route = \"api\"\n").unwrap_err();
+        assert!(e.contains("needs an API key"), "{e}");
+    }
+
+    #[test]
+    fn the_url_defaults_to_sparkpost_and_a_url_of_ones_own_needs_a_flavor() {
+        let c = parse("[api]\nkey = \"k\"\n").unwrap();
+        assert!(
+            c.api.url.ends_with("/api/v1/transmissions"),
+            "{}",
+            c.api.url
+        );
+        assert_eq!(c.api.flavor, Flavor::Sparkpost);
+        let e = parse("[api]\nkey = \"k\"\nurl = \"https://pmta:8585/api/v1/transmissions\"\n")
+            .unwrap_err();
+        assert!(e.contains("flavor"), "{e}");
+        let e = parse("[api]\nkey = \"k\"\nflavor = \"powermta\"\nurl = \"http://pmta/x\"\n")
+            .unwrap_err();
+        assert!(e.contains("https://"), "{e}");
+    }
+
+    #[test]
+    fn a_key_is_never_shown_in_an_error() {
+        let secret = "Zz_secret_Value_42";
+        for text in [
+            format!("[api]\nkey = \"{secret}\n"),
+            format!("[api]\nkey = \"{secret} with space\"\n"),
+            format!("[api]\nkey = {secret}\n"),
+            format!("[api]\nkey = \"{secret}\"\nflavor = \"pmta\"\n"),
+        ] {
+            let e = parse(&text).unwrap_err();
+            assert!(!e.contains(secret), "{text:?} gave {e}");
+        }
+        let c = parse(&format!("[api]\nkey = \"{secret}\"\n")).unwrap();
+        assert!(!format!("{c:?}").contains(secret));
+    }
+}

@@ -21,7 +21,10 @@ pub struct ApiServer {
 
 impl ApiServer {
     pub fn start(flavor: &'static str) -> ApiServer {
-        let dir = tempfile::Builder::new().prefix("api-server").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("api-server")
+            .tempdir()
+            .unwrap();
         let mut s = ApiServer {
             dir,
             port: free_port(),
@@ -119,7 +122,11 @@ impl ApiServer {
             .iter()
             .map(|l| {
                 let f: Vec<&str> = l.split(' ').collect();
-                (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].parse().unwrap())
+                (
+                    f[0].parse().unwrap(),
+                    f[1].parse().unwrap(),
+                    f[2].parse().unwrap(),
+                )
             })
             .collect()
     }
@@ -158,7 +165,11 @@ impl Drop for ApiServer {
 
 /// The message a transmission carries (`content.email_rfc822`), as bytes.
 pub fn rfc822(t: &serde_json::Value) -> Vec<u8> {
-    t["content"]["email_rfc822"].as_str().unwrap().as_bytes().to_vec()
+    t["content"]["email_rfc822"]
+        .as_str()
+        .unwrap()
+        .as_bytes()
+        .to_vec()
 }
 
 /// Its recipients' addresses.
