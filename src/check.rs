@@ -1,13 +1,15 @@
 //! `smime-pickup check`: everything the daemon relies on, verified before it matters, as a readable
 //! report. Each problem names its path or address. Exit 0 only when all is well: 78 for configuration,
-//! 66 for missing folders or keys, 69 when the SMTP server cannot be used.
+//! 66 for missing folders or keys, 69 when the SMTP or API server cannot be used.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, Route, TlsMode};
+use crate::config::{Config, Hop, TlsMode};
 use crate::deliver::smtp::SmtpRoute;
 use crate::keyring;
+
+mod api;
 use crate::smime::certs::{CertProblem, Usage, unix_now, ymd};
 
 /// What one line of the report says.
@@ -17,7 +19,7 @@ pub enum Level {
     Warning,
     /// a missing folder, key or certificate: 66
     Missing,
-    /// SMTP unusable: 69
+    /// SMTP or the API unusable: 69
     Unavailable,
     /// the configuration itself: 78
     Config,
@@ -28,7 +30,7 @@ pub struct Report {
 }
 
 impl Report {
-    fn add(&mut self, level: Level, text: impl Into<String>) {
+    pub(crate) fn add(&mut self, level: Level, text: impl Into<String>) {
         self.lines.push((level, text.into()));
     }
 
@@ -79,7 +81,7 @@ impl Report {
 }
 
 /// Checks `config` (already parsed: a parse error is reported by the caller with code 78).
-pub fn check(config: &Config, smtp: bool) -> Report {
+pub fn check(config: &Config, smtp: bool, api: bool) -> Report {
     let mut r = Report { lines: Vec::new() };
     match &config.source {
         Some(p) => r.add(Level::Ok, format!("config {} parses", p.display())),
@@ -87,14 +89,20 @@ pub fn check(config: &Config, smtp: bool) -> Report {
     }
     folders(config, &mut r);
     keys_and_certs(config, &mut r);
+    if config.route.uses(Hop::Api) || api {
+        api::settings(config, &mut r);
+    }
     if smtp {
         smtp_check(config, &mut r);
+    }
+    if api {
+        api::server(config, &mut r);
     }
     r
 }
 
 fn folders(config: &Config, r: &mut Report) {
-    let needs_pickup = config.route != Route::Smtp;
+    let needs_pickup = config.route.uses(Hop::Pickup);
     let mut wanted: Vec<(&str, Option<&PathBuf>, bool)> = vec![
         ("spool", config.spool.as_ref(), true),
         ("pickup", config.pickup.as_ref(), needs_pickup),

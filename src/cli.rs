@@ -1,5 +1,7 @@
 //! Commands: argument parsing (clap), and the mapping of every failure to a sysexits code.
 
+mod send;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -8,7 +10,8 @@ use thiserror::Error;
 
 use crate::config::{Config, ConfigError};
 use crate::daemon::{self, DaemonError, Mode, Summary};
-use crate::deliver::smtp::{SmtpError, SmtpRoute};
+use crate::deliver::api::ApiError;
+use crate::deliver::smtp::SmtpError;
 use crate::keyring::{self, KeyringError};
 use crate::seal::{self, Protection, SealError};
 use crate::smime::SignatureMode;
@@ -31,13 +34,17 @@ pub enum Command {
     Seal(SealArgs),
     /// Seal the bundled fixture corpus with the bundled test PKI (no setup needed)
     Demo(DemoArgs),
-    /// Seal one message and send it by SMTP (SMTP_HOST, SMTP_PORT, SMTP_USER, SMTP_PASSWORD or [smtp])
+    /// Seal one message and send it by SMTP (SMTP_HOST, SMTP_PORT, SMTP_USER, SMTP_PASSWORD or [smtp]),
+    /// or with --api through the HTTP Transmissions API ([api], SPARKPOST_API_KEY, SPARKPOST_HOST)
     Send(SendArgs),
-    /// Verify the configuration, folders, keys, certificates (and with --smtp the SMTP server)
+    /// Verify the configuration, folders, keys, certificates (and with --smtp / --api the servers)
     Check {
         /// Also connect to the SMTP server: STARTTLS, certificate, AUTH, QUIT
         #[arg(long)]
         smtp: bool,
+        /// Also ask the API server: URL, certificate and key (a malformed request it must refuse)
+        #[arg(long)]
+        api: bool,
     },
     /// The daemon, in the foreground: watch the spool, seal, write into pickup (systemd runs this)
     Run,
@@ -99,7 +106,7 @@ pub struct KeyFolders {
 }
 
 impl KeyFolders {
-    fn apply(self, config: &mut Config) {
+    pub(crate) fn apply(self, config: &mut Config) {
         if let Some(k) = self.keys {
             config.keys = k;
         }
@@ -132,8 +139,12 @@ pub struct SendArgs {
     pub how: SealFlags,
     #[command(flatten)]
     pub folders: KeyFolders,
+    /// Send through the HTTP Transmissions API ([api]) instead of SMTP (also --send_api, the
+    /// sparkpostSMIME tool's spelling)
+    #[arg(long, alias = "send_api")]
+    pub api: bool,
     /// Send by SMTP (the default; the sparkpostSMIME tool's spelling, accepted for its scripts)
-    #[arg(long = "send_smtp")]
+    #[arg(long = "send_smtp", conflicts_with = "api")]
     pub send_smtp: bool,
     /// Sign with a detached signature, as --sign does (the sparkpostSMIME tool's spelling)
     #[arg(long = "sign_detached")]
@@ -168,8 +179,12 @@ pub enum CliError {
     Check(u8),
     #[error("no SMTP server: set SMTP_HOST, or host in the [smtp] section of the config")]
     NoSmtpHost,
+    #[error("no API key: set SPARKPOST_API_KEY, or key_file in the [api] section of the config")]
+    NoApiKey,
     #[error(transparent)]
     Smtp(#[from] SmtpError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
     #[error("the server refused the message for {0}")]
     Refused(String),
     #[error(transparent)]
@@ -195,10 +210,12 @@ impl CliError {
             }
             CliError::Daemon(DaemonError::Folder { .. }) => 74,
             CliError::Daemon(DaemonError::Fatal(_)) => 74,
-            CliError::NoSmtpHost => 78,
+            CliError::NoSmtpHost | CliError::NoApiKey => 78,
             CliError::Check(code) => *code,
             CliError::Smtp(e) if e.is_permanent() => 65,
             CliError::Smtp(_) => 69,
+            CliError::Api(e) if e.is_permanent() => 65,
+            CliError::Api(_) => 69,
             CliError::Refused(_) => 65,
             CliError::Failed(crate::failed::FailedError::NotConfigured) => 78,
             CliError::Failed(crate::failed::FailedError::Unknown(_)) => 66,
@@ -215,10 +232,10 @@ impl CliError {
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Seal(args) => seal_command(cli.config.as_deref(), args),
-        Command::Send(args) => send_command(cli.config.as_deref(), args),
-        Command::Check { smtp } => {
+        Command::Send(args) => send::send_command(cli.config.as_deref(), args),
+        Command::Check { smtp, api } => {
             let config = Config::locate(cli.config.as_deref())?;
-            let report = crate::check::check(&config, smtp);
+            let report = crate::check::check(&config, smtp, api);
             print!("{}", report.render());
             match report.exit_code() {
                 0 => Ok(()),
@@ -313,70 +330,7 @@ fn seal_command(config_path: Option<&Path>, args: SealArgs) -> Result<(), CliErr
         })
 }
 
-/// `send`: seal one message and inject it over SMTP, printing what the sparkpostSMIME tool printed.
-fn send_command(config_path: Option<&Path>, mut args: SendArgs) -> Result<(), CliError> {
-    let mut config = Config::locate(config_path)?;
-    args.folders.apply(&mut config);
-    if config.smtp.host.is_empty() {
-        return Err(CliError::NoSmtpHost);
-    }
-    if args.sign_detached {
-        args.how.sign = true;
-    }
-    args.how.apply(&mut config);
-    let sealed = seal_file(&config, &args.file, &args.file)?;
-    let route = SmtpRoute::new(config.smtp.clone()).map_err(|why| {
-        CliError::Config(ConfigError::Invalid {
-            path: config.source.clone().unwrap_or_default(),
-            why,
-        })
-    })?;
-    if !config.smtp.tls_verify {
-        eprintln!("warning: [smtp] tls_verify = false: the server's certificate is not checked");
-    }
-    let mut conn = route.open()?;
-    let s = &config.smtp;
-    println!(
-        "Opened SMTP connection ({}) to {}, port {}, user=\"{}\", password=\"{}\"",
-        conn.security,
-        s.host,
-        s.port,
-        s.user.as_deref().unwrap_or(""),
-        if s.password.is_some() { "********" } else { "" }
-    );
-    let mut refused = Vec::new();
-    // one line pair a transaction (a copy to over a hundred recipients takes several)
-    for copy in &sealed {
-        for recipients in crate::deliver::smtp::transactions(copy) {
-            println!(
-                "Sending {} From: {} To: {}",
-                args.file.display(),
-                copy.envelope.sender,
-                recipients.join(", ")
-            );
-            let (outcome, took) =
-                route.send_on(&mut conn, &copy.envelope.sender, recipients, &copy.data)?;
-            for (r, why) in &outcome.rejected {
-                println!("Refused {r}: {why}");
-                refused.push(r.clone());
-            }
-            if !outcome.accepted.is_empty() {
-                // microseconds: a pipelined transaction to a server on this host takes well under a millisecond
-                println!("OK - in {:.6} seconds", took.as_secs_f64());
-            }
-        }
-    }
-    conn.quit();
-    if refused.is_empty() {
-        Ok(())
-    } else {
-        Err(CliError::Refused(refused.join(", ")))
-    }
-}
-
-/// SIGTERM and SIGINT set the shutdown flag, SIGHUP the reload flag; nothing else happens in the
-/// handlers.
-
+/// SIGTERM and SIGINT stop the daemon, SIGHUP reloads it (see `daemon::Control`).
 fn signal_control() -> Result<daemon::Control, CliError> {
     daemon::Control::from_signals().map_err(|source| CliError::Input {
         path: "(signal handlers)".into(),

@@ -12,6 +12,9 @@ use thiserror::Error;
 
 use crate::seal::Policy;
 
+mod api;
+pub use api::{Api, Flavor, Hop, Route};
+
 pub const DEFAULT_CONFIG: &str = "/etc/smime-pickup/smime-pickup.toml";
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 50 * 1024 * 1024;
 
@@ -55,7 +58,7 @@ struct File {
     ca: Option<PathBuf>,
     key_passphrase_file: Option<PathBuf>,
     max_message_bytes: Option<usize>,
-    route: Option<Route>,
+    route: Option<api::RouteFile>,
     min_free_bytes: Option<u64>,
     metrics_file: Option<PathBuf>,
     inputs: Option<Vec<String>>,
@@ -63,17 +66,8 @@ struct File {
     seal: Policy,
     #[serde(default)]
     smtp: SmtpFile,
-}
-
-/// How sealed messages leave (`route`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum Route {
-    #[serde(rename = "pickup")]
-    Pickup,
-    #[serde(rename = "smtp")]
-    Smtp,
-    #[serde(rename = "pickup-then-smtp")]
-    PickupThenSmtp,
+    #[serde(default)]
+    api: api::ApiFile,
 }
 
 /// TLS towards the SMTP server (`[smtp] tls`).
@@ -180,7 +174,8 @@ pub struct Config {
     pub retry_max: std::time::Duration,
     /// Recipients per pickup file (PowerMTA recommends at most 5,000)
     pub max_recipients_per_file: usize,
-    /// Where sealed messages go; default pickup-then-smtp when an SMTP host is set, else pickup
+    /// Where sealed messages go, routes in the order they are tried; default pickup-then-smtp when
+    /// an SMTP host is set, else pickup
     pub route: Route,
     /// The pickup route counts as unhealthy below this much free space
     pub min_free_bytes: u64,
@@ -189,6 +184,7 @@ pub struct Config {
     /// Prometheus text file, rewritten every second (node_exporter's textfile collector)
     pub metrics_file: Option<PathBuf>,
     pub smtp: Smtp,
+    pub api: Api,
     /// Sender signing identities (default: `keys` beside the config file)
     pub keys: PathBuf,
     /// Recipient certificates (default: `certs` beside the config file)
@@ -253,24 +249,33 @@ impl Config {
             });
         }
         let smtp = resolve_smtp(file.smtp, &resolve, &shown)?;
-        let route = file.route.unwrap_or(if smtp.host.is_empty() {
-            Route::Pickup
-        } else {
-            Route::PickupThenSmtp
-        });
-        // one per core keeps the cores on the crypto; SMTP alone waits for replies between
-        // messages, so twice as many keep the cores busy meanwhile (measured in BENCHMARKS.md)
+        let api = api::resolve_api(file.api, &resolve, &shown)?;
+        let invalid = |why: String| ConfigError::Invalid {
+            path: shown.clone(),
+            why,
+        };
+        let route = match file.route {
+            Some(r) => r.resolve().map_err(invalid)?,
+            None if smtp.host.is_empty() => Route(vec![Hop::Pickup]),
+            None => Route(vec![Hop::Pickup, Hop::Smtp]),
+        };
+        // one per core keeps the cores on the crypto; SMTP or the API alone wait for replies
+        // between messages, so twice as many keep the cores busy meanwhile (BENCHMARKS.md)
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let workers = file.workers.unwrap_or(if route == Route::Smtp {
-            2 * cores
-        } else {
+        let workers = file.workers.unwrap_or(if route.uses(Hop::Pickup) {
             cores
+        } else {
+            2 * cores
         });
-        if route != Route::Pickup && smtp.host.is_empty() {
-            return Err(ConfigError::Invalid {
-                path: shown,
-                why: "route needs an SMTP server: set [smtp] host or SMTP_HOST".into(),
-            });
+        if route.uses(Hop::Smtp) && smtp.host.is_empty() {
+            return Err(invalid(
+                "route needs an SMTP server: set [smtp] host or SMTP_HOST".into(),
+            ));
+        }
+        if route.uses(Hop::Api) && api.key.is_none() {
+            return Err(invalid(
+                "route needs an API key: set [api] key_file or key, or SPARKPOST_API_KEY".into(),
+            ));
         }
         Ok(Config {
             source: path.map(Path::to_path_buf),
@@ -279,6 +284,7 @@ impl Config {
             metrics_file: file.metrics_file.map(resolve),
             inputs,
             smtp,
+            api,
             spool: file.spool.map(resolve),
             pickup: file.pickup.map(resolve),
             failed: file.failed.map(resolve),
@@ -303,7 +309,7 @@ impl Config {
 /// Every numeric setting's range (inclusive), checked when the file is read: a value outside is a
 /// configuration error naming the key, never a panic or an endless wait later. README's table gives
 /// the same ranges.
-pub const RANGES: [(&str, u64, u64); 10] = [
+pub const RANGES: [(&str, u64, u64); 11] = [
     ("workers", 1, 1024),
     ("settle_ms", 0, 600_000),
     ("rescan_seconds", 1, 86_400),
@@ -314,6 +320,7 @@ pub const RANGES: [(&str, u64, u64); 10] = [
     ("min_free_bytes", 0, u64::MAX),
     ("[smtp] timeout", 1, 3_600),
     ("[smtp] max_messages_per_connection", 1, 1_000_000),
+    ("[api] timeout", 1, 3_600),
 ];
 
 fn check_ranges(file: &File) -> Result<(), String> {
@@ -332,6 +339,7 @@ fn check_ranges(file: &File) -> Result<(), String> {
             "[smtp] max_messages_per_connection" => {
                 Some(as_u64(file.smtp.max_messages_per_connection))
             }
+            "[api] timeout" => file.api.timeout,
             _ => None,
         }
     };
@@ -506,9 +514,11 @@ mod tests {
         }
         for (key, lo, hi) in RANGES {
             for v in [lo, hi] {
-                let text = match key.strip_prefix("[smtp] ") {
-                    Some(k) => format!("[smtp]\n{k} = {}", v.min(i64::MAX as u64)),
-                    None => format!("{key} = {}", v.min(i64::MAX as u64)),
+                let v = v.min(i64::MAX as u64);
+                let text = match (key.strip_prefix("[smtp] "), key.strip_prefix("[api] ")) {
+                    (Some(k), _) => format!("[smtp]\n{k} = {v}"),
+                    (_, Some(k)) => format!("[api]\n{k} = {v}"),
+                    _ => format!("{key} = {v}"),
                 };
                 assert!(
                     Config::from_toml(&text, Some(Path::new("c.toml"))).is_ok(),
@@ -554,9 +564,9 @@ mod reference {
             std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
                 .unwrap();
         let mut checked = 0;
-        for section in ["", "seal", "smtp"] {
+        for section in ["", "seal", "smtp", "api"] {
             for key in accepted(section) {
-                if section.is_empty() && (key == "seal" || key == "smtp") {
+                if section.is_empty() && (key == "seal" || key == "smtp" || key == "api") {
                     continue;
                 }
                 let row = if section.is_empty() {

@@ -6,13 +6,10 @@ use std::path::{Path, PathBuf};
 
 use crate::spool::claim::{Claim, sync_dir};
 
-/// The input was delivered: drop the claim (committed or not) and its SMTP progress record.
+/// The input was delivered: drop the claim (committed or not) and its progress records (SMTP, API).
 pub fn delivered(claim: &Claim) -> std::io::Result<()> {
-    for path in [
-        claim.committed_path(),
-        claim.path.clone(),
-        crate::deliver::smtp::progress_path(claim),
-    ] {
+    let [smtp, api] = crate::deliver::progress::paths(claim);
+    for path in [claim.committed_path(), claim.path.clone(), smtp, api] {
         match std::fs::remove_file(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}

@@ -13,7 +13,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
-use crate::config::{Config, Route};
+use crate::config::{Config, Hop};
 
 /// The work folder the daemon uses for `config`.
 pub fn work_folder(config: &Config, spool: &Path) -> PathBuf {
@@ -43,7 +43,7 @@ pub fn problems(config: &Config) -> Vec<String> {
     let pickup = config
         .pickup
         .as_deref()
-        .filter(|_| config.route != Route::Smtp);
+        .filter(|_| config.route.uses(Hop::Pickup));
     let spool_real = real(spool);
     let work = work_folder(config, &spool_real);
     if same_filesystem(&spool_real, &work) == Some(false) {

@@ -3,7 +3,7 @@
 //!
 //! | metric | type | meaning |
 //! |---|---|---|
-//! | `smime_pickup_delivered_total{route}` | counter | inputs delivered, by route (`pickup`, `smtp`) |
+//! | `smime_pickup_delivered_total{route}` | counter | inputs delivered, by route (`pickup`, `smtp`, `api`) |
 //! | `smime_pickup_failed_total{reason}` | counter | inputs moved to `failed`, by class (`input`, `key`, `certificate`, `server`, `internal`) |
 //! | `smime_pickup_deferred_total` | counter | deliveries deferred for a retry |
 //! | `smime_pickup_bytes_total` | counter | bytes of sealed output delivered |
@@ -25,6 +25,7 @@ pub const FAILURE_CLASSES: [&str; 5] = ["input", "key", "certificate", "server",
 pub struct Metrics {
     pub delivered_pickup: AtomicU64,
     pub delivered_smtp: AtomicU64,
+    pub delivered_api: AtomicU64,
     pub failed: [AtomicU64; 5],
     pub deferred: AtomicU64,
     pub bytes: AtomicU64,
@@ -52,10 +53,10 @@ impl Metrics {
     }
 
     pub fn delivered(&self, route: &str, bytes: usize) {
-        let counter = if route == "smtp" {
-            &self.delivered_smtp
-        } else {
-            &self.delivered_pickup
+        let counter = match route {
+            "smtp" => &self.delivered_smtp,
+            "api" => &self.delivered_api,
+            _ => &self.delivered_pickup,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
@@ -84,6 +85,10 @@ impl Metrics {
         s.push_str(&format!(
             "smime_pickup_delivered_total{{route=\"smtp\"}} {}\n",
             get(&self.delivered_smtp)
+        ));
+        s.push_str(&format!(
+            "smime_pickup_delivered_total{{route=\"api\"}} {}\n",
+            get(&self.delivered_api)
         ));
         s.push_str("# HELP smime_pickup_failed_total Inputs moved to the failed folder, by reason class.\n# TYPE smime_pickup_failed_total counter\n");
         for (i, class) in FAILURE_CLASSES.iter().enumerate() {
@@ -127,7 +132,7 @@ impl Metrics {
         s.push_str(
             "# HELP smime_pickup_route The route in use now.\n# TYPE smime_pickup_route gauge\n",
         );
-        for route in ["pickup", "smtp"] {
+        for route in ["pickup", "smtp", "api"] {
             s.push_str(&format!(
                 "smime_pickup_route{{route=\"{route}\"}} {}\n",
                 u8::from(g.route == route)
@@ -170,7 +175,7 @@ mod tests {
         assert!(text.contains("smime_pickup_seal_seconds_bucket{le=\"0.05\"} 2\n"));
         assert!(text.contains("smime_pickup_seal_seconds_count 2\n"));
         assert!(text.contains(
-            "smime_pickup_route{route=\"pickup\"} 1\nsmime_pickup_route{route=\"smtp\"} 0\n"
+            "smime_pickup_route{route=\"pickup\"} 1\nsmime_pickup_route{route=\"smtp\"} 0\nsmime_pickup_route{route=\"api\"} 0\n"
         ));
         assert!(text.contains("smime_pickup_certificate_expiry_days 12\n"));
     }

@@ -19,10 +19,8 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info, warn};
 use thiserror::Error;
 
-use crate::config::{Config, ConfigError, Route};
-use crate::deliver::fallback::Fallback;
+use crate::config::{Config, ConfigError, Hop};
 use crate::deliver::pickup::Pickup;
-use crate::deliver::smtp::SmtpRoute;
 use crate::deliver::{DeliverError, Delivered, Transport, rejections};
 use crate::finish;
 use crate::keyring::{self, KeyringError};
@@ -163,6 +161,11 @@ pub fn backoff(attempt: u32, max: Duration) -> Duration {
     Duration::from_secs(1u64.checked_shl(attempt.min(32)).unwrap_or(u64::MAX)).min(max)
 }
 
+/// When to retry after `why`: the backoff, or later when the server asked (`Retry-After`).
+fn retry_in(attempt: u32, max: Duration, why: &DeliverError) -> Duration {
+    backoff(attempt, max).max(why.retry_after().unwrap_or_default())
+}
+
 fn required(config: &Config, value: &Option<PathBuf>, key: &str) -> Result<PathBuf, ConfigError> {
     value.clone().ok_or_else(|| ConfigError::Invalid {
         path: config
@@ -186,9 +189,10 @@ pub fn run(config: Config, mode: Mode, control: Control) -> Result<Summary, Daem
         move |source| DaemonError::Folder { path, source }
     };
     let spool_cfg = required(&config, &config.spool, "spool")?;
-    let pickup_dir = match config.route {
-        Route::Smtp => config.pickup.clone(),
-        _ => Some(required(&config, &config.pickup, "pickup")?),
+    let pickup_dir = if config.route.uses(Hop::Pickup) {
+        Some(required(&config, &config.pickup, "pickup")?)
+    } else {
+        config.pickup.clone()
     };
     let failed = required(&config, &config.failed, "failed")?;
     let spool = spool_cfg.canonicalize().map_err(folder(&spool_cfg))?;
@@ -208,45 +212,13 @@ pub fn run(config: Config, mode: Mode, control: Control) -> Result<Summary, Daem
     let work_root = crate::layout::work_folder(&config, &spool);
     let keyring = keyring::load(&config)?;
     keyring::warn_if_no_signer(&config, &keyring);
-    let pickup = |dir: &PathBuf| Pickup {
-        dir: dir.clone(),
-        staging: crate::layout::staging_folder(&config, dir),
-        max_recipients: config.max_recipients_per_file,
-    };
-    let smtp = || {
-        SmtpRoute::new(config.smtp.clone()).map_err(|why| ConfigError::Invalid {
+    let routes = crate::deliver::build(&config, pickup_dir.as_deref()).map_err(|why| {
+        ConfigError::Invalid {
             path: config.source.clone().unwrap_or_default(),
             why,
-        })
-    };
-    let (transport, gate_pickup, target): (Box<dyn Transport>, Option<Pickup>, String) =
-        match (config.route, &pickup_dir) {
-            (Route::Smtp, _) => {
-                let s = smtp()?;
-                let target = format!("SMTP {}", s.server());
-                (Box::new(s), None, target)
-            }
-            (Route::PickupThenSmtp, Some(dir)) => {
-                let s = smtp()?;
-                let target = format!("pickup {}, else SMTP {}", dir.display(), s.server());
-                let f = Fallback::new(
-                    pickup(dir),
-                    s,
-                    config.min_free_bytes,
-                    config.pickup_max_backlog,
-                );
-                (Box::new(f), None, target)
-            }
-            (_, Some(dir)) => (
-                Box::new(pickup(dir)),
-                Some(pickup(dir)),
-                format!("pickup {}", dir.display()),
-            ),
-            (_, None) => unreachable!("pickup is required for this route"),
-        };
-    if !config.smtp.tls_verify && config.route != Route::Pickup {
-        warn!("[smtp] tls_verify = false: the SMTP server's certificate is not checked");
-    }
+        }
+    })?;
+    let (transport, gate_pickup, target) = (routes.transport, routes.gate_pickup, routes.target);
     let instance = Instance::start(&work_root).map_err(folder(&work_root))?;
     let workers = config.workers;
     let (settle, rescan) = (config.settle, config.rescan);
@@ -1160,7 +1132,7 @@ fn defer(shared: &Shared, mut claim: Claim, why: &DeliverError) {
         .retries
         .lock()
         .expect("retries lock")
-        .push((Instant::now() + backoff(attempt, max), claim));
+        .push((Instant::now() + retry_in(attempt, max, why), claim));
 }
 
 /// SIGHUP: a new config, keys and certificates, or the old ones if anything is wrong.
@@ -1188,13 +1160,13 @@ fn reload_state(shared: &Shared) {
                     c.work.clone(),
                     c.staging.clone(),
                     c.workers,
-                    c.route,
-                    format!("{:?}", c.smtp),
+                    c.route.clone(),
+                    format!("{:?} {:?}", c.smtp, c.api),
                 )
             };
             if fixed(c) != fixed(&old.config) {
                 warn!(
-                    "reload: changes to folders, workers, route and [smtp] take effect at the next start"
+                    "reload: changes to folders, workers, route, [smtp] and [api] take effect at the next start"
                 );
             }
             info!(

@@ -1,9 +1,11 @@
-//! Delivery routes behind one small trait, so the pipeline is tested without the outside world and
-//! the SMTP route can join the pickup one later.
+//! Delivery routes behind one small trait, so the pipeline is tested without the outside world:
+//! the pickup directory, SMTP, the HTTP Transmissions API, and an ordered list of them (`fallback`).
 
+pub mod api;
 pub mod fallback;
 mod nodelay;
 pub mod pickup;
+pub mod progress;
 pub mod smtp;
 
 use thiserror::Error;
@@ -27,6 +29,8 @@ pub enum DeliverError {
     },
     #[error(transparent)]
     Smtp(Box<smtp::SmtpError>),
+    #[error(transparent)]
+    Api(Box<api::ApiError>),
     #[error("every recipient was refused: {}", rejections(.0))]
     Rejected(Vec<(String, String)>),
 }
@@ -44,8 +48,27 @@ impl DeliverError {
     pub fn is_transient(&self) -> bool {
         match self {
             DeliverError::Smtp(e) => !e.is_permanent(),
+            DeliverError::Api(e) => !e.is_permanent(),
             DeliverError::Rejected(_) => false,
             _ => true,
+        }
+    }
+
+    /// The route failed, not the message: the next route of the list may take it.
+    pub fn is_route_problem(&self) -> bool {
+        match self {
+            DeliverError::Smtp(e) => e.is_session(),
+            DeliverError::Api(e) => e.is_route_problem(),
+            DeliverError::Rejected(_) => false,
+            DeliverError::Unavailable { .. } | DeliverError::Io { .. } => true,
+        }
+    }
+
+    /// How long the server asked us to wait before trying again (`Retry-After`), if it did.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            DeliverError::Api(e) => e.retry_after(),
+            _ => None,
         }
     }
 }
@@ -109,4 +132,79 @@ impl Delivered {
             self.names.join(", ")
         )
     }
+}
+
+/// The routes of a config, ready to deliver.
+pub struct Routes {
+    pub transport: Box<dyn Transport>,
+    /// the pickup directory, when it is the only route (the intake gate watches its backlog)
+    pub gate_pickup: Option<pickup::Pickup>,
+    /// for the start line: "pickup /x, else SMTP host:25"
+    pub target: String,
+}
+
+/// Builds `config.route`: one route alone, or the ordered list with its fallback. `pickup_dir` is
+/// required when the list holds pickup. Warns about settings that weaken TLS.
+pub fn build(
+    config: &crate::config::Config,
+    pickup_dir: Option<&std::path::Path>,
+) -> Result<Routes, String> {
+    use crate::config::Hop;
+    use fallback::Leg;
+    let mut legs = Vec::new();
+    for hop in &config.route.0 {
+        legs.push(match hop {
+            Hop::Pickup => {
+                let dir = pickup_dir.ok_or("`pickup` is not set")?;
+                Leg::Pickup(pickup::Pickup {
+                    dir: dir.to_path_buf(),
+                    staging: crate::layout::staging_folder(config, dir),
+                    max_recipients: config.max_recipients_per_file,
+                })
+            }
+            Hop::Smtp => Leg::Smtp(smtp::SmtpRoute::new(config.smtp.clone())?),
+            Hop::Api => Leg::Api(api::ApiRoute::new(config.api.clone())?),
+        });
+    }
+    if !config.smtp.tls_verify && config.route.uses(Hop::Smtp) {
+        log::warn!("[smtp] tls_verify = false: the SMTP server's certificate is not checked");
+    }
+    let target = legs
+        .iter()
+        .map(|leg| match leg {
+            Leg::Pickup(p) => format!("pickup {}", p.dir.display()),
+            Leg::Smtp(s) => format!("SMTP {}", s.server()),
+            Leg::Api(a) => format!("API {} ({:?})", a.url(), config.api.flavor),
+        })
+        .collect::<Vec<_>>()
+        .join(", else ");
+    if legs.len() > 1 {
+        return Ok(Routes {
+            transport: Box::new(fallback::Fallback::new(
+                legs,
+                config.min_free_bytes,
+                config.pickup_max_backlog,
+            )),
+            gate_pickup: None,
+            target,
+        });
+    }
+    let (transport, gate_pickup): (Box<dyn Transport>, _) =
+        match legs.pop().expect("a route list is never empty") {
+            Leg::Pickup(p) => {
+                let gate = pickup::Pickup {
+                    dir: p.dir.clone(),
+                    staging: p.staging.clone(),
+                    max_recipients: p.max_recipients,
+                };
+                (Box::new(p), Some(gate))
+            }
+            Leg::Smtp(s) => (Box::new(s), None),
+            Leg::Api(a) => (Box::new(a), None),
+        };
+    Ok(Routes {
+        transport,
+        gate_pickup,
+        target,
+    })
 }

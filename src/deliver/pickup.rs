@@ -120,8 +120,14 @@ pub fn pickup_file(copy: &Sealed, recipients: &[String]) -> Vec<u8> {
     for (name, value) in &copy.envelope.extras {
         out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
     }
-    out.extend_from_slice(&copy.data);
+    out.extend_from_slice(message_part(copy));
     out
+}
+
+/// What a pickup file carries after its envelope lines: the sealed message as it is (CRLF, no
+/// dot-stuffing). The API route sends exactly these bytes as `email_rfc822`.
+pub fn message_part(copy: &Sealed) -> &[u8] {
+    &copy.data
 }
 
 impl Pickup {

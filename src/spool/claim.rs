@@ -267,8 +267,11 @@ impl Instance {
     }
 }
 
-/// Work-folder files beside a claim: its SMTP progress record.
-const SIDECARS: [&str; 1] = [crate::deliver::smtp::PROGRESS_SUFFIX];
+/// Work-folder files beside a claim: its SMTP and API progress records.
+const SIDECARS: [&str; 2] = [
+    crate::deliver::smtp::PROGRESS_SUFFIX,
+    crate::deliver::progress::API_SUFFIX,
+];
 
 /// Whether a work-folder file name is a claim (not one of its sidecar files).
 fn is_claim_name(name: &str) -> bool {
@@ -294,7 +297,7 @@ pub fn parse_claim(path: &Path) -> Option<Claim> {
 const MAX_ENCODED: usize = 180;
 
 /// `%`, `/` and `#` escaped: a claim's name never holds a `#` of its input's, so the state suffixes
-/// (`#committed`, `#smtp-sent`) cannot be forged by naming an input `report#committed`.
+/// (`#committed`, `#smtp-sent`, `#api-sent`) cannot be forged by naming an input `report#committed`.
 fn escape(s: &str) -> String {
     s.replace('%', "%25")
         .replace('/', "%2F")

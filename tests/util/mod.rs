@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod api;
 pub mod gpgsm;
 pub mod mta;
 pub mod nss;
