@@ -277,7 +277,8 @@ pub fn run(config: Config, mode: Mode, control: Control) -> Result<Summary, Daem
     };
     let timing = (settle, rescan, mode == Mode::Once);
     let tracker = shared.tracker.clone();
-    let producers = Producers::start(spool, timing, inputs, tracker, emit, shutdown.clone())
+    let halting = (shutdown.clone(), shared.halt.clone());
+    let producers = Producers::start(spool, timing, inputs, tracker, emit, halting)
         .map_err(folder(&shared.spool))?;
     info!(
         "{} {} with {workers} workers; delivering to {target}",

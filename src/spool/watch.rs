@@ -17,11 +17,11 @@ use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use crossbeam_channel::{Receiver, Sender, select};
 use log::{debug, warn};
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher as _};
@@ -29,6 +29,33 @@ use notify::{EventKind, RecursiveMode, Watcher as _};
 use super::folders::Folders;
 use super::ready::{Seen, Tracker};
 use super::{Candidate, Inputs, Snapshot, is_hidden, is_input, special_kind, writers};
+
+/// A wake-up with a flag: several may ask, the one waiting wakes once and sees the flag.
+struct Poke {
+    wanted: AtomicBool,
+    tx: Sender<()>,
+    rx: Receiver<()>,
+}
+
+impl Poke {
+    fn new() -> Poke {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        Poke {
+            wanted: AtomicBool::new(false),
+            tx,
+            rx,
+        }
+    }
+
+    fn request(&self) {
+        self.wanted.store(true, Ordering::SeqCst);
+        let _ = self.tx.try_send(()); // one pending wake-up is enough
+    }
+
+    fn take(&self) -> bool {
+        self.wanted.swap(false, Ordering::SeqCst)
+    }
+}
 
 /// Hands one complete input to the workers; false when shutting down.
 pub type Emit = Arc<dyn Fn(Candidate) -> bool + Send + Sync>;
@@ -38,7 +65,7 @@ pub struct Producers {
     pub tracker: Arc<Mutex<Tracker>>,
     /// set after the first full scan has handed over everything it found complete
     pub first_scan_done: Arc<AtomicBool>,
-    rescan_now: Arc<AtomicBool>,
+    rescan_now: Arc<Poke>,
     threads: Vec<JoinHandle<()>>,
     _watcher: Option<Folders>,
 }
@@ -81,11 +108,11 @@ impl Producers {
         inputs: Inputs,
         tracker: Arc<Mutex<Tracker>>,
         emit: Emit,
-        shutdown: Arc<AtomicBool>,
+        (shutdown, halt): (Arc<AtomicBool>, Receiver<()>),
     ) -> std::io::Result<Producers> {
         let first_scan_done = Arc::new(AtomicBool::new(false));
-        let rescan_now = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::channel();
+        let rescan_now = Arc::new(Poke::new());
+        let (tx, rx) = crossbeam_channel::unbounded();
         let watcher = notify::recommended_watcher(move |res| {
             let _ = tx.send(res);
         })
@@ -106,7 +133,9 @@ impl Producers {
             tracker: tracker.clone(),
             emit,
             shutdown,
+            halt,
             rescan_now: rescan_now.clone(),
+            scanned: Arc::new(Poke::new()),
             folders: watcher.clone(),
             intake: Arc::new(Intake {
                 once,
@@ -142,7 +171,7 @@ impl Producers {
 
     /// Asks for a full scan now (after SIGHUP, say).
     pub fn rescan(&self) {
-        self.rescan_now.store(true, Ordering::SeqCst);
+        self.rescan_now.request();
     }
 
     /// `once`: intake has ended (see `Intake`) and both threads are done.
@@ -164,7 +193,12 @@ struct On {
     tracker: Arc<Mutex<Tracker>>,
     emit: Emit,
     shutdown: Arc<AtomicBool>,
-    rescan_now: Arc<AtomicBool>,
+    /// never sent on: dropped at shutdown
+    halt: Receiver<()>,
+    /// asks the scan thread for a full scan now
+    rescan_now: Arc<Poke>,
+    /// the scan thread tells the event thread that the tracker may hold new deadlines
+    scanned: Arc<Poke>,
     folders: Option<Folders>,
     intake: Arc<Intake>,
     /// links, FIFOs, sockets, devices and files the input patterns leave out, already warned about
@@ -217,23 +251,49 @@ impl On {
     }
 }
 
-fn event_loop(spool: &Path, rx: mpsc::Receiver<notify::Result<notify::Event>>, on: &On) {
+fn event_loop(spool: &Path, rx: Receiver<notify::Result<notify::Event>>, on: &On) {
     let (tracker, shutdown, rescan_now) = (&on.tracker, &on.shutdown, &on.rescan_now);
     let folders = on.folders.as_ref();
+    let mut watcher_gone = false;
     while !shutdown.load(Ordering::SeqCst) {
-        let wait = tracker
+        // blocks until an event, the next settle deadline, a scan's news or shutdown; the second
+        // cap only bounds how late a deadline set by another thread (a put-back claim) is seen
+        let deadline = tracker
             .lock()
             .expect("tracker lock")
             .next_deadline()
-            .map_or(Duration::from_millis(200), |d| {
-                d.saturating_duration_since(Instant::now())
-            })
-            .min(Duration::from_millis(200));
-        match rx.recv_timeout(wait) {
-            Ok(Ok(event)) => {
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1))
+            .min(Instant::now() + Duration::from_secs(1));
+        let deadline = match on.intake.until() {
+            Some(u) if u > Instant::now() => deadline.min(u),
+            _ => deadline,
+        };
+        let events = if watcher_gone {
+            crossbeam_channel::never()
+        } else {
+            rx.clone()
+        };
+        let received = select! {
+            recv(events) -> ev => match ev {
+                Ok(ev) => Some(ev),
+                Err(_) => {
+                    watcher_gone = true; // no watcher: scans alone find files
+                    None
+                }
+            },
+            recv(on.halt) -> _ => return,
+            recv(on.scanned.rx) -> _ => {
+                on.scanned.take();
+                None
+            },
+            recv(crossbeam_channel::at(deadline)) -> _ => None,
+        };
+        match received {
+            None => {}
+            Some(Ok(event)) => {
                 if event.need_rescan() {
                     warn!("{}: the watcher lost events; rescanning", spool.display());
-                    rescan_now.store(true, Ordering::SeqCst);
+                    rescan_now.request();
                 }
                 let now = Instant::now();
                 let mut t = tracker.lock().expect("tracker lock");
@@ -262,7 +322,7 @@ fn event_loop(spool: &Path, rx: mpsc::Receiver<notify::Result<notify::Event>>, o
                                 f.watch_tree(spool, &path);
                             }
                             // files may have landed in it before its watch existed
-                            rescan_now.store(true, Ordering::SeqCst);
+                            rescan_now.request();
                         }
                     } else if let Some(kind) = special_kind(&meta) {
                         t.seen(&path, Seen::Removed, now);
@@ -272,13 +332,9 @@ fn event_loop(spool: &Path, rx: mpsc::Receiver<notify::Result<notify::Event>>, o
                     }
                 }
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 warn!("{}: watcher error ({e}); rescanning", spool.display());
-                rescan_now.store(true, Ordering::SeqCst);
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                std::thread::sleep(Duration::from_millis(200))
+                rescan_now.request();
             }
         }
         // `once` takes what is complete by the moment intake closes, however late this runs
@@ -328,11 +384,11 @@ fn classify(event: &notify::Event) -> Vec<(PathBuf, Seen)> {
 }
 
 fn scan_loop(spool: &Path, every: Duration, on: &On, first_done: &AtomicBool) {
-    let (shutdown, rescan_now) = (&on.shutdown, &on.rescan_now);
+    let rescan_now = &on.rescan_now;
     let identity = |p: &Path| p.symlink_metadata().ok().map(|m| (m.dev(), m.ino()));
     let mut known = identity(spool);
     loop {
-        rescan_now.store(false, Ordering::SeqCst);
+        rescan_now.take();
         let started = Instant::now();
         // the spool renamed away and a new folder made in its place: watch the new one
         let now = identity(spool);
@@ -360,12 +416,24 @@ fn scan_loop(spool: &Path, every: Duration, on: &On, first_done: &AtomicBool) {
         debug!("{}: scan took {:?}", spool.display(), started.elapsed());
         on.intake.scanned();
         first_done.store(true, Ordering::SeqCst);
-        let next = Instant::now() + every;
-        while Instant::now() < next && !rescan_now.load(Ordering::SeqCst) {
-            if shutdown.load(Ordering::SeqCst) || on.intake.closed() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        // the event thread picks up what this scan left settling
+        on.scanned.request();
+        // sleeps until the next rescan is due, one is asked for, or shutdown; `once` stops at
+        // the end of its intake
+        let mut next = Instant::now() + every;
+        if let Some(u) = on.intake.until() {
+            next = next.min(u);
+        }
+        if on.intake.closed() {
+            return;
+        }
+        select! {
+            recv(rescan_now.rx) -> _ => {}
+            recv(on.halt) -> _ => return,
+            recv(crossbeam_channel::at(next)) -> _ => {}
+        }
+        if on.intake.closed() {
+            return;
         }
     }
 }
