@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::message::Limits;
 use crate::seal::Policy;
 
 pub const DEFAULT_CONFIG: &str = "/etc/smime-pickup/smime-pickup.toml";
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 50 * 1024 * 1024;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -51,6 +51,10 @@ struct File {
     ca: Option<PathBuf>,
     key_passphrase_file: Option<PathBuf>,
     max_message_bytes: Option<usize>,
+    max_mime_depth: Option<usize>,
+    max_header_bytes: Option<usize>,
+    max_mime_parts: Option<usize>,
+    max_recipients: Option<usize>,
     route: Option<Route>,
     min_free_bytes: Option<u64>,
     metrics_file: Option<PathBuf>,
@@ -190,8 +194,9 @@ pub struct Config {
     pub ca: Option<PathBuf>,
     /// File holding the passphrase of encrypted private keys
     pub key_passphrase_file: Option<PathBuf>,
-    /// Larger inputs are refused (default 50 MiB)
-    pub max_message_bytes: usize,
+    /// What one input may hold (`max_message_bytes`, `max_mime_depth`, `max_header_bytes`,
+    /// `max_mime_parts`, `max_recipients`); more is refused
+    pub limits: Limits,
     pub seal: Policy,
 }
 
@@ -236,13 +241,7 @@ impl Config {
                 .to_path_buf(),
         };
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-        let max_message_bytes = file.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
-        if max_message_bytes == 0 {
-            return Err(ConfigError::Invalid {
-                path: shown,
-                why: "max_message_bytes must be above 0".into(),
-            });
-        }
+        let limits = limits(&file, &shown)?;
         let positive = |v: Option<u64>, key: &str, default: u64| match v {
             Some(0) => Err(ConfigError::Invalid {
                 path: shown.clone(),
@@ -314,10 +313,65 @@ impl Config {
             certs: resolve(file.certs.unwrap_or_else(|| "certs".into())),
             ca: file.ca.map(resolve),
             key_passphrase_file: file.key_passphrase_file.map(resolve),
-            max_message_bytes,
+            limits,
             seal: file.seal,
         })
     }
+}
+
+/// The input limits, each within a range that keeps the daemon useful and its work bounded.
+fn limits(file: &File, shown: &Path) -> Result<Limits, ConfigError> {
+    let d = Limits::default();
+    let ranged = |value: Option<usize>, key: &str, default: usize, min: usize, max: usize| {
+        let v = value.unwrap_or(default);
+        if (min..=max).contains(&v) {
+            Ok(v)
+        } else {
+            Err(ConfigError::Invalid {
+                path: shown.to_path_buf(),
+                why: format!("{key} = {v}: must be from {min} to {max}"),
+            })
+        }
+    };
+    const GIB: usize = 1024 * 1024 * 1024;
+    let max_message_bytes = ranged(
+        file.max_message_bytes,
+        "max_message_bytes",
+        d.max_message_bytes,
+        1,
+        4 * GIB,
+    )?;
+    Ok(Limits {
+        max_message_bytes,
+        max_mime_depth: ranged(
+            file.max_mime_depth,
+            "max_mime_depth",
+            d.max_mime_depth,
+            1,
+            1000,
+        )?,
+        max_header_bytes: ranged(
+            file.max_header_bytes,
+            "max_header_bytes",
+            d.max_header_bytes,
+            1024,
+            64 * 1024 * 1024,
+        )?,
+        max_mime_parts: ranged(
+            file.max_mime_parts,
+            "max_mime_parts",
+            d.max_mime_parts,
+            1,
+            1_000_000,
+        )?,
+        max_recipients: ranged(
+            file.max_recipients,
+            "max_recipients",
+            d.max_recipients,
+            1,
+            1_000_000,
+        )?,
+    })
 }
 
 /// `[smtp]` with the variables the sparkpostSMIME tool used layered on top: SMTP_HOST, SMTP_PORT,
@@ -386,6 +440,34 @@ mod tests {
         assert_eq!(c.certs, Path::new("/etc/x/certs"));
         assert_eq!(c.ca.as_deref(), Some(Path::new("/abs/ca.pem")));
         assert!(c.seal.sign && c.seal.encrypt);
+    }
+
+    #[test]
+    fn limits_have_defaults_and_ranges() {
+        let c = Config::from_toml("", None).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.limits.max_mime_depth, 100);
+        let c = Config::from_toml("max_mime_depth = 20\nmax_recipients = 50\n", None).unwrap();
+        assert_eq!((c.limits.max_mime_depth, c.limits.max_recipients), (20, 50));
+        for (text, named) in [
+            (
+                "max_mime_depth = 0",
+                "max_mime_depth = 0: must be from 1 to 1000",
+            ),
+            ("max_mime_depth = 5000", "max_mime_depth = 5000"),
+            (
+                "max_header_bytes = 100",
+                "max_header_bytes = 100: must be from 1024",
+            ),
+            ("max_mime_parts = 0", "max_mime_parts"),
+            ("max_recipients = 0", "max_recipients"),
+            ("max_message_bytes = 0", "max_message_bytes = 0"),
+        ] {
+            let e = Config::from_toml(text, Some(Path::new("c.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(named), "{text}: {e}");
+        }
     }
 
     #[test]

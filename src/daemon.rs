@@ -829,7 +829,7 @@ fn prepare(shared: &Shared, claim: Claim) -> Option<Ready> {
     let sealed = seal::seal(
         &bytes,
         &state.config.seal,
-        state.config.max_message_bytes,
+        &state.config.limits,
         &state.keyring,
         unix_now(),
     );

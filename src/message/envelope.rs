@@ -1,7 +1,8 @@
 //! The PowerMTA pickup envelope lines an input may start with, and the recipient list they make.
 
 use super::entity::{memchr, starts_with_ignore_case, trim_eol};
-use super::{Envelope, ParseError};
+use super::limits::shown;
+use super::{Envelope, MAX_LINE, ParseError};
 
 /// Envelope lines PowerMTA reads at the top of a pickup file.
 const ENVELOPE_EXTRAS: [&str; 4] = ["x-envid", "x-job", "x-virtual-mta", "x-sender-override"];
@@ -26,6 +27,17 @@ pub(super) fn split_pickup_envelope(input: &[u8]) -> Result<(Option<Envelope>, &
         if !known {
             break;
         }
+        // written again at the top of the pickup file: it must stay one valid line there
+        let bad = |why| ParseError::BadEnvelope {
+            line: shown(&String::from_utf8_lossy(line)),
+            why,
+        };
+        if line.len() > MAX_LINE {
+            return Err(bad("longer than 998 octets"));
+        }
+        if line.iter().any(|b| b.is_ascii_control() && *b != b'\t') {
+            return Err(bad("contains a control character"));
+        }
         let value = String::from_utf8_lossy(&line[colon + 1..])
             .trim()
             .to_string();
@@ -37,10 +49,7 @@ pub(super) fn split_pickup_envelope(input: &[u8]) -> Result<(Option<Envelope>, &
             "x-sender" => env.sender = bare,
             "x-receiver" => {
                 if !bare.contains('@') {
-                    return Err(ParseError::BadEnvelope {
-                        line: String::from_utf8_lossy(line).into_owned(),
-                        why: "not an address",
-                    });
+                    return Err(bad("not an address"));
                 }
                 env.recipients.push(bare);
             }

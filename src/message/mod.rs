@@ -4,9 +4,14 @@
 //! The inner entity is rebuilt from the raw bytes rather than from a parsed tree, so that parts which are
 //! already 7-bit clean reach the signature byte for byte (only their line endings become CRLF). Parts
 //! that are not (8bit or binary content, lines over 998 octets) are re-encoded: quoted-printable for
-//! mostly-ASCII text, base64 for everything else, recursively through multiparts. mail-parser reads the
+//! mostly-ASCII text, base64 for everything else, part by part through multiparts. mail-parser reads the
 //! structured headers (addresses, Content-Type parameters) so that groups, comments and RFC 2047/2231
 //! forms are understood the way a mail client would.
+//!
+//! Nothing here recurses as deep as the input nests, and the work is linear in the input's size: the
+//! MIME tree is found in one pass over the lines (`structure`) and written out from an explicit stack
+//! (`canonical`). What an input may hold is bounded by `Limits`; every limit exceeded is a refusal
+//! that names it. Header lines over 998 octets are folded on output (`fold`).
 
 use mail_parser::{HeaderName, MessageParser};
 use thiserror::Error;
@@ -15,14 +20,19 @@ mod canonical;
 mod encoding;
 mod entity;
 mod envelope;
+mod fold;
+mod limits;
+mod structure;
 #[cfg(test)]
 mod tests;
 
 pub use encoding::{encode_base64_lines, encode_qp};
 pub use entity::{push_crlf, split_entity};
+pub use fold::write_field;
+pub use limits::Limits;
 
-use canonical::canonical_entity;
 use envelope::{dedup_addresses, split_pickup_envelope};
+use limits::{check_address, check_content_types, shown};
 
 /// Longest line SMTP allows, without its CRLF (RFC 5322 §2.1.1).
 const MAX_LINE: usize = 998;
@@ -44,6 +54,24 @@ pub enum ParseError {
     NoRecipients,
     #[error("bad envelope line {line:?}: {why}")]
     BadEnvelope { line: String, why: &'static str },
+    #[error("bad address {address:?}: {why}")]
+    BadAddress { address: String, why: &'static str },
+    #[error("{count} recipients, over max_recipients ({max})")]
+    TooManyRecipients { count: usize, max: usize },
+    #[error("header block of {size} bytes, over max_header_bytes ({max})")]
+    HeaderTooLarge { size: usize, max: usize },
+    #[error("a MIME part's header block is over max_header_bytes ({max})")]
+    PartHeaderTooLarge { max: usize },
+    #[error("MIME parts nested more than {max} deep (max_mime_depth = {max})")]
+    TooDeep { max: usize },
+    #[error("more than {max} MIME parts (max_mime_parts = {max})")]
+    TooManyParts { max: usize },
+    #[error(
+        "header field {name}: {len} octets without a place to fold them into lines of 998 (RFC 5322)"
+    )]
+    Unfoldable { name: String, len: usize },
+    #[error("malformed MIME: {0}")]
+    Malformed(String),
 }
 
 /// The SMTP envelope of one message, plus the PowerMTA pickup extras that travel with it.
@@ -95,15 +123,15 @@ pub struct Message {
     pub message_id: String,
 }
 
-/// Parses `input` (LF or CRLF, optional leading pickup envelope lines).
-pub fn parse(input: &[u8], max_bytes: usize) -> Result<Message, ParseError> {
+/// Parses `input` (LF or CRLF, optional leading pickup envelope lines) within `limits`.
+pub fn parse(input: &[u8], limits: &Limits) -> Result<Message, ParseError> {
     if input.is_empty() || input.iter().all(u8::is_ascii_whitespace) {
         return Err(ParseError::Empty);
     }
-    if input.len() > max_bytes {
+    if input.len() > limits.max_message_bytes {
         return Err(ParseError::TooLarge {
             size: input.len(),
-            max: max_bytes,
+            max: limits.max_message_bytes,
         });
     }
     let (pickup_envelope, rest) = split_pickup_envelope(input)?;
@@ -114,6 +142,13 @@ pub fn parse(input: &[u8], max_bytes: usize) -> Result<Message, ParseError> {
         ));
     }
     let header_end = rest.len() - body.len();
+    if header_end > limits.max_header_bytes {
+        return Err(ParseError::HeaderTooLarge {
+            size: header_end,
+            max: limits.max_header_bytes,
+        });
+    }
+    check_content_types(&fields)?;
     let parsed = MessageParser::new()
         .parse_headers(&rest[..header_end])
         .ok_or_else(|| ParseError::NotAMessage("unreadable header block".into()))?;
@@ -167,10 +202,22 @@ pub fn parse(input: &[u8], max_bytes: usize) -> Result<Message, ParseError> {
     if envelope.recipients.is_empty() {
         return Err(ParseError::NoRecipients);
     }
+    if envelope.recipients.len() > limits.max_recipients {
+        return Err(ParseError::TooManyRecipients {
+            count: envelope.recipients.len(),
+            max: limits.max_recipients,
+        });
+    }
+    // the addresses become envelope lines and SMTP commands
+    for a in std::iter::once(&envelope.sender).chain(&envelope.recipients) {
+        check_address(a)?;
+    }
+    let visible: std::collections::HashSet<String> =
+        visible.iter().map(|v| v.to_ascii_lowercase()).collect();
     envelope.hidden = envelope
         .recipients
         .iter()
-        .filter(|r| !visible.iter().any(|v| v.eq_ignore_ascii_case(r)))
+        .filter(|r| !visible.contains(&r.to_ascii_lowercase()))
         .cloned()
         .collect();
 
@@ -180,21 +227,16 @@ pub fn parse(input: &[u8], max_bytes: usize) -> Result<Message, ParseError> {
         .is_some_and(|ct| is_smime_type(ct.ctype(), ct.subtype(), ct.attribute("protocol")));
 
     let mut outer = Vec::with_capacity(header_end + 128);
-    let mut inner_headers = Vec::new();
     for field in &fields {
-        if field.is_content() {
-            push_crlf(&mut inner_headers, field.raw);
-            inner_headers.extend_from_slice(b"\r\n");
-        } else if !field.is("bcc") && !field.is("mime-version") {
-            push_crlf(&mut outer, field.raw);
-            outer.extend_from_slice(b"\r\n");
+        if !field.is_content() && !field.is("bcc") && !field.is("mime-version") {
+            write_field(&mut outer, field)?;
         }
     }
     if !fields.iter().any(|f| f.is("date")) {
         outer.extend_from_slice(format!("Date: {}\r\n", rfc5322_now()).as_bytes());
     }
     let message_id = match parsed.message_id() {
-        Some(id) => id.to_string(),
+        Some(id) => shown(id),
         None => {
             let id = new_message_id(&from);
             outer.extend_from_slice(format!("Message-ID: <{id}>\r\n").as_bytes());
@@ -202,15 +244,23 @@ pub fn parse(input: &[u8], max_bytes: usize) -> Result<Message, ParseError> {
         }
     };
 
+    // passed through as it came, but for its header block (which no signature covers): folded too
     let mut original = Vec::new();
     if already_sealed {
-        push_crlf(&mut original, rest);
+        for field in &fields {
+            write_field(&mut original, field)?;
+        }
+        original.extend_from_slice(b"\r\n");
+        push_crlf(&mut original, body);
     }
 
-    let mut inner = crate::buffers::take(body.len() + body.len() / 16 + inner_headers.len() + 64);
+    let mut inner = crate::buffers::take(body.len() + body.len() / 16 + header_end + 64);
     if !already_sealed {
         let content: Vec<Field> = fields.iter().filter(|f| f.is_content()).cloned().collect();
-        canonical_entity(&content, body, true, &mut inner);
+        if let Err(e) = canonical::canonical(content, body, limits, &mut inner) {
+            crate::buffers::give(inner);
+            return Err(e);
+        }
     }
     Ok(Message {
         envelope,

@@ -5,8 +5,16 @@ use mail_parser::MessageParser;
 use super::encoding::{decode_qp, is_7bit_clean};
 use super::*;
 
+/// No limit but the size.
+fn bytes(max_message_bytes: usize) -> Limits {
+    Limits {
+        max_message_bytes,
+        ..Limits::NONE
+    }
+}
+
 fn canon(input: &str) -> String {
-    let m = parse(input.as_bytes(), usize::MAX).unwrap();
+    let m = parse(input.as_bytes(), &Limits::NONE).unwrap();
     String::from_utf8(m.inner).unwrap()
 }
 
@@ -56,7 +64,7 @@ fn binary_part_in_multipart_becomes_base64_and_round_trips() {
     let mut input = b"From: a@x.org\nTo: b@y.org\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"b1\"\n\npreamble\n--b1\nContent-Type: text/plain\n\nhi\n--b1\nContent-Type: application/octet-stream\nContent-Transfer-Encoding: binary\n\n".to_vec();
     input.extend_from_slice(&payload);
     input.extend_from_slice(b"\n--b1--\n");
-    let m = parse(&input, usize::MAX).unwrap();
+    let m = parse(&input, &Limits::NONE).unwrap();
     let inner = String::from_utf8(m.inner.clone()).unwrap();
     assert!(
         inner.contains("Content-Transfer-Encoding: base64\r\n"),
@@ -71,7 +79,7 @@ fn binary_part_in_multipart_becomes_base64_and_round_trips() {
 fn envelope_from_headers_and_bcc_is_hidden() {
     let m = parse(
         b"Return-Path: <bounce@x.org>\nFrom: A <a@x.org>\nTo: b@y.org, c@y.org\nCc: B@y.org\nBcc: d@y.org\n\nhi\n",
-        usize::MAX,
+        &Limits::NONE,
     )
     .unwrap();
     assert_eq!(m.envelope.sender, "bounce@x.org");
@@ -85,7 +93,7 @@ fn envelope_from_headers_and_bcc_is_hidden() {
 fn pickup_envelope_lines_are_split_off() {
     let m = parse(
         b"x-sender: s@x.org\nx-receiver: r1@y.org\nx-receiver: <r2@y.org>\nx-job: j1\nFrom: a@x.org\nTo: r1@y.org\n\nhi\n",
-        usize::MAX,
+        &Limits::NONE,
     )
     .unwrap();
     assert_eq!(m.envelope.sender, "s@x.org");
@@ -97,21 +105,21 @@ fn pickup_envelope_lines_are_split_off() {
 
 #[test]
 fn refusals_name_their_cause() {
-    assert_eq!(parse(b"", 10).unwrap_err(), ParseError::Empty);
+    assert_eq!(parse(b"", &bytes(10)).unwrap_err(), ParseError::Empty);
     assert!(matches!(
-        parse(b"\x00\x01\x02garbage", 100).unwrap_err(),
+        parse(b"\x00\x01\x02garbage", &bytes(100)).unwrap_err(),
         ParseError::NotAMessage(_)
     ));
     assert_eq!(
-        parse(b"To: b@y.org\n\nhi", 100).unwrap_err(),
+        parse(b"To: b@y.org\n\nhi", &bytes(100)).unwrap_err(),
         ParseError::NoFrom
     );
     assert_eq!(
-        parse(b"From: a@x.org\n\nhi", 100).unwrap_err(),
+        parse(b"From: a@x.org\n\nhi", &bytes(100)).unwrap_err(),
         ParseError::NoRecipients
     );
     assert!(matches!(
-        parse(b"From: a@x.org\n\nhi", 5).unwrap_err(),
+        parse(b"From: a@x.org\n\nhi", &bytes(5)).unwrap_err(),
         ParseError::TooLarge { .. }
     ));
 }
@@ -127,7 +135,7 @@ fn qp_round_trip_keeps_meaning() {
 
 #[test]
 fn date_and_message_id_are_added_when_missing() {
-    let m = parse(b"From: a@x.org\nTo: b@y.org\n\nhi\n", usize::MAX).unwrap();
+    let m = parse(b"From: a@x.org\nTo: b@y.org\n\nhi\n", &Limits::NONE).unwrap();
     let outer = String::from_utf8(m.outer_headers).unwrap();
     assert!(outer.contains("\r\nDate: "), "{outer}");
     assert!(
@@ -135,7 +143,7 @@ fn date_and_message_id_are_added_when_missing() {
         "{outer}"
     );
     assert!(m.message_id.ends_with("@x.org"));
-    let kept = parse(b"From: a@x.org\nTo: b@y.org\nDate: Mon, 1 Jan 2024 00:00:00 +0000\nMessage-ID: <k@x>\n\nhi\n", 999).unwrap();
+    let kept = parse(b"From: a@x.org\nTo: b@y.org\nDate: Mon, 1 Jan 2024 00:00:00 +0000\nMessage-ID: <k@x>\n\nhi\n", &bytes(999)).unwrap();
     assert_eq!(
         String::from_utf8(kept.outer_headers)
             .unwrap()
@@ -167,7 +175,7 @@ fn attached_message_with_8bit_body_is_made_7bit_inside() {
 fn already_signed_is_detected() {
     let m = parse(
         b"From: a@x.org\nTo: b@y.org\nContent-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; boundary=x\n\n--x\n\nhi\n--x--\n",
-        usize::MAX,
+        &Limits::NONE,
     )
     .unwrap();
     assert!(m.already_sealed);
