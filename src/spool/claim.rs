@@ -9,11 +9,15 @@
 //! can adopt a folder that is still being set up.
 //!
 //! A claim's file name carries everything recovery needs: `<instance>-<seq>,<relative path>` with `%`
-//! and `/` escaped. The part before the comma is globally unique and names its outputs.
+//! and `/` escaped. The part before the comma is globally unique and names its outputs. Names that
+//! start with a dot are the instance's own state (`.lock`, the crash guard's `.sealing` and
+//! `.suspects`), never claims: a claim's name starts with its instance's id.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::crashguard::CrashGuard;
 
 /// This process's work folder and lock.
 pub struct Instance {
@@ -22,6 +26,8 @@ pub struct Instance {
     root: PathBuf,
     _lock: File,
     seq: AtomicU64,
+    /// What this instance is sealing, and the strikes of the claims it adopted
+    pub guard: CrashGuard,
 }
 
 /// One claimed input.
@@ -82,12 +88,14 @@ impl Instance {
         let dir = root.join(&id);
         std::fs::rename(&tmp, &dir)?;
         sync_dir(root)?;
+        let guard = CrashGuard::create(&dir)?;
         Ok(Instance {
             id,
             dir,
             root: root.to_path_buf(),
             _lock: lock,
             seq: AtomicU64::new(0),
+            guard,
         })
     }
 
@@ -156,12 +164,18 @@ impl Instance {
             if lock.try_lock().is_err() {
                 continue; // alive
             }
+            // what the dead instance was sealing comes along first: a death from here on loses none
+            self.guard.carry(CrashGuard::read_dead(&dir))?;
+            let mut state = Vec::new();
             for entry in std::fs::read_dir(&dir)? {
                 let from = entry?.path();
                 let Some(file) = from.file_name() else {
                     continue;
                 };
-                if file == ".lock" {
+                if file.as_encoded_bytes().starts_with(b".") {
+                    if file != ".lock" {
+                        state.push(from);
+                    }
                     continue;
                 }
                 let to = self.dir.join(file);
@@ -172,6 +186,9 @@ impl Instance {
                 }
             }
             sync_dir(&self.dir)?;
+            for path in state {
+                std::fs::remove_file(path)?;
+            }
             std::fs::remove_file(dir.join(".lock"))?;
             std::fs::remove_dir(&dir)?;
             drop(lock);
@@ -179,12 +196,22 @@ impl Instance {
         Ok(adopted)
     }
 
-    /// Removes our folder at a clean exit when nothing is left in it.
+    /// Removes our folder at a clean exit when no claim is left in it.
     pub fn close(self) {
-        let empty = std::fs::read_dir(&self.dir)
-            .map(|mut d| d.all(|e| e.is_ok_and(|e| e.file_name() == ".lock")))
-            .unwrap_or(false);
-        if empty {
+        let state: Option<Vec<PathBuf>> = std::fs::read_dir(&self.dir).ok().and_then(|d| {
+            d.map(|e| {
+                let e = e.ok()?;
+                e.file_name()
+                    .as_encoded_bytes()
+                    .starts_with(b".")
+                    .then(|| e.path())
+            })
+            .collect()
+        });
+        if let Some(state) = state {
+            for path in state.iter().filter(|p| !p.ends_with(".lock")) {
+                let _ = std::fs::remove_file(path);
+            }
             let _ = std::fs::remove_file(self.dir.join(".lock"));
             let _ = std::fs::remove_dir(&self.dir);
         }

@@ -132,6 +132,14 @@ pub fn assert_crlf_only(bytes: &[u8], what: &str) {
     }
 }
 
+/// No line (without its CRLF) over 998 octets, as RFC 5322 allows.
+pub fn assert_lines_fit(bytes: &[u8], what: &str) {
+    for (n, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let len = line.strip_suffix(b"\r").unwrap_or(line).len();
+        assert!(len <= 998, "{what}: line {} has {len} octets", n + 1);
+    }
+}
+
 /// Runs an openssl command: its stdout, or its stderr as the error.
 fn openssl(cmd: &mut Command) -> Result<Vec<u8>, String> {
     let o = cmd.stdin(Stdio::null()).output().expect("openssl runs");
