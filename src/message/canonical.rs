@@ -6,7 +6,7 @@ use super::encoding::{
     decode_base64_lenient, decode_qp, encode_base64_lines, encode_qp, is_7bit_clean, longest_line,
     mostly_ascii,
 };
-use super::entity::push_crlf;
+use super::entity::{has_lone_cr, push_crlf};
 use super::limits::shown;
 use super::structure::{Kind, Node, scan};
 use super::{Field, Limits, MAX_LINE, ParseError, write_field};
@@ -102,9 +102,9 @@ pub(super) fn canonical(
     Ok(())
 }
 
-/// 7-bit, no NUL, no line over 998 octets: fit to be signed as it is.
+/// 7-bit, no NUL, no line over 998 octets, no CR but in line ends: fit to be signed as it is.
 fn is_safe(bytes: &[u8]) -> bool {
-    is_7bit_clean(bytes) && longest_line(bytes) <= MAX_LINE
+    is_7bit_clean(bytes) && longest_line(bytes) <= MAX_LINE && !has_lone_cr(bytes)
 }
 
 /// Writes a leaf entity: kept when it is 7-bit safe, else decoded and encoded again.
@@ -112,8 +112,9 @@ fn is_safe(bytes: &[u8]) -> bool {
 fn leaf(node: &Node, body: &[u8], top: bool, out: &mut Vec<u8>) -> Result<(), ParseError> {
     let fields = &node.fields;
     let clean = is_7bit_clean(body);
-    // whatever the label says: 8-bit bytes or over-long lines are not 7-bit transport safe
-    let needs_reencode = !clean || longest_line(body) > MAX_LINE;
+    // whatever the label says: 8-bit bytes, over-long lines or a CR that ends no line are not
+    // 7-bit transport safe
+    let needs_reencode = !clean || longest_line(body) > MAX_LINE || has_lone_cr(body);
     if !needs_reencode {
         let label = if node.cte == "8bit" || node.cte == "binary" {
             Some("7bit")

@@ -60,7 +60,21 @@ pub(super) fn split_pickup_envelope(input: &[u8]) -> Result<(Option<Envelope>, &
     Ok((Some(env), &input[pos..]))
 }
 
-pub(super) fn dedup_addresses(list: &mut Vec<String>) {
+/// Removes repeated addresses (compared case-insensitively), and refuses more than `max` different
+/// ones; the work stops there, however long the list.
+pub(super) fn dedup_addresses(list: &mut Vec<String>, max: usize) -> Result<(), ParseError> {
     let mut seen = std::collections::HashSet::new();
-    list.retain(|a| seen.insert(a.to_ascii_lowercase()));
+    let mut over = false;
+    list.retain(|a| {
+        if over {
+            return false;
+        }
+        let new = seen.insert(a.to_ascii_lowercase());
+        over = seen.len() > max;
+        new
+    });
+    if over {
+        return Err(ParseError::TooManyRecipients { max });
+    }
+    Ok(())
 }

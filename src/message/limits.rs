@@ -56,16 +56,26 @@ const MAX_CONTENT_TYPE: usize = 64 * 1024;
 
 /// Refuses a Content-Type field too long to be parsed in linear time.
 pub(super) fn check_content_types(fields: &[Field]) -> Result<(), ParseError> {
-    match fields
-        .iter()
-        .find(|f| f.is("content-type") && f.raw.len() > MAX_CONTENT_TYPE)
-    {
-        Some(f) => Err(ParseError::Malformed(format!(
-            "a Content-Type field of {} octets (at most {MAX_CONTENT_TYPE})",
-            f.raw.len()
-        ))),
-        None => Ok(()),
+    for f in fields.iter().filter(|f| f.is("content-type")) {
+        let len = unfolded_len(f.raw);
+        if len > MAX_CONTENT_TYPE {
+            return Err(ParseError::Malformed(format!(
+                "a Content-Type field of {len} octets (at most {MAX_CONTENT_TYPE})"
+            )));
+        }
     }
+    Ok(())
+}
+
+/// A field's length without its line ends (CRs before an LF, and the LF), so folding it does not
+/// change it.
+fn unfolded_len(raw: &[u8]) -> usize {
+    let mut line_ends = 0;
+    for (i, _) in raw.iter().enumerate().filter(|(_, b)| **b == b'\n') {
+        let crs = raw[..i].iter().rev().take_while(|&&b| b == b'\r').count();
+        line_ends += 1 + crs;
+    }
+    raw.len() - line_ends
 }
 
 /// Longest address SMTP can carry (RFC 5321 §4.5.3.1.3: a path of 256 octets with its brackets).

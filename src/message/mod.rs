@@ -56,8 +56,8 @@ pub enum ParseError {
     BadEnvelope { line: String, why: &'static str },
     #[error("bad address {address:?}: {why}")]
     BadAddress { address: String, why: &'static str },
-    #[error("{count} recipients, over max_recipients ({max})")]
-    TooManyRecipients { count: usize, max: usize },
+    #[error("more than {max} recipients (max_recipients = {max})")]
+    TooManyRecipients { max: usize },
     #[error("header block of {size} bytes, over max_header_bytes ({max})")]
     HeaderTooLarge { size: usize, max: usize },
     #[error("a MIME part's header block is over max_header_bytes ({max})")]
@@ -149,8 +149,13 @@ pub fn parse(input: &[u8], limits: &Limits) -> Result<Message, ParseError> {
         });
     }
     check_content_types(&fields)?;
+    // mail-parser skips a last field without its line end (a file cut short): give it one
+    let block = match &rest[..header_end] {
+        b @ [.., b'\n'] => std::borrow::Cow::Borrowed(b),
+        b => std::borrow::Cow::Owned([b, b"\r\n"].concat()),
+    };
     let parsed = MessageParser::new()
-        .parse_headers(&rest[..header_end])
+        .parse_headers(&block)
         .ok_or_else(|| ParseError::NotAMessage("unreadable header block".into()))?;
 
     let from = parsed
@@ -198,18 +203,13 @@ pub fn parse(input: &[u8], limits: &Limits) -> Result<Message, ParseError> {
             }
         }
     };
-    dedup_addresses(&mut envelope.recipients);
+    dedup_addresses(&mut envelope.recipients, limits.max_recipients)?;
     if envelope.recipients.is_empty() {
         return Err(ParseError::NoRecipients);
     }
-    if envelope.recipients.len() > limits.max_recipients {
-        return Err(ParseError::TooManyRecipients {
-            count: envelope.recipients.len(),
-            max: limits.max_recipients,
-        });
-    }
-    // the addresses become envelope lines and SMTP commands
-    for a in std::iter::once(&envelope.sender).chain(&envelope.recipients) {
+    // the addresses become envelope lines and SMTP commands (and From names the signing key in
+    // errors and logs)
+    for a in [&from, &envelope.sender].into_iter().chain(&envelope.recipients) {
         check_address(a)?;
     }
     let visible: std::collections::HashSet<String> =
@@ -252,6 +252,14 @@ pub fn parse(input: &[u8], limits: &Limits) -> Result<Message, ParseError> {
         }
         original.extend_from_slice(b"\r\n");
         push_crlf(&mut original, body);
+        // a signature covers the body: it can be neither folded nor re-encoded
+        if encoding::longest_line(&original) > MAX_LINE {
+            return Err(ParseError::Malformed(
+                "already S/MIME, but with a line over 998 octets (RFC 5322) that cannot be \
+                 changed without breaking it"
+                    .into(),
+            ));
+        }
     }
 
     let mut inner = crate::buffers::take(body.len() + body.len() / 16 + header_end + 64);
@@ -296,7 +304,15 @@ fn rfc5322_now() -> String {
 
 /// A fresh Message-ID (without angle brackets) in the sender's domain.
 fn new_message_id(from: &str) -> String {
-    let domain = from.rsplit_once('@').map_or("localhost", |(_, d)| d);
+    let domain = from
+        .rsplit_once('@')
+        .map(|(_, d)| d)
+        .filter(|d| {
+            !d.is_empty()
+                && d.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        })
+        .unwrap_or("localhost");
     let mut rnd = [0u8; 12];
     openssl::rand::rand_bytes(&mut rnd).expect("the OpenSSL random generator works");
     let nanos = std::time::SystemTime::now()

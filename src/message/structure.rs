@@ -16,7 +16,7 @@ use mail_parser::{HeaderName, MessageParser};
 
 use super::entity::{memchr, trim_eol};
 use super::limits::check_content_types;
-use super::{Field, Limits, MAX_LINE, ParseError};
+use super::{Field, Limits, MAX_LINE, ParseError, write_field};
 
 /// One MIME entity of the tree.
 pub(super) struct Node<'a> {
@@ -65,6 +65,13 @@ enum Mode {
     Message,
 }
 
+/// Whether a header line was taken, or ended the header block and is to be read again.
+#[derive(PartialEq, Eq)]
+enum Line {
+    Taken,
+    Again,
+}
+
 struct Open {
     node: usize,
     depth: usize,
@@ -93,13 +100,20 @@ pub(super) fn scan<'a>(
     while pos < body.len() {
         let end = memchr(b'\n', &body[pos..]).map_or(body.len(), |i| pos + i + 1);
         let line = trim_eol(&body[pos..end]);
-        match s.delimiter(line) {
-            Some((at, closing)) => s.delimited(at, closing, pos, end)?,
-            None => {
-                if let Mode::Headers { embedded } = s.top().mode {
-                    s.header_line(pos, end, embedded)?;
+        // a line that ends a header block without a blank line is the body's first: it is read
+        // again as that (it may be a delimiter of the multipart whose header block it ended)
+        loop {
+            match s.delimiter(line) {
+                Some((at, closing)) => s.delimited(at, closing, pos, end)?,
+                None => {
+                    if let Mode::Headers { embedded } = s.top().mode
+                        && s.header_line(pos, end, embedded)? == Line::Again
+                    {
+                        continue;
+                    }
                 }
             }
+            break;
         }
         pos = end;
     }
@@ -182,7 +196,7 @@ impl<'a> Scanner<'a, '_> {
         let mut content_end = pos;
         if content_end > lo && self.input[content_end - 1] == b'\n' {
             content_end -= 1;
-            if content_end > lo && self.input[content_end - 1] == b'\r' {
+            while content_end > lo && self.input[content_end - 1] == b'\r' {
                 content_end -= 1;
             }
         }
@@ -215,7 +229,7 @@ impl<'a> Scanner<'a, '_> {
     }
 
     /// One line of the header block of the innermost entity.
-    fn header_line(&mut self, pos: usize, end: usize, embedded: bool) -> Result<(), ParseError> {
+    fn header_line(&mut self, pos: usize, end: usize, embedded: bool) -> Result<Line, ParseError> {
         let input = self.input;
         let open = self.top();
         let (node, start) = (open.node, open.start);
@@ -227,17 +241,18 @@ impl<'a> Scanner<'a, '_> {
         let content = trim_eol(&input[pos..end]);
         let fields = &mut self.nodes[node].fields;
         if content.is_empty() {
-            return self.end_headers(end);
+            self.end_headers(end)?;
+            return Ok(Line::Taken);
         }
         if content[0] == b' ' || content[0] == b'\t' {
             match fields.last_mut() {
                 Some(last) => {
                     let from = last.raw.as_ptr() as usize - input.as_ptr() as usize;
                     last.raw = trim_eol(&input[from..end]);
-                    return Ok(());
                 }
-                None => return self.no_headers(embedded),
+                None => self.no_headers(embedded),
             }
+            return Ok(Line::Taken);
         }
         let colon = memchr(b':', content);
         let name_ok =
@@ -246,18 +261,24 @@ impl<'a> Scanner<'a, '_> {
             Some(c) if name_ok => {
                 let name = std::str::from_utf8(&content[..c]).expect("checked ASCII");
                 fields.push(Field { name, raw: content });
-                Ok(())
+                Ok(Line::Taken)
             }
-            _ if fields.is_empty() => self.no_headers(embedded),
+            _ if fields.is_empty() => {
+                self.no_headers(embedded);
+                Ok(Line::Taken)
+            }
             // a line that is no field ends a sloppy header block: it is the body's first line
-            _ => self.end_headers(pos),
+            _ => {
+                self.end_headers(pos)?;
+                Ok(Line::Again)
+            }
         }
     }
 
     /// The innermost entity starts with a line that is neither a field nor a blank line: it has no
     /// header block. A part is then all body (text/plain by default); the body of a message/rfc822
     /// entity is then no message, and that entity is a leaf.
-    fn no_headers(&mut self, embedded: bool) -> Result<(), ParseError> {
+    fn no_headers(&mut self, embedded: bool) {
         if embedded {
             let child = self.stack.pop().expect("the embedded message is open");
             self.nodes.pop();
@@ -269,7 +290,6 @@ impl<'a> Scanner<'a, '_> {
         } else {
             self.top().mode = Mode::Leaf;
         }
-        Ok(())
     }
 
     /// The header block of the innermost entity ends; its body starts at `body`.
@@ -398,10 +418,10 @@ type ContentType = (Option<String>, Option<String>, Option<Vec<u8>>);
 /// field, as mail-parser reads it.
 fn content_type(fields: &[Field]) -> Result<ContentType, ParseError> {
     check_content_types(fields)?;
+    // read as it will be written: a lone CR is white space there
     let mut block = Vec::new();
     for f in fields.iter().filter(|f| f.is("content-type")) {
-        block.extend_from_slice(f.raw);
-        block.extend_from_slice(b"\r\n");
+        write_field(&mut block, f)?;
     }
     if block.is_empty() {
         return Ok((None, None, None));

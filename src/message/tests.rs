@@ -256,7 +256,7 @@ fn every_limit_is_a_refusal_that_names_it() {
     let many = format!("From: a@x.org\nTo: {}\n\nhi\n", to.join(",\n "));
     assert_eq!(
         refusal(many.as_bytes()),
-        "10001 recipients, over max_recipients (10000)"
+        "more than 10000 recipients (max_recipients = 10000)"
     );
 }
 

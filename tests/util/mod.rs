@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod crafted;
 pub mod mta;
 pub mod spool;
 

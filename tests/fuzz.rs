@@ -1,0 +1,573 @@
+//! Property tests and a fuzz corpus, on stable Rust and within the ordinary test run: random and
+//! mutated inputs derived from `fixtures/eml/` (and the regression inputs in `fixtures/fuzz/`) go
+//! through parse → canonical form → seal, and every outcome must keep the invariants:
+//!
+//! - no panic;
+//! - time bounded per KB: no input parses much slower per byte than a flat message does;
+//! - a refusal carries a reason: one line, not empty, not huge;
+//! - what is made re-parses: the outer header block into the same fields, the canonical form into
+//!   itself (it is a fixed point), the sealed copies as messages;
+//! - every line of it ends in CRLF and has at most 998 octets.
+//!
+//! The generator is seeded (`FUZZ_SEED`, default fixed, so CI runs the same inputs every time) and
+//! its length bounded (`FUZZ_ITERATIONS`). An input that breaks an invariant is written to
+//! `target/fuzz-failures/`; once fixed it belongs in `fixtures/fuzz/`, which every run checks.
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use smime_pickup::config::Config;
+use smime_pickup::message::{self, Limits, Message};
+use smime_pickup::seal::{self, Keyring, Policy, Protection};
+use smime_pickup::smime::certs::unix_now;
+use util::crafted;
+
+/// splitmix64: small, fast, and the same sequence everywhere.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Every `.eml` below `fixtures/eml` and `fixtures/fuzz`.
+fn corpus() -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files: Vec<PathBuf> = ["eml", "fuzz"]
+        .iter()
+        .flat_map(|d| util::spool::list_files(&util::fixtures().join(d)))
+        .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect()
+}
+
+/// Lines worth splicing in: delimiters of the corpus's boundaries, MIME headers, odd bytes.
+fn dictionary(corpus: &[(PathBuf, Vec<u8>)]) -> Vec<Vec<u8>> {
+    let mut words: Vec<Vec<u8>> = [
+        &b"Content-Type: multipart/mixed; boundary=\"z\"\n\n--z\n"[..],
+        b"--z--\n",
+        b"Content-Type: message/rfc822\n\n",
+        b"Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n",
+        b"Content-Transfer-Encoding: base64\n",
+        b"Content-Transfer-Encoding: quoted-printable\n",
+        b"Content-Type: multipart/alternative; boundary*0=\"a\"; boundary*1=\"b\"\n",
+        b"\n",
+        b"\r",
+        b"\r\r\n",
+        b"\0",
+        b"\xff\xfe\xc3\xa9",
+        b" folded continuation\n",
+        b"\tx\n",
+        b"Bcc: hidden@example.com\n",
+        b"To: bob@example.com, erin@example.com\n",
+        b"=\n",
+        b"=E9=",
+        b"x-sender: alice@example.com\nx-receiver: bob@example.com\n",
+    ]
+    .iter()
+    .map(|w| w.to_vec())
+    .collect();
+    for (_, bytes) in corpus {
+        for line in bytes.split(|&b| b == b'\n') {
+            if line.starts_with(b"--") && line.len() < 100 {
+                words.push([line, b"\n"].concat());
+            }
+        }
+    }
+    words
+}
+
+/// One mutation of `input`, or a few in a row.
+fn mutate(rng: &mut Rng, input: &[u8], corpus: &[(PathBuf, Vec<u8>)], dict: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = input.to_vec();
+    for _ in 0..1 + rng.below(4) {
+        let at = rng.below(v.len() + 1);
+        let line_start = v[..at]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let line_end = v[at..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(v.len(), |i| at + i);
+        match rng.below(12) {
+            0 if !v.is_empty() => {
+                let i = rng.below(v.len());
+                v[i] = rng.next() as u8;
+            }
+            1 => {
+                let n = rng.below(64).min(v.len() - at);
+                v.drain(at..at + n);
+            }
+            2 | 3 => {
+                let word = rng.pick(dict).clone();
+                v.splice(line_start..line_start, word);
+            }
+            4 => {
+                // a slice of another input
+                let other = &rng.pick(corpus).1;
+                let from = rng.below(other.len());
+                let n = rng.below(2000).min(other.len() - from);
+                v.splice(at..at, other[from..from + n].to_vec());
+            }
+            5 => {
+                // a line repeated, or made very long
+                let line = v[line_start..line_end].to_vec();
+                let times = if rng.below(2) == 0 {
+                    2
+                } else {
+                    1 + rng.below(200)
+                };
+                let mut grown = Vec::new();
+                for _ in 0..times {
+                    grown.extend_from_slice(&line);
+                }
+                v.splice(line_start..line_end, grown);
+            }
+            6 => v.truncate(at),
+            7 => {
+                // the whole input nested in layers of multipart or message/rfc822
+                let mut wrapped = b"From: alice@example.com\nTo: bob@example.com\n".to_vec();
+                let depth = 1 + rng.below(150);
+                let rfc822 = rng.below(2) == 0;
+                for i in 0..depth {
+                    if rfc822 {
+                        wrapped.extend_from_slice(b"Content-Type: message/rfc822\n\n");
+                    } else {
+                        wrapped.extend_from_slice(
+                            format!("Content-Type: multipart/mixed; boundary=w{i}\n\n--w{i}\n")
+                                .as_bytes(),
+                        );
+                    }
+                }
+                wrapped.extend_from_slice(&v);
+                v = wrapped;
+            }
+            8 => {
+                // line ends turned into CRLF, CR, or LF
+                let ends: [&[u8]; 3] = [b"\r\n", b"\r", b"\n"];
+                let to = *rng.pick(&ends);
+                let mut out = Vec::with_capacity(v.len() * 2);
+                for &b in &v {
+                    if b == b'\n' {
+                        out.extend_from_slice(to);
+                    } else if b != b'\r' {
+                        out.push(b);
+                    }
+                }
+                v = out;
+            }
+            9 => {
+                // random bytes
+                let n = 1 + rng.below(40);
+                let junk: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                v.splice(at..at, junk);
+            }
+            10 => {
+                // a header line of random words, long enough to need folding now and then
+                let words = rng.below(400);
+                let mut line = b"X-Fuzz:".to_vec();
+                for _ in 0..words {
+                    line.push(b' ');
+                    let longest = if rng.below(20) == 0 { 1500 } else { 12 };
+                    let len = 1 + rng.below(longest);
+                    line.extend(std::iter::repeat_n(b'a' + (rng.below(26) as u8), len));
+                }
+                line.push(b'\n');
+                let at = v.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+                v.splice(at..at, line);
+            }
+            _ => {
+                let word = rng.pick(dict).clone();
+                v.splice(at..at, word);
+            }
+        }
+    }
+    v
+}
+
+/// What is wrong with this output, if anything: a line not ending in CRLF or over 998 octets.
+fn bad_lines(bytes: &[u8]) -> Option<String> {
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'\r' && bytes.get(i + 1) != Some(&b'\n') {
+            return Some(format!("a bare CR at {i}"));
+        }
+        if b == b'\n' {
+            if i == 0 || bytes[i - 1] != b'\r' {
+                return Some(format!("a bare LF at {i}"));
+            }
+            if i - 1 - start > 998 {
+                return Some(format!("a line of {} octets at {start}", i - 1 - start));
+            }
+            start = i + 1;
+        }
+    }
+    (bytes.len() - start > 998).then(|| "a last line over 998 octets".into())
+}
+
+/// The invariants of a parse: a refusal with a reason, or outputs that re-parse and fit.
+fn check_parsed(input: &[u8], parsed: &Result<Message, message::ParseError>) -> Result<(), String> {
+    let m = match parsed {
+        Err(e) => {
+            let why = e.to_string();
+            if why.is_empty() || why.len() > 400 || why.contains(['\n', '\r']) {
+                return Err(format!("refused without a usable reason: {why:?}"));
+            }
+            return Ok(());
+        }
+        Ok(m) => m,
+    };
+    if let Some(bad) = bad_lines(&m.outer_headers) {
+        return Err(format!("outer headers: {bad}"));
+    }
+    // the outer header block splits into the same fields again, and nothing else
+    let block = [&m.outer_headers[..], b"\r\n"].concat();
+    let (fields, body) =
+        message::split_entity(&block).map_err(|e| format!("outer headers: {e}"))?;
+    let starts = m
+        .outer_headers
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty() && l[0] != b' ' && l[0] != b'\t')
+        .count();
+    if fields.len() != starts || !body.is_empty() {
+        return Err(format!(
+            "outer headers re-parse into {} fields, not {starts}",
+            fields.len()
+        ));
+    }
+    if m.already_sealed {
+        return bad_lines(&m.original).map_or(Ok(()), |b| Err(format!("passed through: {b}")));
+    }
+    if let Some(bad) = bad_lines(&m.inner) {
+        return Err(format!("canonical form: {bad}"));
+    }
+    // the canonical form is its own canonical form
+    let again = [
+        &b"From: a@example.com\r\nTo: b@example.com\r\n"[..],
+        &m.inner,
+    ]
+    .concat();
+    match message::parse(&again, &Limits::NONE) {
+        Ok(m2) if m2.inner == m.inner => {}
+        Ok(m2) => {
+            let at = m2.inner.iter().zip(&m.inner).position(|(a, b)| a != b);
+            return Err(format!(
+                "the canonical form is no fixed point (first difference at {at:?})"
+            ));
+        }
+        Err(e) => return Err(format!("the canonical form does not parse: {e}")),
+    }
+    if mail_parser::MessageParser::new().parse(&again).is_none() {
+        return Err("mail-parser cannot read the canonical form".into());
+    }
+    let _ = input;
+    Ok(())
+}
+
+/// Nanoseconds per input byte to seal (sign and encrypt) a flat message of 1 MB: what an ordinary
+/// message costs, the yardstick for what any input may cost to parse.
+fn flat_seal_ns_per_byte() -> f64 {
+    let dir = util::Dir::new();
+    let ring = keyring(&dir);
+    let flat = crafted::flat("yardstick", 1 << 20);
+    let best = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let copies = seal::seal(&flat, &Policy::default(), &Limits::NONE, &ring, unix_now());
+            let took = t.elapsed();
+            assert_eq!(copies.unwrap().len(), 1);
+            took
+        })
+        .min()
+        .unwrap();
+    best.as_nanos() as f64 / flat.len() as f64
+}
+
+/// One test of this file at a time: they measure time, and must not compete for the cores.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Parses `input` `runs` times and returns the fastest (the others met a busy machine).
+fn fastest_parse(input: &[u8], limits: &Limits, runs: usize) -> Duration {
+    (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            let _ = message::parse(input, limits);
+            t.elapsed()
+        })
+        .min()
+        .unwrap()
+}
+
+/// Saves an input that broke an invariant and fails with the way to reproduce it.
+fn failure(name: &str, input: &[u8], why: &str) -> ! {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-failures");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.eml"));
+    std::fs::write(&path, input).unwrap();
+    panic!(
+        "{name}: {why}\n(the input is in {}; once fixed, add it to fixtures/fuzz/)",
+        path.display()
+    );
+}
+
+/// Parses one input under the invariants, and within `budget` of parse time.
+fn run_one(name: &str, input: &[u8], ns_per_byte: f64) {
+    let limits = Limits::default();
+    let outcome = std::panic::catch_unwind(|| message::parse(input, &limits));
+    let parsed = outcome.unwrap_or_else(|p| {
+        let msg = p.downcast_ref::<String>().cloned().unwrap_or_default();
+        failure(name, input, &format!("panicked: {msg}"))
+    });
+    if let Err(why) = check_parsed(input, &parsed) {
+        failure(name, input, &why);
+    }
+    if let Ok(m) = parsed {
+        smime_pickup::buffers::give(m.inner);
+    }
+    // 10 times what sealing a flat message costs a byte, plus 2 ms for fixed costs and a busy machine
+    let budget = Duration::from_nanos((ns_per_byte * 10.0 * input.len() as f64) as u64)
+        + Duration::from_millis(2);
+    let took = fastest_parse(input, &limits, 1);
+    if took > budget && fastest_parse(input, &limits, 3) > budget {
+        failure(
+            name,
+            input,
+            &format!("took {took:?}, over {budget:?} for {} bytes", input.len()),
+        );
+    }
+}
+
+#[test]
+fn random_and_mutated_inputs_keep_the_invariants() {
+    let corpus = corpus();
+    assert!(
+        corpus.len() > 30,
+        "only {} inputs in the corpus",
+        corpus.len()
+    );
+    let dict = dictionary(&corpus);
+    let seed = env_number("FUZZ_SEED", 16);
+    let iterations = env_number("FUZZ_ITERATIONS", 6000) as usize;
+    let _serial = serial();
+    let mut rng = Rng(seed);
+    let yardstick = flat_seal_ns_per_byte();
+    let started = Instant::now();
+    for i in 0..iterations {
+        let base = &rng.pick(&corpus).1;
+        let input = match rng.below(10) {
+            // now and then a mutant of a mutant, or bytes from nowhere
+            0 => {
+                let once = mutate(&mut rng, base, &corpus, &dict);
+                mutate(&mut rng, &once, &corpus, &dict)
+            }
+            1 => (0..rng.below(3000)).map(|_| rng.next() as u8).collect(),
+            _ => mutate(&mut rng, base, &corpus, &dict),
+        };
+        run_one(&format!("seed{seed}-{i}"), &input, yardstick);
+    }
+    eprintln!(
+        "{iterations} inputs from seed {seed} in {:?} (a flat message seals at {yardstick:.2} ns a byte)",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn the_fuzz_corpus_keeps_the_invariants() {
+    let found: Vec<(PathBuf, Vec<u8>)> = corpus()
+        .into_iter()
+        .filter(|(p, _)| p.starts_with(util::fixtures().join("fuzz")))
+        .collect();
+    assert!(found.len() >= 5, "only {} regression inputs", found.len());
+    let _serial = serial();
+    let yardstick = flat_seal_ns_per_byte();
+    for (path, bytes) in &found {
+        let name = path.file_stem().unwrap().to_string_lossy();
+        run_one(&name, bytes, yardstick);
+        // each in both line-end forms
+        run_one(&format!("{name}-crlf"), &util::to_crlf(bytes), yardstick);
+    }
+}
+
+fn keyring(dir: &util::Dir) -> Keyring {
+    let config = Config::read(&dir.config("")).unwrap();
+    smime_pickup::keyring::load(&config).unwrap()
+}
+
+#[test]
+fn sealing_mutated_inputs_keeps_the_invariants() {
+    let _serial = serial();
+    let dir = util::Dir::new();
+    let ring = keyring(&dir);
+    let corpus = corpus();
+    let dict = dictionary(&corpus);
+    let seed = env_number("FUZZ_SEED", 16) ^ 0x5ea1;
+    let iterations = env_number("FUZZ_ITERATIONS", 6000) as usize / 10;
+    let mut rng = Rng(seed);
+    let signed_only = Policy {
+        encrypt: false,
+        ..Policy::default()
+    };
+    let (mut sealed, mut refused) = (0, 0);
+    for i in 0..iterations {
+        let base = rng.pick(&corpus).1.clone();
+        let input = mutate(&mut rng, &base, &corpus, &dict);
+        let name = format!("seal{seed}-{i}");
+        // signed only: the canonical form itself reaches the output
+        let policy = if i % 2 == 0 {
+            &Policy::default()
+        } else {
+            &signed_only
+        };
+        let result = std::panic::catch_unwind(|| {
+            seal::seal(&input, policy, &Limits::default(), &ring, unix_now())
+        })
+        .unwrap_or_else(|_| failure(&name, &input, "sealing panicked"));
+        match result {
+            Err(e) => {
+                refused += 1;
+                let why = e.to_string();
+                if why.is_empty() || why.contains(['\n', '\r']) {
+                    failure(
+                        &name,
+                        &input,
+                        &format!("refused without a usable reason: {why:?}"),
+                    );
+                }
+            }
+            Ok(copies) => {
+                sealed += 1;
+                for c in &copies {
+                    if let Some(bad) = bad_lines(&c.data) {
+                        failure(&name, &input, &format!("sealed copy: {bad}"));
+                    }
+                    let parsed = mail_parser::MessageParser::new().parse(&c.data);
+                    let ok = parsed.is_some_and(|p| {
+                        c.protection == Protection::Passthrough
+                            || p.content_type().is_some_and(|ct| {
+                                ct.ctype() == "application" || ct.subtype() == Some("signed")
+                            })
+                    });
+                    if !ok {
+                        failure(&name, &input, "a sealed copy does not re-parse as S/MIME");
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        sealed > iterations / 10 && refused > 0,
+        "{sealed} sealed, {refused} refused"
+    );
+}
+
+use mail_parser::MimeHeaders;
+
+/// How `make(n)` parses: its time against sealing a flat message of the same size (`per_byte`
+/// ns a byte), and how the time grows from `n` to `4n`.
+fn cost(make: impl Fn(usize) -> Vec<u8>, n: usize, per_byte: f64) -> (f64, f64) {
+    let (small, large) = (make(n), make(4 * n));
+    let t_small = fastest_parse(&small, &Limits::NONE, 5).as_secs_f64();
+    let t_large = fastest_parse(&large, &Limits::NONE, 5).as_secs_f64();
+    let flat = per_byte * large.len() as f64 / 1e9;
+    (t_large / flat, t_large / t_small)
+}
+
+/// Makes an input of a shape at size `n`.
+type Shape = Box<dyn Fn(usize) -> Vec<u8>>;
+
+#[test]
+fn crafted_shapes_take_linear_time() {
+    // no limit but the engine's own: the shapes at sizes far beyond what the limits let in
+    let _serial = serial();
+    let per_byte = flat_seal_ns_per_byte();
+    let families: [(&str, Shape, usize); 8] = [
+        (
+            "multiparts nested",
+            Box::new(|n| crafted::nested("n", n)),
+            5_000,
+        ),
+        (
+            "messages nested",
+            Box::new(|n| crafted::nested_messages("m", n)),
+            5_000,
+        ),
+        ("parts", Box::new(|n| crafted::many_parts("p", n)), 25_000),
+        (
+            "header fields",
+            Box::new(|n| crafted::many_fields("f", n)),
+            25_000,
+        ),
+        (
+            "a header line of words",
+            Box::new(|n| crafted::long_header("w", n, true)),
+            1 << 20,
+        ),
+        (
+            "a header line of one word",
+            Box::new(|n| crafted::long_header("x", n, false)),
+            1 << 20,
+        ),
+        (
+            "recipients",
+            Box::new(|n| {
+                let to: Vec<String> = (0..n).map(|i| format!("r{i}@example.com")).collect();
+                format!("From: a@example.com\nTo: {}\n\nhi\n", to.join(",\n ")).into_bytes()
+            }),
+            5_000,
+        ),
+        (
+            "boundary-like lines",
+            Box::new(|n| {
+                let mut m = crafted::nested("d", 90);
+                let at = m.len() - 90 * 6;
+                let lines: Vec<u8> = (0..n)
+                    .flat_map(|i| format!("--b{}\n", i % 89 + 1).into_bytes())
+                    .collect();
+                m.splice(at..at, lines);
+                m
+            }),
+            20_000,
+        ),
+    ];
+    let mut report = Vec::new();
+    for (name, make, n) in &families {
+        let (vs_flat, growth) = cost(make, *n, per_byte);
+        report.push(format!(
+            "{name}: parsed in {vs_flat:.2}x the time a flat message of its size is sealed in, \
+             {growth:.1}x from n to 4n"
+        ));
+        // linear grows 4x (quadratic 16x); the flat comparison bounds the constant
+        assert!(growth < 8.0 && vs_flat < 10.0, "{}", report.join("\n"));
+    }
+    eprintln!("{}", report.join("\n"));
+}
