@@ -241,7 +241,19 @@ impl Config {
                 .to_path_buf(),
         };
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-        let limits = limits(&file, &shown)?;
+        let limits = [
+            ("max_message_bytes", file.max_message_bytes),
+            ("max_mime_depth", file.max_mime_depth),
+            ("max_header_bytes", file.max_header_bytes),
+            ("max_mime_parts", file.max_mime_parts),
+            ("max_recipients", file.max_recipients),
+        ]
+        .into_iter()
+        .try_fold(Limits::default(), |l, (key, value)| l.set(key, value))
+        .map_err(|why| ConfigError::Invalid {
+            path: shown.clone(),
+            why,
+        })?;
         let positive = |v: Option<u64>, key: &str, default: u64| match v {
             Some(0) => Err(ConfigError::Invalid {
                 path: shown.clone(),
@@ -317,61 +329,6 @@ impl Config {
             seal: file.seal,
         })
     }
-}
-
-/// The input limits, each within a range that keeps the daemon useful and its work bounded.
-fn limits(file: &File, shown: &Path) -> Result<Limits, ConfigError> {
-    let d = Limits::default();
-    let ranged = |value: Option<usize>, key: &str, default: usize, min: usize, max: usize| {
-        let v = value.unwrap_or(default);
-        if (min..=max).contains(&v) {
-            Ok(v)
-        } else {
-            Err(ConfigError::Invalid {
-                path: shown.to_path_buf(),
-                why: format!("{key} = {v}: must be from {min} to {max}"),
-            })
-        }
-    };
-    const GIB: usize = 1024 * 1024 * 1024;
-    let max_message_bytes = ranged(
-        file.max_message_bytes,
-        "max_message_bytes",
-        d.max_message_bytes,
-        1,
-        4 * GIB,
-    )?;
-    Ok(Limits {
-        max_message_bytes,
-        max_mime_depth: ranged(
-            file.max_mime_depth,
-            "max_mime_depth",
-            d.max_mime_depth,
-            1,
-            1000,
-        )?,
-        max_header_bytes: ranged(
-            file.max_header_bytes,
-            "max_header_bytes",
-            d.max_header_bytes,
-            1024,
-            64 * 1024 * 1024,
-        )?,
-        max_mime_parts: ranged(
-            file.max_mime_parts,
-            "max_mime_parts",
-            d.max_mime_parts,
-            1,
-            1_000_000,
-        )?,
-        max_recipients: ranged(
-            file.max_recipients,
-            "max_recipients",
-            d.max_recipients,
-            1,
-            1_000_000,
-        )?,
-    })
 }
 
 /// `[smtp]` with the variables the sparkpostSMIME tool used layered on top: SMTP_HOST, SMTP_PORT,

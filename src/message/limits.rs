@@ -37,6 +37,33 @@ impl Limits {
     };
 }
 
+impl Limits {
+    /// Sets the limit a config key names, when the file sets it; a value outside the range that
+    /// keeps the daemon useful and its work bounded is refused, naming key, value and range.
+    pub fn set(mut self, key: &str, value: Option<usize>) -> Result<Limits, String> {
+        let Some(value) = value else {
+            return Ok(self);
+        };
+        let (limit, range) = match key {
+            "max_message_bytes" => (&mut self.max_message_bytes, 1..=4 << 30),
+            "max_mime_depth" => (&mut self.max_mime_depth, 1..=1000),
+            "max_header_bytes" => (&mut self.max_header_bytes, 1024..=64 << 20),
+            "max_mime_parts" => (&mut self.max_mime_parts, 1..=1_000_000),
+            "max_recipients" => (&mut self.max_recipients, 1..=1_000_000),
+            _ => return Err(format!("{key} is no limit")),
+        };
+        if !range.contains(&value) {
+            return Err(format!(
+                "{key} = {value}: must be from {} to {}",
+                range.start(),
+                range.end()
+            ));
+        }
+        *limit = value;
+        Ok(self)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

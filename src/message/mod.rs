@@ -209,7 +209,10 @@ pub fn parse(input: &[u8], limits: &Limits) -> Result<Message, ParseError> {
     }
     // the addresses become envelope lines and SMTP commands (and From names the signing key in
     // errors and logs)
-    for a in [&from, &envelope.sender].into_iter().chain(&envelope.recipients) {
+    for a in [&from, &envelope.sender]
+        .into_iter()
+        .chain(&envelope.recipients)
+    {
         check_address(a)?;
     }
     let visible: std::collections::HashSet<String> =

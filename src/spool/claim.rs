@@ -332,6 +332,44 @@ mod tests {
     }
 
     #[test]
+    fn a_dead_instances_state_comes_along_as_strikes_not_as_claims() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = tmp.path().join("spool");
+        std::fs::create_dir(&spool).unwrap();
+        let work = tmp.path().join("work");
+        let dead = Instance::start(&work).unwrap();
+        // inputs named like our state files are claims like any other
+        for name in ["a.eml", ".sealing", "x.suspects"] {
+            std::fs::write(spool.join(name), "x").unwrap();
+        }
+        let a = dead.claim(&spool, &spool.join("a.eml")).unwrap().unwrap();
+        let odd = dead
+            .claim(&spool, &spool.join(".sealing"))
+            .unwrap()
+            .unwrap();
+        dead.claim(&spool, &spool.join("x.suspects"))
+            .unwrap()
+            .unwrap();
+        std::mem::forget(dead.guard.sealing(&a.id)); // it dies sealing a.eml
+        let dead_dir = dead.dir.clone();
+        drop(dead);
+
+        let me = Instance::start(&work).unwrap();
+        let claims = me.adopt_dead().unwrap();
+        assert_eq!(claims.len(), 3, "{claims:?}");
+        assert!(claims.iter().any(|c| c.rel == Path::new(".sealing")));
+        assert_eq!(me.guard.strikes(&a.id), 1);
+        assert_eq!(me.guard.strikes(&odd.id), 0);
+        assert!(
+            !dead_dir.exists(),
+            "the dead folder is gone, state files and all"
+        );
+        // the strikes are in our folder now, for whoever adopts from us
+        let ours = super::super::crashguard::CrashGuard::read_dead(&me.dir);
+        assert_eq!(ours.get(&a.id), Some(&1));
+    }
+
+    #[test]
     fn only_regular_files_are_claimed() {
         let tmp = tempfile::tempdir().unwrap();
         let spool = tmp.path().join("spool");

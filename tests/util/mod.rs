@@ -5,6 +5,7 @@
 
 pub mod crafted;
 pub mod mta;
+pub mod mutate;
 pub mod spool;
 
 use std::os::unix::fs::PermissionsExt;
