@@ -216,7 +216,7 @@ fn random_and_mutated_inputs_keep_the_invariants() {
     );
     let dict = dictionary(&corpus);
     let seed = env_number("FUZZ_SEED", 16);
-    let iterations = env_number("FUZZ_ITERATIONS", 6000) as usize;
+    let iterations = env_number("FUZZ_ITERATIONS", 12000) as usize;
     let _serial = serial();
     let mut rng = Rng(seed);
     let yardstick = flat_seal_ns_per_byte();
@@ -270,7 +270,7 @@ fn sealing_mutated_inputs_keeps_the_invariants() {
     let corpus = corpus();
     let dict = dictionary(&corpus);
     let seed = env_number("FUZZ_SEED", 16) ^ 0x5ea1;
-    let iterations = env_number("FUZZ_ITERATIONS", 6000) as usize / 10;
+    let iterations = env_number("FUZZ_ITERATIONS", 12000) as usize / 10;
     let mut rng = Rng(seed);
     let signed_only = Policy {
         encrypt: false,

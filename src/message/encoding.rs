@@ -90,7 +90,7 @@ pub fn encode_qp(text: &[u8], out: &mut Vec<u8>) {
         let mut col = 0;
         for (i, &b) in line.iter().enumerate() {
             let at_end = i + 1 == line.len();
-            let literal = match b {
+            let literal_at = |col: usize| match b {
                 b'=' => false,
                 b' ' | b'\t' => !at_end,
                 b'.' if col == 0 && at_end => false,
@@ -100,12 +100,15 @@ pub fn encode_qp(text: &[u8], out: &mut Vec<u8>) {
                 33..=126 => true,
                 _ => false,
             };
-            let width = if literal { 1 } else { 3 };
-            // keep room for the soft break "=" within 76 columns
-            if col + width > ENCODED_LINE - 1 {
+            let mut literal = literal_at(col);
+            // keep room for the soft break "=" within 76 columns; what starts the next line is
+            // judged there
+            if col + if literal { 1 } else { 3 } > ENCODED_LINE - 1 {
                 out.extend_from_slice(b"=\r\n");
                 col = 0;
+                literal = literal_at(col);
             }
+            let width = if literal { 1 } else { 3 };
             if literal {
                 out.push(b);
             } else {

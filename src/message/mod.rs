@@ -13,7 +13,7 @@
 //! (`canonical`). What an input may hold is bounded by `Limits`; every limit exceeded is a refusal
 //! that names it. Header lines over 998 octets are folded on output (`fold`).
 
-use mail_parser::{HeaderName, MessageParser};
+use mail_parser::MessageParser;
 use thiserror::Error;
 
 mod canonical;
@@ -224,10 +224,13 @@ pub fn parse(input: &[u8], limits: &Limits) -> Result<Message, ParseError> {
         .cloned()
         .collect();
 
-    let already_sealed = parsed
-        .header(HeaderName::ContentType)
-        .and_then(|v| v.as_content_type())
-        .is_some_and(|ct| is_smime_type(ct.ctype(), ct.subtype(), ct.attribute("protocol")));
+    // read from the field itself, as the canonical form reads it (not from the whole block, where
+    // a malformed field before it can hide it)
+    let ct = structure::content_type(&fields)?;
+    let already_sealed = ct
+        .ctype
+        .as_deref()
+        .is_some_and(|t| is_smime_type(t, ct.subtype.as_deref(), ct.protocol.as_deref()));
 
     let mut outer = Vec::with_capacity(header_end + 128);
     for field in &fields {

@@ -308,7 +308,12 @@ impl<'a> Scanner<'a, '_> {
                 *h = headers;
             }
         }
-        let (ctype, subtype, boundary) = content_type(&self.nodes[node].fields)?;
+        let ContentType {
+            ctype,
+            subtype,
+            boundary,
+            ..
+        } = content_type(&self.nodes[node].fields)?;
         let n = &mut self.nodes[node];
         n.has_type = ctype.is_some();
         n.is_text = ctype.as_deref().is_none_or(|t| t == "text");
@@ -412,19 +417,27 @@ fn trim_wsp_end(mut s: &[u8]) -> &[u8] {
     s
 }
 
-type ContentType = (Option<String>, Option<String>, Option<Vec<u8>>);
+/// What the Content-Type field of an entity says (type and subtype lowercase, the boundary
+/// without trailing white space).
+#[derive(Default)]
+pub(super) struct ContentType {
+    pub ctype: Option<String>,
+    pub subtype: Option<String>,
+    pub boundary: Option<Vec<u8>>,
+    pub protocol: Option<String>,
+}
 
-/// Type, subtype (lowercase) and boundary (without trailing white space) of the first Content-Type
-/// field, as mail-parser reads it.
-fn content_type(fields: &[Field]) -> Result<ContentType, ParseError> {
+/// The Content-Type of `fields`, as mail-parser reads it once written out: with several fields,
+/// the last counts, as when mail-parser reads the whole block.
+pub(super) fn content_type(fields: &[Field]) -> Result<ContentType, ParseError> {
     check_content_types(fields)?;
     // read as it will be written: a lone CR is white space there
     let mut block = Vec::new();
-    for f in fields.iter().filter(|f| f.is("content-type")) {
+    if let Some(f) = fields.iter().rev().find(|f| f.is("content-type")) {
         write_field(&mut block, f)?;
     }
     if block.is_empty() {
-        return Ok((None, None, None));
+        return Ok(ContentType::default());
     }
     let parsed = MessageParser::new().parse_headers(&block);
     let Some(ct) = parsed
@@ -432,12 +445,14 @@ fn content_type(fields: &[Field]) -> Result<ContentType, ParseError> {
         .and_then(|m| m.header(HeaderName::ContentType))
         .and_then(|v| v.as_content_type())
     else {
-        return Ok((None, None, None));
+        return Ok(ContentType::default());
     };
-    Ok((
-        Some(ct.ctype().to_ascii_lowercase()),
-        ct.subtype().map(str::to_ascii_lowercase),
-        ct.attribute("boundary")
+    Ok(ContentType {
+        ctype: Some(ct.ctype().to_ascii_lowercase()),
+        subtype: ct.subtype().map(str::to_ascii_lowercase),
+        boundary: ct
+            .attribute("boundary")
             .map(|b| trim_wsp_end(b.as_bytes()).to_vec()),
-    ))
+        protocol: ct.attribute("protocol").map(str::to_ascii_lowercase),
+    })
 }

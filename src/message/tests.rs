@@ -125,6 +125,23 @@ fn refusals_name_their_cause() {
 }
 
 #[test]
+fn quoted_printable_never_starts_a_line_with_a_dash() {
+    // a soft break right before "--w0" would make a delimiter of an enclosing multipart
+    for pad in 60..80 {
+        let text = format!("{}--w0 and From here\r\n-- sig\r\n", "x".repeat(pad));
+        let mut enc = Vec::new();
+        encode_qp(text.as_bytes(), &mut enc);
+        for line in enc.split(|&b| b == b'\n') {
+            assert!(
+                !line.starts_with(b"-") && !line.starts_with(b"From "),
+                "{pad}: {line:?}"
+            );
+        }
+        assert_eq!(decode_qp(&enc), text.as_bytes());
+    }
+}
+
+#[test]
 fn qp_round_trip_keeps_meaning() {
     let text = "From here\r\n.\r\ntrailing space \r\n=equals\r\n\u{1F600} emoji\r\n";
     let mut enc = Vec::new();
