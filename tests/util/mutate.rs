@@ -103,6 +103,7 @@ pub fn mutate(
                 } else {
                     1 + rng.below(200)
                 };
+                let times = times.min(MAX_GROWTH / line.len().max(1)).max(1);
                 let mut grown = Vec::new();
                 for _ in 0..times {
                     grown.extend_from_slice(&line);
@@ -167,6 +168,12 @@ pub fn mutate(
                 v.splice(at..at, word);
             }
         }
+        v.truncate(MAX_INPUT);
     }
     v
 }
+
+/// What one mutation may add by repeating a line, and the most a mutant may hold: inputs stay
+/// small enough to run thousands of them (the limits tests cover the huge ones).
+const MAX_GROWTH: usize = 1 << 20;
+const MAX_INPUT: usize = 4 << 20;
