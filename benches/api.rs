@@ -18,6 +18,7 @@ use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
 use smime_pickup::config::{Config, Flavor};
 use smime_pickup::deliver::api::ApiRoute;
 use smime_pickup::deliver::api::client::transmission;
+use smime_pickup::message::Limits;
 use smime_pickup::seal::{self, Policy};
 use smime_pickup::smime::certs::unix_now;
 
@@ -96,7 +97,7 @@ fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let ring = common::keyring(tmp.path());
     let input = common::message("html-19k.eml", 1);
-    let sealed = seal::seal(&input, &Policy::default(), usize::MAX, &ring, unix_now())
+    let sealed = seal::seal(&input, &Policy::default(), &Limits::NONE, &ring, unix_now())
         .unwrap()
         .remove(0);
     let port = server();

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use openssl::hash::MessageDigest;
 use openssl::sign::Signer;
+use smime_pickup::message::Limits;
 use smime_pickup::seal::{self, Policy};
 use smime_pickup::smime::certs::unix_now;
 
@@ -60,7 +61,7 @@ fn main() {
     let ring = common::keyring(tmp.path());
     let (key, cert) = common::signer();
     let input = common::message(fixture, 1);
-    let parsed = smime_pickup::message::parse(&input, usize::MAX).unwrap();
+    let parsed = smime_pickup::message::parse(&input, &Limits::NONE).unwrap();
     let bulk01 = vec![
         ring.certs
             .lookup("bulk01@example.com", unix_now())
@@ -78,7 +79,9 @@ fn main() {
         std::hint::black_box(common::bare_seal(&key, &cert, &parsed.inner, &bulk01));
     });
     let ours = rate(threads, secs, &|| {
-        std::hint::black_box(seal::seal(&input, &policy, usize::MAX, &ring, unix_now()).unwrap());
+        std::hint::black_box(
+            seal::seal(&input, &policy, &Limits::NONE, &ring, unix_now()).unwrap(),
+        );
     });
     println!("{fixture}, {threads} threads, {secs} s each:");
     println!("  rsa2048-sign  {sign:8.0} /s");

@@ -9,6 +9,7 @@ mod common;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use openssl::x509::X509;
+use smime_pickup::message::Limits;
 use smime_pickup::seal::{self, Policy};
 use smime_pickup::smime::certs::unix_now;
 
@@ -21,7 +22,7 @@ fn bench(c: &mut Criterion) {
     for (fixture, label) in [("html-19k.eml", "19KB"), ("large-577k.eml", "577KB")] {
         for n in [1usize, 10] {
             let input = common::message(fixture, n);
-            let parsed = smime_pickup::message::parse(&input, usize::MAX).unwrap();
+            let parsed = smime_pickup::message::parse(&input, &Limits::NONE).unwrap();
             let recipients: Vec<X509> = (1..=n)
                 .map(|i| {
                     ring.certs
@@ -38,7 +39,7 @@ fn bench(c: &mut Criterion) {
                 |b, inner| b.iter(|| common::bare_seal(&key, &cert, inner, &recipients)),
             );
             group.bench_with_input(BenchmarkId::new("seal", &id), &input, |b, input| {
-                b.iter(|| seal::seal(input, &policy, usize::MAX, &ring, unix_now()).unwrap())
+                b.iter(|| seal::seal(input, &policy, &Limits::NONE, &ring, unix_now()).unwrap())
             });
         }
     }

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use smime_pickup::config::Config;
 use smime_pickup::deliver::smtp::SmtpRoute;
+use smime_pickup::message::Limits;
 use smime_pickup::seal::{self, Policy};
 use smime_pickup::smime::certs::unix_now;
 
@@ -35,7 +36,7 @@ fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let ring = common::keyring(tmp.path());
     let input = common::message("html-19k.eml", 1);
-    let sealed = seal::seal(&input, &Policy::default(), usize::MAX, &ring, unix_now())
+    let sealed = seal::seal(&input, &Policy::default(), &Limits::NONE, &ring, unix_now())
         .unwrap()
         .remove(0);
     let config = Config::from_toml(

@@ -345,16 +345,11 @@ fn seal_file(config: &Config, file: &Path, shown: &Path) -> Result<Vec<seal::Sea
         source,
     })?;
     let keyring = keyring::load(config)?;
-    seal::seal(
-        &input,
-        &config.seal,
-        config.max_message_bytes,
-        &keyring,
-        unix_now(),
-    )
-    .map_err(|source| CliError::Seal {
-        path: shown.to_path_buf(),
-        source,
+    seal::seal(&input, &config.seal, &config.limits, &keyring, unix_now()).map_err(|source| {
+        CliError::Seal {
+            path: shown.to_path_buf(),
+            source,
+        }
     })
 }
 

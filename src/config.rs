@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::message::Limits;
 use crate::seal::Policy;
 
 mod api;
 pub use api::{Api, Flavor, Hop, Route};
 
 pub const DEFAULT_CONFIG: &str = "/etc/smime-pickup/smime-pickup.toml";
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 50 * 1024 * 1024;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -58,6 +58,10 @@ struct File {
     ca: Option<PathBuf>,
     key_passphrase_file: Option<PathBuf>,
     max_message_bytes: Option<usize>,
+    max_mime_depth: Option<usize>,
+    max_header_bytes: Option<usize>,
+    max_mime_parts: Option<usize>,
+    max_recipients: Option<usize>,
     route: Option<api::RouteFile>,
     min_free_bytes: Option<u64>,
     metrics_file: Option<PathBuf>,
@@ -193,8 +197,9 @@ pub struct Config {
     pub ca: Option<PathBuf>,
     /// File holding the passphrase of encrypted private keys
     pub key_passphrase_file: Option<PathBuf>,
-    /// Larger inputs are refused (default 50 MiB)
-    pub max_message_bytes: usize,
+    /// What one input may hold (`max_message_bytes`, `max_mime_depth`, `max_header_bytes`,
+    /// `max_mime_parts`, `max_recipients`); more is refused
+    pub limits: Limits,
     pub seal: Policy,
 }
 
@@ -240,7 +245,19 @@ impl Config {
             path: shown.clone(),
             why,
         })?;
-        let max_message_bytes = file.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+        let limits = [
+            ("max_message_bytes", file.max_message_bytes),
+            ("max_mime_depth", file.max_mime_depth),
+            ("max_header_bytes", file.max_header_bytes),
+            ("max_mime_parts", file.max_mime_parts),
+            ("max_recipients", file.max_recipients),
+        ]
+        .into_iter()
+        .try_fold(Limits::default(), |l, (key, value)| l.set(key, value))
+        .map_err(|why| ConfigError::Invalid {
+            path: shown.clone(),
+            why,
+        })?;
         let inputs = file.inputs.unwrap_or_else(|| vec!["*.eml".to_string()]);
         if inputs.is_empty() || inputs.iter().any(|p| p.is_empty() || p.contains('/')) {
             return Err(ConfigError::Invalid {
@@ -300,7 +317,7 @@ impl Config {
             certs: resolve(file.certs.unwrap_or_else(|| "certs".into())),
             ca: file.ca.map(resolve),
             key_passphrase_file: file.key_passphrase_file.map(resolve),
-            max_message_bytes,
+            limits,
             seal: file.seal,
         })
     }
@@ -449,6 +466,34 @@ mod tests {
         assert_eq!(c.certs, Path::new("/etc/x/certs"));
         assert_eq!(c.ca.as_deref(), Some(Path::new("/abs/ca.pem")));
         assert!(c.seal.sign && c.seal.encrypt);
+    }
+
+    #[test]
+    fn limits_have_defaults_and_ranges() {
+        let c = Config::from_toml("", None).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.limits.max_mime_depth, 100);
+        let c = Config::from_toml("max_mime_depth = 20\nmax_recipients = 50\n", None).unwrap();
+        assert_eq!((c.limits.max_mime_depth, c.limits.max_recipients), (20, 50));
+        for (text, named) in [
+            (
+                "max_mime_depth = 0",
+                "max_mime_depth = 0: must be from 1 to 1000",
+            ),
+            ("max_mime_depth = 5000", "max_mime_depth = 5000"),
+            (
+                "max_header_bytes = 100",
+                "max_header_bytes = 100: must be from 1024",
+            ),
+            ("max_mime_parts = 0", "max_mime_parts"),
+            ("max_recipients = 0", "max_recipients"),
+            ("max_message_bytes = 0", "max_message_bytes = 0"),
+        ] {
+            let e = Config::from_toml(text, Some(Path::new("c.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(named), "{text}: {e}");
+        }
     }
 
     #[test]

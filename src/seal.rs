@@ -16,7 +16,7 @@ use openssl::x509::X509;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::message::{self, Envelope, ParseError};
+use crate::message::{self, Envelope, Limits, ParseError};
 use crate::smime::certs::{CertStore, LookupError};
 use crate::smime::keys::{Identity, KeyError, KeyStore};
 use crate::smime::{self, CipherChoice, KeyTransport, SignatureMode};
@@ -138,15 +138,15 @@ impl SealError {
     }
 }
 
-/// Seals `input` according to `policy` at time `now` (Unix seconds).
+/// Seals `input` (within `limits`) according to `policy` at time `now` (Unix seconds).
 pub fn seal(
     input: &[u8],
     policy: &Policy,
-    max_bytes: usize,
+    limits: &Limits,
     keyring: &Keyring,
     now: i64,
 ) -> Result<Vec<Sealed>, SealError> {
-    let msg = message::parse(input, max_bytes)?;
+    let msg = message::parse(input, limits)?;
     if msg.already_sealed && policy.already_sealed == AlreadySealed::Pass {
         return Ok(vec![Sealed {
             envelope: msg.envelope,
@@ -217,7 +217,9 @@ pub fn seal(
 
     let mut groups: Vec<(Vec<String>, Vec<&X509>)> = Vec::new();
     if policy.encrypt {
-        let is_hidden = |r: &str| msg.envelope.hidden.iter().any(|h| h == r);
+        let hidden: std::collections::HashSet<&str> =
+            msg.envelope.hidden.iter().map(String::as_str).collect();
+        let is_hidden = |r: &str| hidden.contains(r);
         let visible: Vec<_> = with_cert.iter().filter(|(r, _)| !is_hidden(r)).collect();
         if !visible.is_empty() {
             groups.push((

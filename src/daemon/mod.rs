@@ -28,6 +28,7 @@ use crate::metrics::{Gauges, Metrics};
 use crate::seal::{self, Keyring, Sealed};
 use crate::smime::certs::unix_now;
 use crate::spool::claim::{Claim, Instance, Taken};
+use crate::spool::crashguard::STRIKES_OUT;
 use crate::spool::ready::Tracker;
 use crate::spool::watch::{Emit, Producers};
 use crate::spool::{Candidate, Snapshot};
@@ -608,6 +609,19 @@ fn adopt(shared: &Shared) {
                     claims.len()
                 );
             }
+            // an input the process died on twice while sealing it is not sealed a third time
+            let guard = &shared.instance.guard;
+            let (poison, claims): (Vec<Claim>, Vec<Claim>) = claims
+                .into_iter()
+                .partition(|c| guard.strikes(&c.id) >= STRIKES_OUT && !c.committed_path().exists());
+            for claim in poison {
+                let (id, path) = (claim.id.clone(), claim.path.clone());
+                let why = "the daemon stopped twice while sealing this input";
+                refuse(shared, claim, &why, "quarantined", "internal");
+                if !path.exists() {
+                    guard.clear(&id);
+                }
+            }
             // queued through the retry list, which the main loop feeds without blocking
             let now = Instant::now();
             shared
@@ -995,26 +1009,50 @@ fn prepare(
     };
     let state = shared.state.read().expect("state lock").clone();
     let sealing = Instant::now();
-    let sealed = seal::seal(
-        &bytes,
-        &state.config.seal,
-        state.config.max_message_bytes,
-        &state.keyring,
-        unix_now(),
-    );
+    // a panic costs this input, never the worker; what cannot be caught, the crash guard sees
+    let guard = &shared.instance.guard;
+    let marked = guard.sealing(&claim.id);
+    let sealed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crate::spool::crashguard::test_hook(&claim.rel);
+        seal::seal(
+            &bytes,
+            &state.config.seal,
+            &state.config.limits,
+            &state.keyring,
+            unix_now(),
+        )
+    }));
+    drop(marked);
+    guard.clear(&claim.id);
     shared.metrics.sealed_in(sealing.elapsed());
     crate::buffers::give(bytes);
     match sealed {
-        Ok(copies) => Some(Ready {
+        Ok(Ok(copies)) => Some(Ready {
             claim,
             copies,
             started,
         }),
-        Err(e) => {
+        Ok(Err(e)) => {
             refuse(shared, claim, &e, "refused", e.class());
             None
         }
+        Err(panic) => {
+            let why = format!("internal error while sealing: {}", panic_message(&*panic));
+            error!("{}: {why}", claim.rel.display());
+            refuse(shared, claim, &why, "refused", "internal");
+            None
+        }
     }
+}
+
+/// What a caught panic said.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Acts on what the route did with one sealed claim.

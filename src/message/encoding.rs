@@ -80,7 +80,7 @@ fn hex(b: u8) -> Option<u8> {
 }
 
 /// Quoted-printable encoding (RFC 2045 §6.7) of CRLF text: hard breaks stay CRLF, lines are soft-wrapped
-/// at 76, trailing white space and `From ` / lone dots are protected.
+/// at 76, trailing white space, `From `, lone dots and a `-` starting a line are protected.
 pub fn encode_qp(text: &[u8], out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut lines = text.split(|&b| b == b'\n').peekable();
@@ -90,20 +90,25 @@ pub fn encode_qp(text: &[u8], out: &mut Vec<u8>) {
         let mut col = 0;
         for (i, &b) in line.iter().enumerate() {
             let at_end = i + 1 == line.len();
-            let literal = match b {
+            let literal_at = |col: usize| match b {
                 b'=' => false,
                 b' ' | b'\t' => !at_end,
                 b'.' if col == 0 && at_end => false,
                 b'F' if col == 0 && line[i..].starts_with(b"From ") => false,
+                // a line starting "--" could be taken for a delimiter of an enclosing multipart
+                b'-' if col == 0 => false,
                 33..=126 => true,
                 _ => false,
             };
-            let width = if literal { 1 } else { 3 };
-            // keep room for the soft break "=" within 76 columns
-            if col + width > ENCODED_LINE - 1 {
+            let mut literal = literal_at(col);
+            // keep room for the soft break "=" within 76 columns; what starts the next line is
+            // judged there
+            if col + if literal { 1 } else { 3 } > ENCODED_LINE - 1 {
                 out.extend_from_slice(b"=\r\n");
                 col = 0;
+                literal = literal_at(col);
             }
+            let width = if literal { 1 } else { 3 };
             if literal {
                 out.push(b);
             } else {

@@ -1,4 +1,6 @@
 //! Lines and header fields: splitting an entity into its fields and body, and CRLF line endings.
+//! A line ends at LF; CRs right before it belong to the line end (so a file converted to CRLF twice
+//! reads as it was meant).
 
 use super::{Field, ParseError};
 
@@ -48,7 +50,8 @@ pub fn split_entity(bytes: &[u8]) -> Result<(Vec<Field<'_>>, &[u8]), ParseError>
     Ok((fields, &bytes[bytes.len()..]))
 }
 
-/// Appends `src` to `out` with every line ending (LF, CR or CRLF) written as CRLF.
+/// Appends `src` to `out` with every line ending written as CRLF: LF, CRLF, and CRs before an LF
+/// (a file converted twice) end one line; a CR that ends no line is a line end of its own.
 pub fn push_crlf(out: &mut Vec<u8>, src: &[u8]) {
     if is_crlf_canonical(src) {
         out.extend_from_slice(src);
@@ -56,19 +59,36 @@ pub fn push_crlf(out: &mut Vec<u8>, src: &[u8]) {
     }
     out.reserve(src.len() + src.len() / 32);
     let mut start = 0;
-    for pos in memchr::memchr2_iter(b'\r', b'\n', src) {
-        if pos < start {
-            continue; // the LF of a CRLF already written
-        }
-        out.extend_from_slice(&src[start..pos]);
-        out.extend_from_slice(b"\r\n");
-        start = if src[pos] == b'\r' && src.get(pos + 1) == Some(&b'\n') {
-            pos + 2
+    while let Some(i) = memchr::memchr2(b'\r', b'\n', &src[start..]) {
+        let at = start + i;
+        out.extend_from_slice(&src[start..at]);
+        let run = src[at..].iter().take_while(|&&b| b == b'\r').count();
+        if src.get(at + run) == Some(&b'\n') {
+            out.extend_from_slice(b"\r\n");
+            start = at + run + 1;
         } else {
-            pos + 1
-        };
+            for _ in 0..run {
+                out.extend_from_slice(b"\r\n");
+            }
+            start = at + run;
+        }
     }
     out.extend_from_slice(&src[start..]);
+}
+
+/// Whether `src` holds a CR that ends no line (is followed by neither LF nor CRs and an LF): such
+/// a CR would become a line break of its own, which the input's structure did not have.
+pub(super) fn has_lone_cr(src: &[u8]) -> bool {
+    let mut from = 0;
+    while let Some(i) = memchr(b'\r', &src[from..]) {
+        let at = from + i;
+        let run = src[at..].iter().take_while(|&&b| b == b'\r').count();
+        if src.get(at + run) != Some(&b'\n') {
+            return true;
+        }
+        from = at + run + 1;
+    }
+    false
 }
 
 /// True when every CR is followed by LF and every LF preceded by CR.
@@ -78,12 +98,13 @@ fn is_crlf_canonical(src: &[u8]) -> bool {
     crs == lfs && memchr::memmem::find_iter(src, b"\r\n").count() == lfs
 }
 
+/// A line without its line end (LF, CRLF, or CRs and an LF).
 pub(super) fn trim_eol(line: &[u8]) -> &[u8] {
     let mut l = line;
     if let [rest @ .., b'\n'] = l {
         l = rest;
     }
-    if let [rest @ .., b'\r'] = l {
+    while let [rest @ .., b'\r'] = l {
         l = rest;
     }
     l

@@ -1,7 +1,8 @@
 //! The PowerMTA pickup envelope lines an input may start with, and the recipient list they make.
 
 use super::entity::{memchr, starts_with_ignore_case, trim_eol};
-use super::{Envelope, ParseError};
+use super::limits::shown;
+use super::{Envelope, MAX_LINE, ParseError};
 
 /// Envelope lines PowerMTA reads at the top of a pickup file.
 const ENVELOPE_EXTRAS: [&str; 4] = ["x-envid", "x-job", "x-virtual-mta", "x-sender-override"];
@@ -26,10 +27,17 @@ pub(super) fn split_pickup_envelope(input: &[u8]) -> Result<(Option<Envelope>, &
         if !known {
             break;
         }
+        // written again at the top of the pickup file: it must stay one valid line there
         let bad = |why: &'static str| ParseError::BadEnvelope {
-            line: crate::logging::escape_controls(&String::from_utf8_lossy(line)).into_owned(),
+            line: shown(&String::from_utf8_lossy(line)),
             why,
         };
+        if line.len() > MAX_LINE {
+            return Err(bad("longer than 998 octets"));
+        }
+        if line.iter().any(|b| b.is_ascii_control() && *b != b'\t') {
+            return Err(bad("contains a control character (CR, LF, NUL...)"));
+        }
         let value = std::str::from_utf8(&line[colon + 1..])
             .map_err(|_| bad("not UTF-8"))?
             .trim_matches(|c| c == ' ' || c == '\t');
@@ -59,9 +67,23 @@ pub(super) fn split_pickup_envelope(input: &[u8]) -> Result<(Option<Envelope>, &
     Ok((Some(env), &input[pos..]))
 }
 
-pub(super) fn dedup_addresses(list: &mut Vec<String>) {
+/// Removes repeated addresses (compared case-insensitively), and refuses more than `max` different
+/// ones; the work stops there, however long the list.
+pub(super) fn dedup_addresses(list: &mut Vec<String>, max: usize) -> Result<(), ParseError> {
     let mut seen = std::collections::HashSet::new();
-    list.retain(|a| seen.insert(a.to_ascii_lowercase()));
+    let mut over = false;
+    list.retain(|a| {
+        if over {
+            return false;
+        }
+        let new = seen.insert(a.to_ascii_lowercase());
+        over = seen.len() > max;
+        new
+    });
+    if over {
+        return Err(ParseError::TooManyRecipients { max });
+    }
+    Ok(())
 }
 
 /// Whether `a` can stand in an SMTP envelope and a pickup line as one address: `local@domain` with

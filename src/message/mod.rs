@@ -4,37 +4,40 @@
 //! The inner entity is rebuilt from the raw bytes rather than from a parsed tree, so that parts which are
 //! already 7-bit clean reach the signature byte for byte (only their line endings become CRLF). Parts
 //! that are not (8bit or binary content, lines over 998 octets) are re-encoded: quoted-printable for
-//! mostly-ASCII text, base64 for everything else, recursively through multiparts. mail-parser reads the
+//! mostly-ASCII text, base64 for everything else, part by part through multiparts. mail-parser reads the
 //! structured headers (addresses, Content-Type parameters) so that groups, comments and RFC 2047/2231
 //! forms are understood the way a mail client would.
+//!
+//! Nothing here recurses as deep as the input nests, and the work is linear in the input's size: the
+//! MIME tree is found in one pass over the lines (`structure`) and written out from an explicit stack
+//! (`canonical`). What an input may hold is bounded by `Limits`; every limit exceeded is a refusal
+//! that names it. Header lines over 998 octets are folded on output (`fold`).
 
-use mail_parser::{HeaderName, MessageParser};
+use mail_parser::MessageParser;
 use thiserror::Error;
 
 mod canonical;
 mod encoding;
 mod entity;
 mod envelope;
+mod fold;
+mod limits;
+mod structure;
 #[cfg(test)]
 mod tests;
 
 pub use encoding::{encode_base64_lines, encode_qp};
 pub use entity::{push_crlf, split_entity};
+pub use fold::write_field;
+pub use limits::Limits;
 
-use canonical::canonical_entity;
 use envelope::{dedup_addresses, split_pickup_envelope};
+use limits::{check_address, check_content_types, shown};
 
-/// A NUL or a CR that does not end a line, in a raw header field: neither may reach the outer
-/// header block (a bare CR ends a header line for some readers and not for others).
+/// A NUL in a raw header field: it may not reach the outer header block (a bare CR is written as a
+/// space there, see `fold`).
 fn unsafe_in_header(raw: &[u8]) -> Option<&'static str> {
-    if raw.contains(&0) {
-        return Some("a NUL byte");
-    }
-    let bare_cr = raw
-        .iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\r' && raw.get(i + 1) != Some(&b'\n'));
-    bare_cr.then_some("a bare CR")
+    raw.contains(&0).then_some("a NUL byte")
 }
 
 /// Longest line SMTP allows, without its CRLF (RFC 5322 §2.1.1).
@@ -61,6 +64,22 @@ pub enum ParseError {
     BadAddress { address: String, why: &'static str },
     #[error("header {name} holds {what}: it would be copied into the outer header as is")]
     BadHeader { name: String, what: &'static str },
+    #[error("more than {max} recipients (max_recipients = {max})")]
+    TooManyRecipients { max: usize },
+    #[error("header block of {size} bytes, over max_header_bytes ({max})")]
+    HeaderTooLarge { size: usize, max: usize },
+    #[error("a MIME part's header block is over max_header_bytes ({max})")]
+    PartHeaderTooLarge { max: usize },
+    #[error("MIME parts nested more than {max} deep (max_mime_depth = {max})")]
+    TooDeep { max: usize },
+    #[error("more than {max} MIME parts (max_mime_parts = {max})")]
+    TooManyParts { max: usize },
+    #[error(
+        "header field {name}: {len} octets without a place to fold them into lines of 998 (RFC 5322)"
+    )]
+    Unfoldable { name: String, len: usize },
+    #[error("malformed MIME: {0}")]
+    Malformed(String),
 }
 
 /// The SMTP envelope of one message, plus the PowerMTA pickup extras that travel with it.
@@ -112,15 +131,15 @@ pub struct Message {
     pub message_id: String,
 }
 
-/// Parses `input` (LF or CRLF, optional leading pickup envelope lines).
-pub fn parse(input: &[u8], max_bytes: usize) -> Result<Message, ParseError> {
+/// Parses `input` (LF or CRLF, optional leading pickup envelope lines) within `limits`.
+pub fn parse(input: &[u8], limits: &Limits) -> Result<Message, ParseError> {
     if input.is_empty() || input.iter().all(u8::is_ascii_whitespace) {
         return Err(ParseError::Empty);
     }
-    if input.len() > max_bytes {
+    if input.len() > limits.max_message_bytes {
         return Err(ParseError::TooLarge {
             size: input.len(),
-            max: max_bytes,
+            max: limits.max_message_bytes,
         });
     }
     let (pickup_envelope, rest) = split_pickup_envelope(input)?;
@@ -131,8 +150,20 @@ pub fn parse(input: &[u8], max_bytes: usize) -> Result<Message, ParseError> {
         ));
     }
     let header_end = rest.len() - body.len();
+    if header_end > limits.max_header_bytes {
+        return Err(ParseError::HeaderTooLarge {
+            size: header_end,
+            max: limits.max_header_bytes,
+        });
+    }
+    check_content_types(&fields)?;
+    // mail-parser skips a last field without its line end (a file cut short): give it one
+    let block = match &rest[..header_end] {
+        b @ [.., b'\n'] => std::borrow::Cow::Borrowed(b),
+        b => std::borrow::Cow::Owned([b, b"\r\n"].concat()),
+    };
     let parsed = MessageParser::new()
-        .parse_headers(&rest[..header_end])
+        .parse_headers(&block)
         .ok_or_else(|| ParseError::NotAMessage("unreadable header block".into()))?;
 
     let from = parsed
@@ -180,12 +211,18 @@ pub fn parse(input: &[u8], max_bytes: usize) -> Result<Message, ParseError> {
             }
         }
     };
-    dedup_addresses(&mut envelope.recipients);
+    dedup_addresses(&mut envelope.recipients, limits.max_recipients)?;
     if envelope.recipients.is_empty() {
         return Err(ParseError::NoRecipients);
     }
-    // whatever their source (envelope lines or headers), addresses go into pickup lines and SMTP
-    // commands: each must be one address and nothing more
+    // the addresses become envelope lines and SMTP commands (and From names the signing key in
+    // errors and logs): each must be one address and nothing more, whatever its source
+    for a in [&from, &envelope.sender]
+        .into_iter()
+        .chain(&envelope.recipients)
+    {
+        check_address(a)?;
+    }
     let senders = Some(&envelope.sender).filter(|s| !s.is_empty());
     for a in senders.into_iter().chain(&envelope.recipients) {
         envelope::mailbox(a).map_err(|why| ParseError::BadAddress {
@@ -193,20 +230,24 @@ pub fn parse(input: &[u8], max_bytes: usize) -> Result<Message, ParseError> {
             why,
         })?;
     }
+    let visible: std::collections::HashSet<String> =
+        visible.iter().map(|v| v.to_ascii_lowercase()).collect();
     envelope.hidden = envelope
         .recipients
         .iter()
-        .filter(|r| !visible.iter().any(|v| v.eq_ignore_ascii_case(r)))
+        .filter(|r| !visible.contains(&r.to_ascii_lowercase()))
         .cloned()
         .collect();
 
-    let already_sealed = parsed
-        .header(HeaderName::ContentType)
-        .and_then(|v| v.as_content_type())
-        .is_some_and(|ct| is_smime_type(ct.ctype(), ct.subtype(), ct.attribute("protocol")));
+    // read from the field itself, as the canonical form reads it (not from the whole block, where
+    // a malformed field before it can hide it)
+    let ct = structure::content_type(&fields)?;
+    let already_sealed = ct
+        .ctype
+        .as_deref()
+        .is_some_and(|t| is_smime_type(t, ct.subtype.as_deref(), ct.protocol.as_deref()));
 
     let mut outer = Vec::with_capacity(header_end + 128);
-    let mut inner_headers = Vec::new();
     for field in &fields {
         if let Some(what) = unsafe_in_header(field.raw) {
             return Err(ParseError::BadHeader {
@@ -214,19 +255,15 @@ pub fn parse(input: &[u8], max_bytes: usize) -> Result<Message, ParseError> {
                 what,
             });
         }
-        if field.is_content() {
-            push_crlf(&mut inner_headers, field.raw);
-            inner_headers.extend_from_slice(b"\r\n");
-        } else if !field.is("bcc") && !field.is("mime-version") {
-            push_crlf(&mut outer, field.raw);
-            outer.extend_from_slice(b"\r\n");
+        if !field.is_content() && !field.is("bcc") && !field.is("mime-version") {
+            write_field(&mut outer, field)?;
         }
     }
     if !fields.iter().any(|f| f.is("date")) {
         outer.extend_from_slice(format!("Date: {}\r\n", rfc5322_now()).as_bytes());
     }
     let message_id = match parsed.message_id() {
-        Some(id) => id.to_string(),
+        Some(id) => shown(id),
         None => {
             let id = new_message_id(&from);
             outer.extend_from_slice(format!("Message-ID: <{id}>\r\n").as_bytes());
@@ -234,15 +271,31 @@ pub fn parse(input: &[u8], max_bytes: usize) -> Result<Message, ParseError> {
         }
     };
 
+    // passed through as it came, but for its header block (which no signature covers): folded too
     let mut original = Vec::new();
     if already_sealed {
-        push_crlf(&mut original, rest);
+        for field in &fields {
+            write_field(&mut original, field)?;
+        }
+        original.extend_from_slice(b"\r\n");
+        push_crlf(&mut original, body);
+        // a signature covers the body: it can be neither folded nor re-encoded
+        if encoding::longest_line(&original) > MAX_LINE {
+            return Err(ParseError::Malformed(
+                "already S/MIME, but with a line over 998 octets (RFC 5322) that cannot be \
+                 changed without breaking it"
+                    .into(),
+            ));
+        }
     }
 
-    let mut inner = crate::buffers::take(body.len() + body.len() / 16 + inner_headers.len() + 64);
+    let mut inner = crate::buffers::take(body.len() + body.len() / 16 + header_end + 64);
     if !already_sealed {
         let content: Vec<Field> = fields.iter().filter(|f| f.is_content()).cloned().collect();
-        canonical_entity(&content, body, true, &mut inner);
+        if let Err(e) = canonical::canonical(content, body, limits, &mut inner) {
+            crate::buffers::give(inner);
+            return Err(e);
+        }
     }
     Ok(Message {
         envelope,
@@ -278,7 +331,15 @@ fn rfc5322_now() -> String {
 
 /// A fresh Message-ID (without angle brackets) in the sender's domain.
 fn new_message_id(from: &str) -> String {
-    let domain = from.rsplit_once('@').map_or("localhost", |(_, d)| d);
+    let domain = from
+        .rsplit_once('@')
+        .map(|(_, d)| d)
+        .filter(|d| {
+            !d.is_empty()
+                && d.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        })
+        .unwrap_or("localhost");
     let mut rnd = [0u8; 12];
     openssl::rand::rand_bytes(&mut rnd).expect("the OpenSSL random generator works");
     let nanos = std::time::SystemTime::now()

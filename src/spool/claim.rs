@@ -9,13 +9,16 @@
 //! can adopt a folder that is still being set up.
 //!
 //! A claim's file name carries everything recovery needs: `<instance>-<seq>,<relative path>` with `%`
-//! and `/` escaped. The part before the comma is globally unique and names its outputs.
+//! and `/` escaped. The part before the comma is globally unique and names its outputs. Names that
+//! start with a dot are the instance's own state (`.lock`, the crash guard's `.sealing` and
+//! `.suspects`), never claims: a claim's name starts with its instance's id.
 
 use std::fs::File;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::crashguard::CrashGuard;
 use super::{Candidate, Snapshot, safe};
 
 /// This process's work folder and lock.
@@ -25,6 +28,8 @@ pub struct Instance {
     root: PathBuf,
     _lock: File,
     seq: AtomicU64,
+    /// What this instance is sealing, and the strikes of the claims it adopted
+    pub guard: CrashGuard,
 }
 
 /// What came of trying to claim a spool file.
@@ -104,12 +109,14 @@ impl Instance {
         let dir = root.join(&id);
         std::fs::rename(&tmp, &dir)?;
         sync_dir(root)?;
+        let guard = CrashGuard::create(&dir)?;
         Ok(Instance {
             id,
             dir,
             root: root.to_path_buf(),
             _lock: lock,
             seq: AtomicU64::new(0),
+            guard,
         })
     }
 
@@ -232,12 +239,18 @@ impl Instance {
             if lock.try_lock().is_err() {
                 continue; // alive
             }
+            // what the dead instance was sealing comes along first: a death from here on loses none
+            self.guard.carry(CrashGuard::read_dead(&dir))?;
+            let mut state = Vec::new();
             for entry in std::fs::read_dir(&dir)? {
                 let from = entry?.path();
                 let Some(file) = from.file_name() else {
                     continue;
                 };
-                if file == ".lock" {
+                if file.as_encoded_bytes().starts_with(b".") {
+                    if file != ".lock" {
+                        state.push(from);
+                    }
                     continue;
                 }
                 let to = self.dir.join(file);
@@ -248,6 +261,9 @@ impl Instance {
                 }
             }
             sync_dir(&self.dir)?;
+            for path in state {
+                std::fs::remove_file(path)?;
+            }
             std::fs::remove_file(dir.join(".lock"))?;
             std::fs::remove_dir(&dir)?;
             drop(lock);
@@ -255,12 +271,22 @@ impl Instance {
         Ok(adopted)
     }
 
-    /// Removes our folder at a clean exit when nothing is left in it.
+    /// Removes our folder at a clean exit when no claim is left in it.
     pub fn close(self) {
-        let empty = std::fs::read_dir(&self.dir)
-            .map(|mut d| d.all(|e| e.is_ok_and(|e| e.file_name() == ".lock")))
-            .unwrap_or(false);
-        if empty {
+        let state: Option<Vec<PathBuf>> = std::fs::read_dir(&self.dir).ok().and_then(|d| {
+            d.map(|e| {
+                let e = e.ok()?;
+                e.file_name()
+                    .as_encoded_bytes()
+                    .starts_with(b".")
+                    .then(|| e.path())
+            })
+            .collect()
+        });
+        if let Some(state) = state {
+            for path in state.iter().filter(|p| !p.ends_with(".lock")) {
+                let _ = std::fs::remove_file(path);
+            }
             let _ = std::fs::remove_file(self.dir.join(".lock"));
             let _ = std::fs::remove_dir(&self.dir);
         }
@@ -411,6 +437,44 @@ mod tests {
         assert_eq!(claims[0].id, c.id);
         assert_eq!(claims[0].rel, Path::new("m.eml"));
         assert!(live.dir.exists());
+    }
+
+    #[test]
+    fn a_dead_instances_state_comes_along_as_strikes_not_as_claims() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = tmp.path().join("spool");
+        std::fs::create_dir(&spool).unwrap();
+        let work = tmp.path().join("work");
+        let dead = Instance::start(&work).unwrap();
+        // inputs named like our state files are claims like any other
+        for name in ["a.eml", ".sealing", "x.suspects"] {
+            std::fs::write(spool.join(name), "x").unwrap();
+        }
+        let a = dead.claim(&spool, &spool.join("a.eml")).unwrap().unwrap();
+        let odd = dead
+            .claim(&spool, &spool.join(".sealing"))
+            .unwrap()
+            .unwrap();
+        dead.claim(&spool, &spool.join("x.suspects"))
+            .unwrap()
+            .unwrap();
+        std::mem::forget(dead.guard.sealing(&a.id)); // it dies sealing a.eml
+        let dead_dir = dead.dir.clone();
+        drop(dead);
+
+        let me = Instance::start(&work).unwrap();
+        let claims = me.adopt_dead().unwrap();
+        assert_eq!(claims.len(), 3, "{claims:?}");
+        assert!(claims.iter().any(|c| c.rel == Path::new(".sealing")));
+        assert_eq!(me.guard.strikes(&a.id), 1);
+        assert_eq!(me.guard.strikes(&odd.id), 0);
+        assert!(
+            !dead_dir.exists(),
+            "the dead folder is gone, state files and all"
+        );
+        // the strikes are in our folder now, for whoever adopts from us
+        let ours = super::super::crashguard::CrashGuard::read_dead(&me.dir);
+        assert_eq!(ours.get(&a.id), Some(&1));
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! The spool: which files are inputs, finding them (startup scan, periodic rescan, notify events),
-//! deciding when each is complete (`ready`), and claiming it (`claim`).
+//! deciding when each is complete (`ready`), claiming it (`claim`), and not sealing again what the
+//! process died on twice (`crashguard`).
 //!
 //! The watcher is never trusted alone (inotify queues overflow, NFS sends no events): a full scan runs
 //! at start, every `rescan_seconds`, and at once when the watcher reports an overflow or an error.
 
 pub mod claim;
+pub mod crashguard;
 mod folders;
 mod fresh;
 pub mod ready;

@@ -4,8 +4,10 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod crafted;
 pub mod gpgsm;
 pub mod mta;
+pub mod mutate;
 pub mod nss;
 pub mod servers;
 pub mod spool;
@@ -137,6 +139,14 @@ pub fn assert_crlf_only(bytes: &[u8], what: &str) {
                 "{what}: bare CR at byte {i}"
             );
         }
+    }
+}
+
+/// No line (without its CRLF) over 998 octets, as RFC 5322 allows.
+pub fn assert_lines_fit(bytes: &[u8], what: &str) {
+    for (n, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let len = line.strip_suffix(b"\r").unwrap_or(line).len();
+        assert!(len <= 998, "{what}: line {} has {len} octets", n + 1);
     }
 }
 

@@ -161,12 +161,13 @@ impl Setup {
         }
     }
 
-    /// No claimed input left in any work folder, no staged output left behind.
+    /// No claimed input left in any work folder, no staged output left behind (dot-files there are
+    /// an instance's own state: its lock and its crash guard).
     pub fn assert_nothing_in_flight(&self) {
         let work = self.path("spool/.smime-pickup");
         let leftovers: Vec<PathBuf> = list_files(&work)
             .into_iter()
-            .filter(|p| p.file_name().unwrap() != ".lock")
+            .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
             .collect();
         assert!(leftovers.is_empty(), "work folder not empty: {leftovers:?}");
         let staged = list_files(&self.d.path().join(".smime-pickup-staging"));

@@ -1,0 +1,286 @@
+//! The crash-loop guard: an input that was being sealed when the process died twice in a row is not
+//! tried a third time.
+//!
+//! A panic is caught around the sealing of one input (the daemon quarantines it and goes on). What
+//! cannot be caught (a stack overflow, an abort, the OOM killer) takes the process down with the
+//! input still claimed; the next start adopts the claim and would seal it again. So each claim
+//! being sealed is named in a slot of `WORK/<instance>/.sealing` (one slot per worker sealing at
+//! the same time), and whoever adopts a dead instance's claims reads that file: every claim named
+//! there gets a strike.
+//!
+//! - A claim with one strike is a suspect: it was being sealed when the process died, but so were
+//!   the claims of the other workers. A suspect is sealed alone (no other worker seals meanwhile),
+//!   so if the process dies again, the `.sealing` file names it and nothing else.
+//! - A claim with two strikes goes to failed/ without being sealed again.
+//! - A suspect sealed without dying is cleared: the two deaths must be in a row.
+//!
+//! Strikes travel with the claims through `.suspects` (lines `<claim id> <strikes>`), written
+//! (temporary file, fsync, rename) into the adopter's folder before the claims move into it, so a
+//! death during adoption loses none. Adopting the same dead folder twice gives the same count.
+//!
+//! Cost: a slot is one 64-byte `pwrite` before sealing and one after, and no fsync: what a process
+//! wrote is in the page cache whatever way the process dies, and only a machine crash, which no
+//! input causes, can lose it (then a poison input costs one restart more). The slots are aligned
+//! within one page, so a process killed in the middle of a write leaves the old or the new record.
+//!
+//! The state files start with a dot; claim names start with their instance's id (`i…`), whatever
+//! the input was called, so no input can pass for one of them or the other way round.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use log::debug;
+
+/// One slot per worker: the id of the claim it is sealing, or blanks.
+pub const SEALING: &str = ".sealing";
+/// Claims adopted with strikes, `<id> <strikes>` a line.
+pub const SUSPECTS: &str = ".suspects";
+const SLOT: usize = 64;
+/// Strikes after which a claim is quarantined instead of sealed.
+pub const STRIKES_OUT: u32 = 2;
+
+/// This instance's side of the guard.
+pub struct CrashGuard {
+    dir: PathBuf,
+    sealing: File,
+    strikes: Mutex<HashMap<String, u32>>,
+    /// slots free for reuse, and how many there are
+    slots: Mutex<(Vec<usize>, usize)>,
+    /// read: an ordinary claim is being sealed; write: a suspect is, alone
+    alone: RwLock<()>,
+}
+
+/// Held while one claim is sealed: its slot names it until this is dropped.
+pub struct Sealing<'g> {
+    guard: &'g CrashGuard,
+    slot: usize,
+    _turn: Turn<'g>,
+}
+
+enum Turn<'g> {
+    Shared(#[allow(dead_code)] RwLockReadGuard<'g, ()>),
+    Alone(#[allow(dead_code)] RwLockWriteGuard<'g, ()>),
+}
+
+impl CrashGuard {
+    /// Creates the state of a new instance folder.
+    pub fn create(dir: &Path) -> std::io::Result<CrashGuard> {
+        let sealing = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.join(SEALING))?;
+        Ok(CrashGuard {
+            dir: dir.to_path_buf(),
+            sealing,
+            strikes: Mutex::new(HashMap::new()),
+            slots: Mutex::new((Vec::new(), 0)),
+            alone: RwLock::new(()),
+        })
+    }
+
+    /// Strikes of the claims in a dead instance's folder: those it carried, plus one for each
+    /// claim a worker was sealing when it died.
+    pub fn read_dead(dir: &Path) -> HashMap<String, u32> {
+        let mut strikes = read_suspects(&dir.join(SUSPECTS));
+        if let Ok(bytes) = std::fs::read(dir.join(SEALING)) {
+            for slot in bytes.chunks(SLOT) {
+                let id = String::from_utf8_lossy(slot);
+                let id = id.trim_matches(|c: char| c.is_whitespace() || c == '\0');
+                if is_claim_id(id) {
+                    *strikes.entry(id.to_string()).or_insert(0) += 1;
+                }
+            }
+        }
+        strikes
+    }
+
+    /// Takes over the strikes of claims about to be adopted, durably, before they move.
+    pub fn carry(&self, adopted: HashMap<String, u32>) -> std::io::Result<()> {
+        if adopted.is_empty() {
+            return Ok(());
+        }
+        let mut strikes = self.strikes.lock().expect("strikes lock");
+        for (id, n) in adopted {
+            let kept = strikes.entry(id).or_insert(0);
+            *kept = (*kept).max(n);
+        }
+        self.save(&strikes)
+    }
+
+    /// How often the process died while sealing this claim, in a row.
+    pub fn strikes(&self, id: &str) -> u32 {
+        self.strikes
+            .lock()
+            .expect("strikes lock")
+            .get(id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The claim was sealed (or refused) without the process dying, or left for good: it starts
+    /// with a clean record.
+    pub fn clear(&self, id: &str) {
+        let mut strikes = self.strikes.lock().expect("strikes lock");
+        if strikes.remove(id).is_some()
+            && let Err(e) = self.save(&strikes)
+        {
+            debug!("{}: {e}", self.dir.join(SUSPECTS).display());
+        }
+    }
+
+    /// Notes that the claim `id` is being sealed until the result is dropped. A suspect waits
+    /// until no other claim is being sealed, and no other starts meanwhile.
+    pub fn sealing(&self, id: &str) -> Sealing<'_> {
+        let turn = if self.strikes(id) > 0 {
+            Turn::Alone(self.alone.write().unwrap_or_else(|e| e.into_inner()))
+        } else {
+            Turn::Shared(self.alone.read().unwrap_or_else(|e| e.into_inner()))
+        };
+        let slot = {
+            let mut slots = self.slots.lock().expect("slots lock");
+            slots.0.pop().unwrap_or_else(|| {
+                slots.1 += 1;
+                slots.1 - 1
+            })
+        };
+        self.write_slot(slot, id);
+        Sealing {
+            guard: self,
+            slot,
+            _turn: turn,
+        }
+    }
+
+    fn write_slot(&self, worker: usize, id: &str) {
+        let mut record = [b' '; SLOT];
+        record[SLOT - 1] = b'\n';
+        let id = &id.as_bytes()[..id.len().min(SLOT - 1)];
+        record[..id.len()].copy_from_slice(id);
+        if let Err(e) = self.sealing.write_all_at(&record, (worker * SLOT) as u64) {
+            debug!("{}: {e}", self.dir.join(SEALING).display());
+        }
+    }
+
+    fn save(&self, strikes: &HashMap<String, u32>) -> std::io::Result<()> {
+        let tmp = self.dir.join(".suspects.new");
+        let mut f = File::create(&tmp)?;
+        for (id, n) in strikes {
+            writeln!(f, "{id} {n}")?;
+        }
+        f.sync_all()?;
+        std::fs::rename(&tmp, self.dir.join(SUSPECTS))
+    }
+}
+
+impl Drop for Sealing<'_> {
+    fn drop(&mut self) {
+        self.guard.write_slot(self.slot, "");
+        self.guard
+            .slots
+            .lock()
+            .expect("slots lock")
+            .0
+            .push(self.slot);
+    }
+}
+
+fn read_suspects(path: &Path) -> HashMap<String, u32> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (id, n) = l.split_once(' ')?;
+            Some((id.to_string(), n.trim().parse().ok()?)).filter(|_| is_claim_id(id))
+        })
+        .collect()
+}
+
+/// `i<hex>-<seq>`, as `Instance` makes them.
+fn is_claim_id(id: &str) -> bool {
+    id.strip_prefix('i')
+        .and_then(|rest| rest.split_once('-'))
+        .is_some_and(|(inst, seq)| {
+            !inst.is_empty()
+                && inst.bytes().all(|b| b.is_ascii_hexdigit())
+                && !seq.is_empty()
+                && seq.bytes().all(|b| b.is_ascii_digit())
+        })
+}
+
+/// Called with the claim's spool path as its sealing starts, once set.
+static HOOK: OnceLock<fn(&Path)> = OnceLock::new();
+
+/// A seam for tests that must make the process die (or a worker panic) while an input is being
+/// sealed, the way a stack overflow or the OOM killer would. Only a program linking this library
+/// can set it: the `smime-pickup` binary never does, and no configuration or environment variable
+/// reaches it.
+#[doc(hidden)]
+pub fn set_test_hook(hook: fn(&Path)) {
+    let _ = HOOK.set(hook);
+}
+
+/// Runs the test hook, if a test set one (see `set_test_hook`).
+pub fn test_hook(rel: &Path) {
+    if let Some(hook) = HOOK.get() {
+        hook(rel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strikes_come_from_the_sealing_slots_and_travel_with_the_claims() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let dead = CrashGuard::create(&a).unwrap();
+        let sealing = dead.sealing("i1f-7");
+        let _other = dead.sealing("i1f-8");
+        drop(sealing); // finished before the death: no strike
+        let _third = dead.sealing("i1f-9"); // in the freed slot
+        std::mem::forget(_other);
+        std::mem::forget(_third);
+        drop(dead); // the process dies with two claims being sealed
+        let found = CrashGuard::read_dead(&a);
+        assert_eq!(
+            found,
+            HashMap::from([("i1f-8".into(), 1), ("i1f-9".into(), 1)])
+        );
+
+        let me = CrashGuard::create(&b).unwrap();
+        me.carry(found.clone()).unwrap();
+        me.carry(found).unwrap(); // adopting the same folder again changes nothing
+        assert_eq!(me.strikes("i1f-8"), 1);
+        me.clear("i1f-9");
+        // we die sealing the suspect: the next adopter counts two
+        let s = me.sealing("i1f-8");
+        std::mem::forget(s);
+        assert_eq!(
+            CrashGuard::read_dead(&b),
+            HashMap::from([("i1f-8".into(), 2)])
+        );
+    }
+
+    #[test]
+    fn garbage_in_the_state_files_is_no_claim() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tmp.path().join(SEALING),
+            b"i1-\n \0\0 ix-3\n../../etc 1\ni12-3x\n",
+        )
+        .unwrap();
+        std::fs::write(tmp.path().join(SUSPECTS), "i1-2 x\nfoo 1\ni2-3 1\n").unwrap();
+        assert_eq!(
+            CrashGuard::read_dead(tmp.path()),
+            HashMap::from([("i2-3".into(), 1)])
+        );
+    }
+}

@@ -1,0 +1,367 @@
+//! Poison inputs: none may stop the daemon, and none may crash-loop it. Crafted inputs dropped
+//! beside normal mail into the running binary; a panic and an abort while sealing, injected through
+//! the library's test hook into a daemon run in a child process (this test binary, started again).
+
+mod util;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use smime_pickup::config::Config;
+use smime_pickup::daemon::{self, Mode};
+use util::crafted;
+use util::spool::*;
+use util::*;
+
+/// The child: `daemon::run` in `once` mode on the config named by the environment, with the test
+/// hook aborting the process on inputs named `abort-*` and panicking on `panic-*`.
+#[test]
+#[ignore = "run as a child process by the tests below"]
+fn child_daemon() {
+    let Some(config) = std::env::var_os("POISON_TEST_CONFIG") else {
+        return;
+    };
+    let _ = env_logger::Builder::new().parse_filters("info").try_init();
+    smime_pickup::spool::crashguard::set_test_hook(|rel| {
+        let name = rel.file_name().unwrap().to_string_lossy();
+        if name.starts_with("abort-") {
+            std::process::abort();
+        }
+        if name.starts_with("panic-") {
+            panic!("a test panic on {name}");
+        }
+    });
+    let config = Config::read(Path::new(&config)).unwrap();
+    let summary = daemon::run(config, Mode::Once, daemon::Control::none()).unwrap();
+    println!("SUMMARY {summary}");
+}
+
+/// Runs `child_daemon` on `s`'s config in a new process.
+fn child(s: &Setup) -> Output {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "child_daemon", "--nocapture"])
+        .args(["--test-threads", "1"])
+        .env("POISON_TEST_CONFIG", &s.config)
+        .current_dir(s.d.path())
+        .output()
+        .unwrap()
+}
+
+fn claims(s: &Setup) -> Vec<PathBuf> {
+    list_files(&s.path("spool/.smime-pickup"))
+        .into_iter()
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect()
+}
+
+fn reason(s: &Setup, name: &str) -> String {
+    std::fs::read_to_string(s.path("failed").join(format!("{name}.reason"))).unwrap_or_default()
+}
+
+#[test]
+fn an_input_the_daemon_dies_on_twice_is_quarantined_and_the_rest_delivered() {
+    let s = Setup::new("workers = 2\n");
+    for n in 0..30 {
+        s.drop_message(&format!("m{n}.eml"), &message(n));
+    }
+    s.drop_message("abort-poison.eml", &message(999));
+
+    // first start: the process dies while sealing the poison; it stays claimed, named as sealed
+    let o = child(&s);
+    assert_eq!(o.status.signal(), Some(6), "{}", stderr(&o));
+    let left = claims(&s);
+    let poison = left
+        .iter()
+        .find(|p| p.to_string_lossy().ends_with(",abort-poison.eml"))
+        .expect("the poison stays claimed");
+    let id = poison.file_name().unwrap().to_string_lossy();
+    let id = id.split(',').next().unwrap();
+    let sealing = list_files(&s.path("spool/.smime-pickup"))
+        .into_iter()
+        .find(|p| p.ends_with(".sealing"))
+        .unwrap();
+    assert!(std::fs::read_to_string(sealing).unwrap().contains(id));
+    assert!(!s.path("failed/abort-poison.eml").exists());
+
+    // second start: it is tried again, alone, and the process dies again
+    let o = child(&s);
+    assert_eq!(o.status.signal(), Some(6), "{}", stderr(&o));
+    assert!(!s.path("failed/abort-poison.eml").exists());
+
+    // third start: not sealed again but quarantined; everything else is delivered once
+    let o = child(&s);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    assert!(
+        reason(&s, "abort-poison.eml")
+            .contains("the daemon stopped twice while sealing this input"),
+        "{}",
+        stderr(&o)
+    );
+    let failed: Vec<PathBuf> = list_files(&s.path("failed"));
+    assert_eq!(
+        failed.len(),
+        2,
+        "only the poison and its reason: {failed:?}"
+    );
+    let ids = s.delivered_ids();
+    for n in 0..30 {
+        assert_eq!(
+            ids.get(&format!("<m{n}@test.example.com>")),
+            Some(&1),
+            "m{n}"
+        );
+    }
+    assert_eq!(ids.len(), 30);
+    s.assert_nothing_in_flight();
+}
+
+#[test]
+fn a_panic_while_sealing_costs_that_input_only() {
+    // one worker: had the panic killed it, nothing after the panic would be delivered
+    let s = Setup::new("workers = 1\n");
+    s.drop_message("panic-first.eml", &message(100));
+    for n in 0..5 {
+        s.drop_message(&format!("m{n}.eml"), &message(n));
+    }
+    s.drop_message("sub/panic-second.eml", &message(101));
+    let o = child(&s);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("SUMMARY 5 delivered, 2 failed, 0 deferred"),
+        "{out}\n{}",
+        stderr(&o)
+    );
+    for name in ["panic-first.eml", "sub/panic-second.eml"] {
+        let file = Path::new(name).file_name().unwrap().to_string_lossy();
+        assert!(
+            reason(&s, name).contains(&format!(
+                "internal error while sealing: a test panic on {file}"
+            )),
+            "{name}: {}",
+            reason(&s, name)
+        );
+        // logged with its name
+        assert!(
+            stderr(&o).contains(&format!("{name}: internal error while sealing")),
+            "{}",
+            stderr(&o)
+        );
+    }
+    assert_eq!(s.delivered_ids().len(), 5);
+    s.assert_nothing_in_flight();
+}
+
+/// Waits until `done`, failing only when nothing moved in the spool, pickup or failed folder for
+/// `stall` (progress, not the clock, decides: the machine may be slow).
+fn wait_progressing(s: &Setup, what: &str, stall: Duration, done: impl Fn() -> bool) {
+    let count = || {
+        ["spool", "pickup", "failed"]
+            .iter()
+            .map(|d| list_files(&s.path(d)).len())
+            .collect::<Vec<_>>()
+    };
+    let (mut last, mut since) = (count(), Instant::now());
+    while !done() {
+        let now = count();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+        assert!(
+            since.elapsed() < stall,
+            "no progress for {stall:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The inputs of the "done when", by name, and the refusal each must get with the default
+/// limits (`None`: delivered).
+fn crafted_inputs() -> Vec<(&'static str, Vec<u8>, Option<&'static str>)> {
+    vec![
+        (
+            "nested-5000.eml",
+            crafted::nested("n5k", 5_000),
+            Some("max_mime_depth = 100"),
+        ),
+        (
+            "nested-50000.eml",
+            crafted::nested("n50k", 50_000),
+            Some("max_mime_depth = 100"),
+        ),
+        (
+            "messages-5000.eml",
+            crafted::nested_messages("m5k", 5_000),
+            Some("max_mime_depth = 100"),
+        ),
+        ("nested-60.eml", crafted::nested("n60", 60), None),
+        (
+            "header-5mb.eml",
+            crafted::long_header("h5m", 5 << 20, false),
+            Some("over max_header_bytes (1048576)"),
+        ),
+        (
+            "header-500k-words.eml",
+            crafted::long_header("h500k", 500 << 10, true),
+            None,
+        ),
+        (
+            "header-500k-word.eml",
+            crafted::long_header("h500kw", 500 << 10, false),
+            Some("without a place to fold"),
+        ),
+        (
+            "parts-200000.eml",
+            crafted::many_parts("p200k", 200_000),
+            Some("max_mime_parts = 10000"),
+        ),
+        ("parts-5000.eml", crafted::many_parts("p5k", 5_000), None),
+        (
+            "fields-100000.eml",
+            crafted::many_fields("f100k", 100_000),
+            Some("over max_header_bytes"),
+        ),
+        (
+            "fields-10000.eml",
+            crafted::many_fields("f10k", 10_000),
+            None,
+        ),
+    ]
+}
+
+#[test]
+fn crafted_inputs_beside_normal_mail_end_delivered_or_refused_and_the_daemon_runs_on() {
+    let s = Setup::on_tmpfs("workers = 2\n");
+    let mut daemon = s.start("daemon.log");
+    let inputs = crafted_inputs();
+    let normal = 40;
+    for n in 0..normal / 2 {
+        s.drop_message(&format!("before-{n}.eml"), &message(n));
+    }
+    for (name, bytes, _) in &inputs {
+        s.drop_message(name, bytes);
+    }
+    for n in normal / 2..normal {
+        s.drop_message(&format!("after-{n}.eml"), &message(n));
+    }
+    let refused = inputs.iter().filter(|i| i.2.is_some()).count();
+    let delivered = normal + inputs.len() - refused;
+    wait_progressing(&s, "every input to end", Duration::from_secs(60), || {
+        let failed = list_files(&s.path("failed"))
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "reason"))
+            .count();
+        failed == refused && s.delivered_ids().len() == delivered
+    });
+    assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited");
+
+    for (name, _, refusal) in &inputs {
+        match refusal {
+            Some(why) => assert!(
+                reason(&s, name).contains(why),
+                "{name}: {}",
+                reason(&s, name)
+            ),
+            None => assert!(
+                !s.path("failed").join(name).exists(),
+                "{name}: {}",
+                reason(&s, name)
+            ),
+        }
+    }
+    let ids = s.delivered_ids();
+    for n in 0..normal {
+        assert_eq!(
+            ids.get(&format!("<m{n}@test.example.com>")),
+            Some(&1),
+            "m{n}"
+        );
+    }
+    for f in s.pickup_files() {
+        let bytes = std::fs::read(&f).unwrap();
+        assert_crlf_only(&bytes, &f.display().to_string());
+        assert_lines_fit(&bytes, &f.display().to_string());
+    }
+    // the folded header arrives whole: unfolded, it is the value that went in
+    let folded = s
+        .pickup_files()
+        .into_iter()
+        .map(|f| std::fs::read(f).unwrap())
+        .find(|b| header(b, "message-id").unwrap().contains("h500k@"))
+        .unwrap();
+    let unfolded = String::from_utf8_lossy(&folded).replace("\r\n ", " ");
+    assert!(unfolded.contains(&format!(
+        "X-Long: {}end\r\n",
+        "word ".repeat((500 << 10) / 5)
+    )));
+
+    signal(&daemon, "-TERM");
+    assert!(wait_exit(&mut daemon, Duration::from_secs(30)).success());
+    s.assert_nothing_in_flight();
+}
+
+#[test]
+fn with_the_widest_limits_the_same_inputs_are_sealed_in_bounded_time() {
+    // the engine itself, not the limits, must cope: everything it may be allowed
+    let s = Setup::on_tmpfs(
+        "workers = 2\nmax_mime_depth = 1000\nmax_header_bytes = 67108864\nmax_mime_parts = 1000000\n",
+    );
+    let inputs = [
+        ("nested-1000.eml", crafted::nested("n1k", 1_000), None),
+        (
+            "messages-1000.eml",
+            crafted::nested_messages("m1k", 1_000),
+            None,
+        ),
+        (
+            "nested-50000.eml",
+            crafted::nested("n50k", 50_000),
+            Some("max_mime_depth = 1000"),
+        ),
+        (
+            "parts-200000.eml",
+            crafted::many_parts("p200k", 200_000),
+            None,
+        ),
+        (
+            "fields-100000.eml",
+            crafted::many_fields("f100k", 100_000),
+            None,
+        ),
+        (
+            "header-5mb-words.eml",
+            crafted::long_header("h5mw", 5 << 20, true),
+            None,
+        ),
+        (
+            "header-5mb.eml",
+            crafted::long_header("h5m", 5 << 20, false),
+            Some("without a place to fold"),
+        ),
+    ];
+    for (name, bytes, _) in &inputs {
+        s.drop_message(name, bytes);
+    }
+    let o = s.once();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("5 delivered, 2 failed, 0 deferred"),
+        "{out}\n{}",
+        stderr(&o)
+    );
+    for (name, _, refusal) in &inputs {
+        if let Some(why) = refusal {
+            assert!(
+                reason(&s, name).contains(why),
+                "{name}: {}",
+                reason(&s, name)
+            );
+        }
+    }
+    for f in s.pickup_files() {
+        let bytes = std::fs::read(&f).unwrap();
+        assert_lines_fit(&bytes, &f.display().to_string());
+    }
+}
