@@ -58,6 +58,9 @@ struct File {
     route: Option<Route>,
     min_free_bytes: Option<u64>,
     metrics_file: Option<PathBuf>,
+    certs_inbox: Option<PathBuf>,
+    harvest_trust: Option<HarvestTrust>,
+    harvest_require_dkim: Option<bool>,
     #[serde(default)]
     seal: Policy,
     #[serde(default)]
@@ -73,6 +76,17 @@ pub enum Route {
     Smtp,
     #[serde(rename = "pickup-then-smtp")]
     PickupThenSmtp,
+}
+
+/// What a harvested certificate must chain to (`harvest_trust`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HarvestTrust {
+    /// the `ca` bundle of the config
+    #[default]
+    Ca,
+    /// the system's bundle (`SSL_CERT_FILE`, else the distribution's file)
+    System,
 }
 
 /// TLS towards the SMTP server (`[smtp] tls`).
@@ -196,6 +210,12 @@ pub struct Config {
     pub key_passphrase_file: Option<PathBuf>,
     /// Larger inputs are refused (default 50 MiB)
     pub max_message_bytes: usize,
+    /// Signed replies to harvest recipients' certificates from (watched by the daemon)
+    pub certs_inbox: Option<PathBuf>,
+    /// What harvested certificates must chain to
+    pub harvest_trust: HarvestTrust,
+    /// Harvest only replies with a passing DKIM signature of their From domain
+    pub harvest_require_dkim: bool,
     pub seal: Policy,
 }
 
@@ -284,6 +304,9 @@ impl Config {
             ca: file.ca.map(resolve),
             key_passphrase_file: file.key_passphrase_file.map(resolve),
             max_message_bytes,
+            certs_inbox: file.certs_inbox.map(resolve),
+            harvest_trust: file.harvest_trust.unwrap_or_default(),
+            harvest_require_dkim: file.harvest_require_dkim.unwrap_or(false),
             seal: file.seal,
         })
     }

@@ -216,6 +216,14 @@ pub fn run(
     let instance = Instance::start(&work_root).map_err(folder(&work_root))?;
     let workers = config.workers;
     let (settle, rescan) = (config.settle, config.rescan);
+    // certs_inbox: harvested in `run` only (`once` ends in bounded time and only drains the spool)
+    let inbox = match mode {
+        Mode::Run => crate::harvest::inbox::prepare(&config).map_err(|e| ConfigError::Invalid {
+            path: config.source.clone().unwrap_or_default(),
+            why: e.to_string(),
+        })?,
+        Mode::Once => None,
+    };
     let shared = Arc::new(Shared {
         mode,
         spool: spool.clone(),
@@ -267,6 +275,20 @@ pub fn run(
     let tracker = shared.tracker.clone();
     let producers = Producers::start(spool, timing, tracker, emit, shutdown.clone())
         .map_err(folder(&shared.spool))?;
+    // a new certificate is put to use by the same reload as SIGHUP's
+    let inbox = match inbox {
+        Some(prepared) => {
+            let reload = reload.clone();
+            let on_import = Box::new(move || reload.store(true, Ordering::SeqCst));
+            let counters = shared.metrics.harvest.clone();
+            Some(
+                prepared
+                    .start(counters, on_import, shutdown.clone())
+                    .map_err(folder(&shared.spool))?,
+            )
+        }
+        None => None,
+    };
     info!(
         "{} {} with {workers} workers; delivering to {target}",
         if mode == Mode::Once {
@@ -350,6 +372,9 @@ pub fn run(
     drop(tx);
     drop(send);
     producers.join();
+    if let Some(inbox) = inbox {
+        inbox.join();
+    }
     for t in threads {
         let _ = t.join();
     }
