@@ -315,18 +315,26 @@ fn harvest(config: &Config, r: &mut Report) {
         return;
     };
     match std::fs::metadata(inbox) {
-        Ok(m) if m.is_dir() && rustix::fs::access(inbox, rustix::fs::Access::WRITE_OK).is_ok() => {
-            r.add(Level::Ok, format!("certs_inbox {} is a writable folder", inbox.display()))
-        }
+        Ok(m) if m.is_dir() && rustix::fs::access(inbox, rustix::fs::Access::WRITE_OK).is_ok() => r
+            .add(
+                Level::Ok,
+                format!("certs_inbox {} is a writable folder", inbox.display()),
+            ),
         Ok(_) => r.add(
             Level::Missing,
             format!("certs_inbox {}: not a writable folder", inbox.display()),
         ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => r.add(
             Level::Warning,
-            format!("certs_inbox {}: missing (created at start)", inbox.display()),
+            format!(
+                "certs_inbox {}: missing (created at start)",
+                inbox.display()
+            ),
         ),
-        Err(e) => r.add(Level::Missing, format!("certs_inbox {}: {e}", inbox.display())),
+        Err(e) => r.add(
+            Level::Missing,
+            format!("certs_inbox {}: {e}", inbox.display()),
+        ),
     }
     match crate::harvest::Harvester::from_config(config) {
         Ok(_) => r.add(
