@@ -113,7 +113,12 @@ fn import(d: &Dir, config: &Path, files: &[&Path]) -> (i32, String) {
 fn fresh(extra: &str) -> (Dir, PathBuf) {
     let d = Dir::new();
     std::fs::create_dir(d.path().join("harvested")).unwrap();
-    let config = d.config(&format!("certs = \"harvested\"\n{extra}"));
+    let config = d.path().join("harvest.toml");
+    std::fs::write(
+        &config,
+        format!("keys = \"pki/keys\"\ncerts = \"harvested\"\nca = \"pki/ca.pem\"\n{extra}"),
+    )
+    .unwrap();
     (d, config)
 }
 
@@ -486,7 +491,7 @@ fn the_daemon_harvests_its_inbox_and_encrypts_to_the_new_address() {
         .unwrap();
     let opened = decrypt_with(dir, &std::fs::read(newest).unwrap(), &omar).expect("omar decrypts");
     assert!(String::from_utf8_lossy(&opened).contains("your statement"));
-    signal(&daemon, "TERM");
+    signal(&daemon, "-TERM");
     assert!(wait_exit(&mut daemon, Duration::from_secs(60)).success());
     assert!(
         list_files(&s.path("failed"))

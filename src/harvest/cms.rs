@@ -6,7 +6,7 @@
 //! the message's own certificate set, so the certificate that verifies is the signer's. Then the
 //! caller checks that certificate's chain, dates and usages on its own (`CertInfo`), so each
 //! refusal says which check failed and the trust anchor can be the config's `ca` or the system
-//! bundle. The certificate set is read with the small DER reader below (the `openssl` crate has no
+//! bundle. The certificate set is read with the small DER/BER reader below (the `openssl` crate has no
 //! call that lists a CMS structure's certificates).
 
 use openssl::cms::{CMSOptions, CmsContentInfo};
@@ -117,22 +117,46 @@ fn to_crlf(b: &[u8]) -> Vec<u8> {
     out
 }
 
-/// One DER element: (tag byte, content, the whole element), and what follows it.
+/// One DER (or BER) element: (tag byte, content, the whole element), and what follows it.
 type Tlv<'a> = ((u8, &'a [u8], &'a [u8]), &'a [u8]);
 
 fn tlv(input: &[u8]) -> Result<Tlv<'_>, String> {
+    tlv_at(input, 0)
+}
+
+/// Indefinite-length elements nest by recursion: a crafted structure is cut off at this depth.
+const MAX_BER_DEPTH: usize = 32;
+
+fn tlv_at(input: &[u8], depth: usize) -> Result<Tlv<'_>, String> {
+    if depth > MAX_BER_DEPTH {
+        return Err("BER nested too deep".into());
+    }
     let short = || "truncated DER".to_string();
     let tag = *input.first().ok_or_else(short)?;
     if tag & 0x1f == 0x1f {
         return Err("multi-byte DER tags are not expected in SignedData".into());
     }
     let first = *input.get(1).ok_or_else(short)?;
+    if first == 0x80 {
+        // BER indefinite length (gpgsm writes SignedData so): elements up to end-of-contents
+        if tag & 0x20 == 0 {
+            return Err("indefinite length on a primitive element".into());
+        }
+        let mut rest = &input[2..];
+        loop {
+            if rest.starts_with(&[0, 0]) {
+                let used = input.len() - rest.len();
+                return Ok(((tag, &input[2..used], &input[..used + 2]), &rest[2..]));
+            }
+            rest = tlv_at(rest, depth + 1)?.1;
+        }
+    }
     let (len, head) = if first < 0x80 {
         (usize::from(first), 2)
     } else {
         let n = usize::from(first & 0x7f);
         if n == 0 || n > 4 {
-            return Err("indefinite or oversized DER length".into());
+            return Err("oversized DER length".into());
         }
         let bytes = input.get(2..2 + n).ok_or_else(short)?;
         (
@@ -196,11 +220,16 @@ mod tests {
 
     #[test]
     fn garbage_is_malformed_not_a_panic() {
+        let deep: Vec<u8> = std::iter::repeat_n([0x30u8, 0x80], 100_000)
+            .flatten()
+            .collect();
+        assert!(matches!(verify(&deep, None), Err(SigProblem::Malformed(_))));
         for der in [
             &b""[..],
             &[0x30],
             &[0x30, 0x84, 0xff, 0xff, 0xff, 0xff],
-            &[0x30, 0x80, 0, 0],
+            &[0x30, 0x80, 0x30, 0x80],
+            &[0x04, 0x80, 0, 0],
             &[0x30, 0x03, 0x06, 0x01, 0x00],
             &[0x1f, 0x01],
         ] {
