@@ -520,3 +520,75 @@ fn decrypt_with(dir: &Path, pickup_file: &[u8], p: &Person) -> Result<Vec<u8>, S
         Err(stderr(&o))
     }
 }
+
+/// `harvest_require_dkim`: a reply DKIM-signed by mail-auth's signer with a test key, verified
+/// against preloaded key records (the resolver has no name server: nothing leaves the machine).
+#[test]
+fn dkim_aligned_with_the_from_domain_is_required() {
+    use mail_auth::common::crypto::{RsaKey, Sha256};
+    use mail_auth::common::headers::HeaderWriter;
+    use mail_auth::dkim::DkimSigner;
+    use smime_pickup::harvest::{Harvester, dkim::Dkim};
+    let (d, _) = fresh("");
+    let dir = d.path();
+    let nina = person(dir, "nina", "nina@example.org", "ca", 400, EMAIL_EXT);
+    let reply = openssl_reply(dir, &nina, "nina@example.org", false, None);
+    let rsa = openssl::rsa::Rsa::generate(2048).unwrap();
+    let record = |rsa: &openssl::rsa::Rsa<openssl::pkey::Private>| {
+        use base64::Engine;
+        let spki = openssl::pkey::PKey::from_rsa(rsa.clone())
+            .unwrap()
+            .public_key_to_der()
+            .unwrap();
+        format!(
+            "v=DKIM1; k=rsa; p={}",
+            base64::engine::general_purpose::STANDARD.encode(spki)
+        )
+    };
+    let sign = |domain: &str, message: &[u8]| {
+        let der = rsa.private_key_to_der().unwrap();
+        let key =
+            RsaKey::<Sha256>::from_key_der(rustls_pki_types::PrivateKeyDer::Pkcs1(der.into()))
+                .unwrap();
+        let sig = DkimSigner::from_key(key)
+            .domain(domain)
+            .selector("s1")
+            .headers(["From", "To", "Subject"])
+            .sign(message)
+            .unwrap();
+        let mut out = sig.to_header().into_bytes();
+        out.extend_from_slice(message);
+        out
+    };
+    let good_record = record(&rsa);
+    let other_record = record(&openssl::rsa::Rsa::generate(2048).unwrap());
+    let harvester = |records: &[(&str, &str)]| {
+        Harvester::new(
+            dir.join("harvested"),
+            &pki().join("ca.pem"),
+            Some(Dkim::preloaded(records).unwrap()),
+        )
+        .unwrap()
+    };
+    let now = smime_pickup::smime::certs::unix_now();
+    // no DKIM signature at all
+    let h = harvester(&[("s1._domainkey.example.org", &good_record)]);
+    let r = h.harvest(&reply, now).unwrap_err();
+    assert_eq!((r.class, r.why.as_str()), ("dkim", "no DKIM signature"));
+    // signed by another domain: passes, but is not aligned with From
+    let h = harvester(&[("s1._domainkey.example.net", &good_record)]);
+    let r = h.harvest(&sign("example.net", &reply), now).unwrap_err();
+    assert_eq!(r.class, "dkim");
+    assert!(r.why.contains("not the From domain"), "{}", r.why);
+    // the published key is another one: fails
+    let h = harvester(&[("s1._domainkey.example.org", &other_record)]);
+    let r = h.harvest(&sign("example.org", &reply), now).unwrap_err();
+    assert_eq!(r.class, "dkim", "{}", r.why);
+    assert!(r.why.contains("fail"), "{}", r.why);
+    assert!(!dir.join("harvested/nina@example.org.crt").exists());
+    // aligned and passing: imported
+    let h = harvester(&[("s1._domainkey.example.org", &good_record)]);
+    let done = h.harvest(&sign("example.org", &reply), now).unwrap();
+    assert_eq!(done.address, "nina@example.org");
+    assert!(dir.join("harvested/nina@example.org.crt").exists());
+}
