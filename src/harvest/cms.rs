@@ -117,8 +117,10 @@ fn to_crlf(b: &[u8]) -> Vec<u8> {
     out
 }
 
-/// One DER (or BER) element: (tag byte, content, the whole element), and what follows it.
-type Tlv<'a> = ((u8, &'a [u8], &'a [u8]), &'a [u8]);
+/// One DER (or BER) element: (tag byte, content, the whole element).
+type Element<'a> = (u8, &'a [u8], &'a [u8]);
+/// An element and what follows it.
+type Tlv<'a> = (Element<'a>, &'a [u8]);
 
 fn tlv(input: &[u8]) -> Result<Tlv<'_>, String> {
     tlv_at(input, 0)
@@ -170,7 +172,7 @@ fn tlv_at(input: &[u8], depth: usize) -> Result<Tlv<'_>, String> {
 }
 
 /// The elements of a constructed element's content.
-fn children(mut content: &[u8]) -> Result<Vec<(u8, &[u8], &[u8])>, String> {
+fn children(mut content: &[u8]) -> Result<Vec<Element<'_>>, String> {
     let mut out = Vec::new();
     while !content.is_empty() {
         let (el, rest) = tlv(content)?;

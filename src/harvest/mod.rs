@@ -251,7 +251,7 @@ impl Harvester {
                 format!("a certificate for {} addresses", info.emails.len()),
             ));
         }
-        if !info.emails.iter().any(|a| *a == from) {
+        if !info.emails.contains(&from) {
             return Err(refuse(
                 "address",
                 format!(
