@@ -52,6 +52,8 @@ pub enum Command {
     Once,
     /// The failed folder: list what failed and why, put inputs back into the spool, purge old ones
     Failed(crate::failed::FailedArgs),
+    /// Recipients' certificates: import them from signed replies, list the certs folder
+    Certs(crate::harvest::command::CertsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -189,6 +191,11 @@ pub enum CliError {
     Refused(String),
     #[error(transparent)]
     Failed(#[from] crate::failed::FailedError),
+    #[error(transparent)]
+    Harvest(#[from] crate::harvest::SetupError),
+    /// `certs import` refused some inputs (each is already printed)
+    #[error("some replies gave no certificate")]
+    Refused65,
     /// `once` finished with inputs failed or deferred (the summary is already printed)
     #[error("not everything was delivered: {0}")]
     Outcome(Summary),
@@ -217,6 +224,9 @@ impl CliError {
             CliError::Api(e) if e.is_permanent() => 65,
             CliError::Api(_) => 69,
             CliError::Refused(_) => 65,
+            CliError::Harvest(crate::harvest::SetupError::CertsFolder(..)) => 66,
+            CliError::Harvest(_) => 78,
+            CliError::Refused65 => 65,
             CliError::Failed(crate::failed::FailedError::NotConfigured) => 78,
             CliError::Failed(crate::failed::FailedError::Unknown(_)) => 66,
             CliError::Failed(crate::failed::FailedError::NothingChosen) => 64,
@@ -262,6 +272,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let config = Config::locate(cli.config.as_deref())?;
             print!("{}", crate::failed::run(&config, args)?);
             Ok(())
+        }
+        Command::Certs(args) => {
+            let config = Config::locate(cli.config.as_deref())?;
+            let mut stdout = std::io::stdout().lock();
+            match crate::harvest::command::run(&config, args, &mut stdout)? {
+                crate::harvest::command::Outcome::AllImported => Ok(()),
+                crate::harvest::command::Outcome::SomeRefused => Err(CliError::Refused65),
+            }
         }
         Command::Demo(args) => {
             let summary = crate::demo::run(&args.fixtures, &args.out)?;

@@ -66,12 +66,26 @@ struct File {
     min_free_bytes: Option<u64>,
     metrics_file: Option<PathBuf>,
     inputs: Option<Vec<String>>,
+    certs_inbox: Option<PathBuf>,
+    harvest_trust: Option<HarvestTrust>,
+    harvest_require_dkim: Option<bool>,
     #[serde(default)]
     seal: Policy,
     #[serde(default)]
     smtp: SmtpFile,
     #[serde(default)]
     api: api::ApiFile,
+}
+
+/// What a harvested certificate must chain to (`harvest_trust`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HarvestTrust {
+    /// the `ca` bundle of the config
+    #[default]
+    Ca,
+    /// the system's bundle (`SSL_CERT_FILE`, else the distribution's file)
+    System,
 }
 
 /// TLS towards the SMTP server (`[smtp] tls`).
@@ -200,6 +214,12 @@ pub struct Config {
     /// What one input may hold (`max_message_bytes`, `max_mime_depth`, `max_header_bytes`,
     /// `max_mime_parts`, `max_recipients`); more is refused
     pub limits: Limits,
+    /// Signed replies to harvest recipients' certificates from (watched by the daemon)
+    pub certs_inbox: Option<PathBuf>,
+    /// What harvested certificates must chain to
+    pub harvest_trust: HarvestTrust,
+    /// Harvest only replies with a passing DKIM signature of their From domain
+    pub harvest_require_dkim: bool,
     pub seal: Policy,
 }
 
@@ -318,6 +338,9 @@ impl Config {
             ca: file.ca.map(resolve),
             key_passphrase_file: file.key_passphrase_file.map(resolve),
             limits,
+            certs_inbox: file.certs_inbox.map(resolve),
+            harvest_trust: file.harvest_trust.unwrap_or_default(),
+            harvest_require_dkim: file.harvest_require_dkim.unwrap_or(false),
             seal: file.seal,
         })
     }

@@ -76,6 +76,10 @@ pub fn problems(config: &Config) -> Vec<String> {
     if let Some(m) = config.metrics_file.as_deref().and_then(Path::parent) {
         ours.push(("metrics_file's folder", m.to_path_buf()));
     }
+    // replies in the spool would be sealed and sent on, not harvested
+    if let Some(inbox) = &config.certs_inbox {
+        ours.push(("certs_inbox", inbox.clone()));
+    }
     for (key, dir) in ours {
         let dir_real = real(&dir);
         if dir_real == spool_real {

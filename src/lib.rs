@@ -17,6 +17,7 @@ pub mod demo;
 pub mod dirs;
 pub mod failed;
 pub mod finish;
+pub mod harvest;
 pub mod keyring;
 pub mod layout;
 pub mod logging;

@@ -13,6 +13,8 @@
 //! | `smime_pickup_pickup_backlog` | gauge | files in the pickup directory at the last count |
 //! | `smime_pickup_route{route}` | gauge | 1 for the route in use now |
 //! | `smime_pickup_certificate_expiry_days` | gauge | days until the earliest usable certificate (key or recipient) expires |
+//! | `smime_pickup_certs_imported_total` | counter | recipient certificates harvested from replies in `certs_inbox` |
+//! | `smime_pickup_certs_refused_total{reason}` | counter | replies in `certs_inbox` that gave no certificate, by reason (`unsigned`, `signature`, `untrusted`, `expired`, `usage`, `address`, `dkim`, `older`, `io`) |
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -32,6 +34,8 @@ pub struct Metrics {
     seal_buckets: [AtomicU64; 9],
     seal_count: AtomicU64,
     seal_micros: AtomicU64,
+    /// certificates harvested from `certs_inbox` (the inbox thread counts into it)
+    pub harvest: std::sync::Arc<crate::harvest::Counters>,
 }
 
 /// Gauges read from the daemon at render time.
@@ -136,6 +140,18 @@ impl Metrics {
             s.push_str(&format!(
                 "smime_pickup_route{{route=\"{route}\"}} {}\n",
                 u8::from(g.route == route)
+            ));
+        }
+        s.push_str("# HELP smime_pickup_certs_imported_total Recipient certificates harvested from signed replies.\n# TYPE smime_pickup_certs_imported_total counter\n");
+        s.push_str(&format!(
+            "smime_pickup_certs_imported_total {}\n",
+            get(&self.harvest.imported)
+        ));
+        s.push_str("# HELP smime_pickup_certs_refused_total Signed replies that gave no certificate, by reason.\n# TYPE smime_pickup_certs_refused_total counter\n");
+        for (i, reason) in crate::harvest::REFUSAL_CLASSES.iter().enumerate() {
+            s.push_str(&format!(
+                "smime_pickup_certs_refused_total{{reason=\"{reason}\"}} {}\n",
+                get(&self.harvest.refused[i])
             ));
         }
         if let Some(days) = g.expiry_days {

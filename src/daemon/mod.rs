@@ -224,6 +224,14 @@ pub fn run(config: Config, mode: Mode, control: Control) -> Result<Summary, Daem
     let workers = config.workers;
     let (settle, rescan) = (config.settle, config.rescan);
     let inputs = crate::spool::Inputs::new(&config.inputs);
+    // certs_inbox: harvested in `run` only (`once` ends in bounded time and only drains the spool)
+    let inbox = match mode {
+        Mode::Run => crate::harvest::inbox::prepare(&config).map_err(|e| ConfigError::Invalid {
+            path: config.source.clone().unwrap_or_default(),
+            why: e.to_string(),
+        })?,
+        Mode::Once => None,
+    };
     let shared = Arc::new(Shared {
         mode,
         spool: spool.clone(),
@@ -281,6 +289,23 @@ pub fn run(config: Config, mode: Mode, control: Control) -> Result<Summary, Daem
     let halting = (shutdown.clone(), shared.halt.clone());
     let producers = Producers::start(spool, timing, inputs, tracker, emit, halting)
         .map_err(folder(&shared.spool))?;
+    // a new certificate is put to use by the same reload as SIGHUP's
+    let (harvested_tx, harvested) = crossbeam_channel::bounded::<()>(1);
+    let inbox = match inbox {
+        Some(prepared) => {
+            let reload = harvested_tx.clone();
+            let on_import = Box::new(move || {
+                let _ = reload.try_send(());
+            });
+            let counters = shared.metrics.harvest.clone();
+            Some(
+                prepared
+                    .start(counters, on_import, shutdown.clone())
+                    .map_err(folder(&shared.spool))?,
+            )
+        }
+        None => None,
+    };
     info!(
         "{} {} with {workers} workers; delivering to {target}",
         if mode == Mode::Once {
@@ -317,6 +342,13 @@ pub fn run(config: Config, mode: Mode, control: Control) -> Result<Summary, Daem
                 break;
             }
             recv(control.reload) -> _ => {
+                notifier.send(&[sd_notify::NotifyState::Reloading]);
+                reload_state(&shared);
+                refresh_expiry(&shared);
+                notifier.send(&[sd_notify::NotifyState::Ready]);
+                producers.rescan();
+            }
+            recv(harvested) -> _ => {
                 notifier.send(&[sd_notify::NotifyState::Reloading]);
                 reload_state(&shared);
                 refresh_expiry(&shared);
@@ -385,6 +417,9 @@ pub fn run(config: Config, mode: Mode, control: Control) -> Result<Summary, Daem
     drop(tx);
     drop(send);
     producers.join();
+    if let Some(inbox) = inbox {
+        inbox.join();
+    }
     for t in threads {
         let _ = t.join();
     }

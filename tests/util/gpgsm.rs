@@ -155,6 +155,46 @@ impl Gpgsm {
         }
     }
 
+    /// `gpgsm --detach-sign` of `content` as `signer` (a key imported from `private/`): the DER
+    /// SignedData, with every certificate of the chain but the root.
+    pub fn sign_detached(
+        &self,
+        dir: &Path,
+        signer: &str,
+        content: &[u8],
+    ) -> Result<Vec<u8>, String> {
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let input = dir.join("gpgsm-to-sign");
+        let output = dir.join("gpgsm-sig.der");
+        let _ = std::fs::remove_file(&output);
+        std::fs::write(&input, content).unwrap();
+        let o = self.with_passphrase(
+            &[
+                "--batch",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase-fd",
+                "0",
+                "--status-fd",
+                "1",
+                "--include-certs",
+                "-2",
+                "--local-user",
+                signer,
+                "--output",
+                output.to_str().unwrap(),
+                "--detach-sign",
+            ],
+            &input,
+        );
+        let status = String::from_utf8_lossy(&o.stdout);
+        if status.contains("SIG_CREATED") {
+            Ok(std::fs::read(&output).unwrap())
+        } else {
+            Err(format!("{status}\n{}", String::from_utf8_lossy(&o.stderr)))
+        }
+    }
+
     /// Verifies a detached signature over `content`; Ok only with GOODSIG and VALIDSIG.
     pub fn verify_detached(&self, dir: &Path, sig: &[u8], content: &[u8]) -> Result<(), String> {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
