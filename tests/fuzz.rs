@@ -335,7 +335,8 @@ use mail_parser::MimeHeaders;
 /// ns a byte), and how the time grows from `n` to `4n`. The two sizes take turns, and the fastest
 /// of each counts: another program busy on the machine only ever adds time.
 fn cost(make: &dyn Fn(usize) -> Vec<u8>, n: usize, per_byte: f64) -> (f64, f64) {
-    let (small, large) = (make(n), make(4 * n));
+    // n against 16n: linear grows 16x and quadratic 256x, far apart even on a busy machine
+    let (small, large) = (make(n), make(16 * n));
     let (mut t_small, mut t_large) = (f64::MAX, f64::MAX);
     for _ in 0..5 {
         t_small = t_small.min(fastest_parse(&small, &Limits::NONE, 1).as_secs_f64());
@@ -404,9 +405,10 @@ fn crafted_shapes_take_linear_time() {
     ];
     let mut report = Vec::new();
     for (name, make, n) in &families {
-        // linear grows 4x (quadratic 16x; caches and page faults add some); the flat comparison
-        // bounds the constant; three tries, as other builds on the machine slow any measurement
-        let within = |(vs_flat, growth): (f64, f64)| growth < 10.0 && vs_flat < 10.0;
+        // linear grows 16x and quadratic 256x; caches, page faults and hash tables outgrowing
+        // them add up to about 2.5x here (20x to 42x measured), so 100x is the line between them;
+        // the flat comparison bounds the constant; three tries, as other work slows any measurement
+        let within = |(vs_flat, growth): (f64, f64)| growth < 100.0 && vs_flat < 10.0;
         let mut measured = cost(make, *n, per_byte);
         for _ in 0..2 {
             if within(measured) {
@@ -417,7 +419,7 @@ fn crafted_shapes_take_linear_time() {
         let (vs_flat, growth) = measured;
         report.push(format!(
             "{name}: parsed in {vs_flat:.2}x the time a flat message of its size is sealed in, \
-             {growth:.1}x from n to 4n"
+             {growth:.1}x from n to 16n"
         ));
         assert!(within(measured), "{}", report.join("\n"));
     }

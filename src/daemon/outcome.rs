@@ -1,0 +1,241 @@
+//! What becomes of one claim: read and sealed (or recovered after a crash), then delivered,
+//! refused into the failed folder with its reason, or deferred for a retry.
+
+use super::*;
+
+/// A claim sealed and waiting for its delivery.
+pub(super) struct Ready {
+    pub(super) claim: Claim,
+    pub(super) copies: Vec<Sealed>,
+    pub(super) started: Instant,
+}
+
+/// The claimed input, read into a buffer this worker used before.
+pub(super) fn read_input(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let size = f.metadata().map_or(0, |m| m.len() as usize);
+    let mut bytes = crate::buffers::take(size + 1);
+    f.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Finishes an interrupted delivery, or reads and seals the claim. Refusals and deferrals are dealt
+/// with here; `Some` means: deliver these copies.
+pub(super) fn prepare(
+    shared: &Shared,
+    claim: Claim,
+    judged: Option<(Snapshot, &HashSet<(u64, u64)>)>,
+) -> Option<Ready> {
+    let started = Instant::now();
+    let recovered = if claim.fresh {
+        Ok(None)
+    } else {
+        shared.transport.recover(&claim)
+    };
+    match recovered {
+        Ok(Some(done)) => {
+            finish_delivered(shared, &claim, 0);
+            info!(
+                "{}: delivery finished after a restart via {} ({})",
+                claim.rel.display(),
+                done.route,
+                done.made()
+            );
+            return None;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            defer(shared, claim, &e);
+            return None;
+        }
+    }
+    let read = match judged {
+        Some((judged, open)) => {
+            let tracker = &shared.tracker;
+            let fresh = crate::spool::Fresh::new(&shared.spool, &shared.instance, tracker);
+            fresh.read(&claim, judged, open)
+        }
+        None => read_input(&claim.path).map(Some),
+    };
+    let bytes = match read {
+        Ok(Some(b)) => b,
+        Ok(None) => return None,
+        Err(e) => {
+            let path = claim.path.clone();
+            defer(shared, claim, &DeliverError::Io { path, source: e });
+            return None;
+        }
+    };
+    let state = shared.state.read().expect("state lock").clone();
+    let sealing = Instant::now();
+    // a panic costs this input, never the worker; what cannot be caught, the crash guard sees
+    let guard = &shared.instance.guard;
+    let marked = guard.sealing(&claim.id);
+    let sealed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crate::spool::crashguard::test_hook(&claim.rel);
+        seal::seal(
+            &bytes,
+            &state.config.seal,
+            &state.config.limits,
+            &state.keyring,
+            unix_now(),
+        )
+    }));
+    drop(marked);
+    guard.clear(&claim.id);
+    shared.metrics.sealed_in(sealing.elapsed());
+    crate::buffers::give(bytes);
+    match sealed {
+        Ok(Ok(copies)) => Some(Ready {
+            claim,
+            copies,
+            started,
+        }),
+        Ok(Err(e)) => {
+            refuse(shared, claim, &e, "refused", e.class());
+            None
+        }
+        Err(panic) => {
+            let why = format!("internal error while sealing: {}", panic_message(&*panic));
+            error!("{}: {why}", claim.rel.display());
+            refuse(shared, claim, &why, "refused", "internal");
+            None
+        }
+    }
+}
+
+/// What a caught panic said.
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Acts on what the route did with one sealed claim.
+pub(super) fn complete(shared: &Shared, ready: &Ready, result: Result<Delivered, DeliverError>) {
+    let Ready {
+        claim,
+        copies,
+        started,
+    } = ready;
+    let rel = claim.rel.display().to_string();
+    match result {
+        Ok(done) => {
+            if !done.rejected.is_empty() {
+                let reason = format!(
+                    "refused by the server for some recipients (the others got it): {}",
+                    rejections(&done.rejected)
+                );
+                match finish::quarantine_copy(claim, &shared.failed, "server", &reason) {
+                    Ok(to) => warn!("{rel}: {reason}; a copy is in {}", to.display()),
+                    Err(e) => error!(
+                        "{rel}: {reason}; cannot write a copy to {}: {e}",
+                        shared.failed.display()
+                    ),
+                }
+            }
+            finish_delivered(shared, claim, done.units);
+            let recipients: usize = copies.iter().map(|c| c.envelope.recipients.len()).sum();
+            let out_bytes: usize = copies.iter().map(|c| c.data.len()).sum();
+            shared.metrics.delivered(done.route, out_bytes);
+            info!(
+                "{rel}: delivered via {} ({}) message-id=<{}> sender={} recipients={recipients} bytes={out_bytes} ms={}",
+                done.route,
+                done.made(),
+                copies[0].message_id,
+                copies[0].envelope.sender,
+                started.elapsed().as_millis()
+            );
+        }
+        Err(e) if !e.is_transient() => {
+            refuse(shared, claim.clone(), &e, "refused by the server", "server")
+        }
+        Err(e) => defer(shared, claim.clone(), &e),
+    }
+}
+
+/// Moves a claim that can never be delivered to the failed folder, with the reason.
+pub(super) fn refuse(
+    shared: &Shared,
+    claim: Claim,
+    why: &dyn std::fmt::Display,
+    what: &str,
+    class: &str,
+) {
+    let rel = claim.rel.display().to_string();
+    match finish::quarantine(&claim, &shared.failed, class, &why.to_string()) {
+        Ok(to) => {
+            shared.metrics.failed(class);
+            shared.failed_count.fetch_add(1, Ordering::SeqCst);
+            shared
+                .retries
+                .lock()
+                .expect("retries lock")
+                .forget(&claim.id);
+            warn!("{rel}: {what}, moved to {}: {why}", to.display());
+        }
+        Err(io) => {
+            error!(
+                "{rel}: {what} ({why}) but cannot move it to {}: {io}",
+                shared.failed.display()
+            );
+            let failed = shared.failed.clone();
+            defer(
+                shared,
+                claim,
+                &DeliverError::Io {
+                    path: failed,
+                    source: io,
+                },
+            );
+        }
+    }
+}
+
+pub(super) fn finish_delivered(shared: &Shared, claim: &Claim, units: usize) {
+    shared
+        .published_since_count
+        .fetch_add(units, Ordering::SeqCst);
+    if let Err(e) = finish::delivered(claim) {
+        // the outputs are in pickup; a leftover committed claim is finished again at restart
+        error!(
+            "{}: delivered, but cannot remove the claimed input: {e}",
+            claim.path.display()
+        );
+    }
+    shared
+        .retries
+        .lock()
+        .expect("retries lock")
+        .forget(&claim.id);
+    shared.delivered.fetch_add(1, Ordering::SeqCst);
+    if shared.pickup_down.swap(false, Ordering::SeqCst) {
+        info!("pickup route works again");
+    }
+}
+
+/// Keeps a claimed input for a retry (Run) or for the next start (Once).
+pub(super) fn defer(shared: &Shared, mut claim: Claim, why: &DeliverError) {
+    claim.fresh = false;
+    shared.metrics.deferred.fetch_add(1, Ordering::Relaxed);
+    if !shared.pickup_down.swap(true, Ordering::SeqCst) {
+        warn!("{}: deferred: {why}", claim.rel.display());
+    } else {
+        debug!("{}: deferred: {why}", claim.rel.display());
+    }
+    if shared.mode == Mode::Once || shared.shutdown.load(Ordering::SeqCst) {
+        shared.deferred.fetch_add(1, Ordering::SeqCst);
+        return;
+    }
+    let max = shared.state.read().expect("state lock").config.retry_max;
+    shared.retries.lock().expect("retries lock").defer(
+        claim,
+        Instant::now(),
+        max,
+        why.retry_after(),
+    );
+}
