@@ -66,6 +66,26 @@ impl Metrics {
         self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
+    /// Inputs delivered, all routes together.
+    pub fn delivered_total(&self) -> usize {
+        [
+            &self.delivered_pickup,
+            &self.delivered_smtp,
+            &self.delivered_api,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed) as usize)
+        .sum()
+    }
+
+    /// Inputs moved to the failed folder, all classes together.
+    pub fn failed_total(&self) -> usize {
+        self.failed
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed) as usize)
+            .sum()
+    }
+
     pub fn sealed_in(&self, d: std::time::Duration) {
         let secs = d.as_secs_f64();
         for (i, bound) in BUCKETS.iter().enumerate() {

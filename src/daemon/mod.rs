@@ -185,8 +185,6 @@ pub fn run(config: Config, mode: Mode, control: Control) -> Result<Summary, Daem
         halt,
         done,
         inflight: AtomicUsize::new(0),
-        delivered: AtomicUsize::new(0),
-        failed_count: AtomicUsize::new(0),
         deferred: AtomicUsize::new(0),
         retries: Mutex::new(Retries::default()),
         pickup_down: AtomicBool::new(false),
@@ -362,8 +360,8 @@ pub fn run(config: Config, mode: Mode, control: Control) -> Result<Summary, Daem
         bar.finish_and_clear();
     }
     let summary = Summary {
-        delivered: shared.delivered.load(Ordering::SeqCst),
-        failed: shared.failed_count.load(Ordering::SeqCst),
+        delivered: shared.metrics.delivered_total(),
+        failed: shared.metrics.failed_total(),
         deferred: shared.deferred.load(Ordering::SeqCst)
             + shared.retries.lock().expect("retries lock").len(),
         interrupted: mode == Mode::Once && interrupted,

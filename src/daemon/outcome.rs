@@ -36,6 +36,7 @@ pub(super) fn prepare(
     match recovered {
         Ok(Some(done)) => {
             finish_delivered(shared, &claim, 0);
+            shared.metrics.delivered(done.route, 0);
             info!(
                 "{}: delivery finished after a restart via {} ({})",
                 claim.rel.display(),
@@ -170,7 +171,6 @@ pub(super) fn refuse(
     match finish::quarantine(&claim, &shared.failed, class, &why.to_string()) {
         Ok(to) => {
             shared.metrics.failed(class);
-            shared.failed_count.fetch_add(1, Ordering::SeqCst);
             shared
                 .retries
                 .lock()
@@ -212,7 +212,6 @@ pub(super) fn finish_delivered(shared: &Shared, claim: &Claim, units: usize) {
         .lock()
         .expect("retries lock")
         .forget(&claim.id);
-    shared.delivered.fetch_add(1, Ordering::SeqCst);
     if shared.pickup_down.swap(false, Ordering::SeqCst) {
         info!("pickup route works again");
     }

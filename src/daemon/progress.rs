@@ -32,7 +32,7 @@ pub(super) fn update_progress(
     shared: &Shared,
     producers: &impl Waiting,
 ) {
-    let done = shared.delivered.load(Ordering::SeqCst) + shared.failed_count.load(Ordering::SeqCst);
+    let done = shared.metrics.delivered_total() + shared.metrics.failed_total();
     let deferred = shared.deferred.load(Ordering::SeqCst);
     // the total grows while the first scan runs: everything done, queued or still settling
     let total = done + deferred + shared.inflight.load(Ordering::SeqCst) + producers.waiting();
@@ -47,8 +47,8 @@ pub(super) fn update_progress(
     bar.set_position((done + deferred) as u64);
     bar.set_message(format!(
         "{} delivered, {} failed, {deferred} deferred",
-        shared.delivered.load(Ordering::SeqCst),
-        shared.failed_count.load(Ordering::SeqCst)
+        shared.metrics.delivered_total(),
+        shared.metrics.failed_total()
     ));
 }
 

@@ -27,8 +27,8 @@ pub(super) struct Shared {
     /// a worker finished a batch (wakes the main loop to see whether `once` is drained)
     pub(super) done: Sender<()>,
     pub(super) inflight: AtomicUsize,
-    pub(super) delivered: AtomicUsize,
-    pub(super) failed_count: AtomicUsize,
+    /// inputs this run leaves for the next one (`once`: deferred, or not complete when intake
+    /// closed); the outcome's other counts are the metrics' (`Metrics::delivered_total` ...)
     pub(super) deferred: AtomicUsize,
     pub(super) retries: Mutex<Retries>,
     pub(super) pickup_down: AtomicBool,

@@ -51,8 +51,8 @@ impl Notifier {
             self.last_status = Instant::now();
             let status = format!(
                 "{} delivered, {} failed, {} deferred, {} queued, route {}",
-                shared.delivered.load(Ordering::SeqCst),
-                shared.failed_count.load(Ordering::SeqCst),
+                shared.metrics.delivered_total(),
+                shared.metrics.failed_total(),
                 shared.retries.lock().expect("retries lock").len(),
                 shared.inflight.load(Ordering::SeqCst),
                 shared.transport.route_now()
