@@ -49,7 +49,7 @@ echo "project disk: $(fs_of "$W")"
 
 config() { # config DIR [extra toml]
   mkdir -p "$1/spool" "$1/pickup"
-  printf 'spool = "spool"\npickup = "pickup"\nfailed = "failed"\nkeys = "%s/pki/keys"\ncerts = "%s/pki/certs"\nca = "%s/pki/ca.pem"\npickup_max_backlog = 100000000\nsettle_ms = 200\n%s\n' \
+  printf 'spool = "spool"\npickup = "pickup"\nfailed = "failed"\nkeys = "%s/pki/keys"\ncerts = "%s/pki/certs"\nca = "%s/pki/ca.pem"\npickup_max_backlog = 10000000\nsettle_ms = 200\n%s\n' \
     "$W" "$W" "$W" "${2:-}" > "$1/c.toml"
 }
 

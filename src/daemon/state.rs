@@ -200,14 +200,16 @@ pub(super) fn reload_state(shared: &Shared) {
                     "reload: changes to folders, workers, route, [smtp] and [api] take effect at the next start"
                 );
             }
-            info!(
+            keyring::warn_if_no_signer(&new.config, &new.keyring);
+            let said = format!(
                 "reloaded {}: {} signing keys, {} recipient addresses",
                 path.display(),
                 new.keyring.keys.len(),
                 new.keyring.certs.addresses()
             );
-            keyring::warn_if_no_signer(&new.config, &new.keyring);
+            // in use first, said after: whoever reads "reloaded" may rely on it
             *shared.state.write().expect("state lock") = Arc::new(new);
+            info!("{said}");
         }
         Err(e) => error!("reload refused, keeping the running configuration: {e}"),
     }

@@ -153,10 +153,27 @@ impl Setup {
     pub fn wait_for(&self, what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
         let start = Instant::now();
         while !done() {
-            assert!(
-                start.elapsed() < timeout * SLACK,
-                "timed out waiting for {what}"
-            );
+            if start.elapsed() >= timeout * SLACK {
+                // what the daemons said is the first thing anyone needs to see
+                let mut logs = String::new();
+                for f in std::fs::read_dir(self.d.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let p = f.path();
+                    if p.extension().is_some_and(|e| e == "log") {
+                        let text = std::fs::read_to_string(&p).unwrap_or_default();
+                        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                        logs.push_str(&format!("--- {} (last lines)\n", p.display()));
+                        for l in tail.into_iter().rev() {
+                            logs.push_str(l);
+                            logs.push('\n');
+                        }
+                    }
+                }
+                panic!("timed out waiting for {what}\n{logs}");
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
     }
