@@ -23,9 +23,9 @@
 //! `syncfs` of the staging folder's filesystem instead of an fdatasync each. Linux documents
 //! `syncfs` as an fsync of every file of the filesystem, the staging folder's new entries included,
 //! so step 1's guarantee is the same. The staging folder is still fsynced after it: on ext4 without
-//! a journal the kernel issues the device's cache flush before the last metadata blocks of a
-//! `syncfs` are written, and a folder's fsync there flushes after its writes (cheap: nothing is left
-//! to write). Steps 2 and 3 are unchanged: the work folder may be on another filesystem, and the
+//! a journal, as we read the kernel's `sync_filesystem`, the device's cache flush is issued before
+//! the last metadata blocks of a `syncfs` are written, while a folder's fsync there flushes after its
+//! writes (cheap: nothing is left to write). Steps 2 and 3 are unchanged: the work folder may be on another filesystem, and the
 //! renames into pickup happen after the syncfs.
 
 use std::io::Write;
