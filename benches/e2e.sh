@@ -10,9 +10,11 @@
 #   4. peak RSS draining N files, and with a 100,000-file backlog at start (+ time to first delivery)
 #   5. SMTP to a local smtp-sink: delivery alone (benches/smtp.rs, pre-sealed), and seal + SMTP with
 #      `once`; one reused connection per worker versus one connection per message
+#   6. the sync strategies A/B (`sync = "file"` / `"filesystem"`), interleaved, SYNC_ROUNDS rounds of
+#      SYNC_N x 19 KB on each disk (only with ONLY=sync: not part of the default run)
 # Usage: bash benches/e2e.sh [N] [M] [BACKLOG]        (defaults 10000 1000 100000)
 #        ONLY="floor drain" bash benches/e2e.sh ...   runs only the named parts
-#        (floor drain baseline latency backlog smtp)
+#        (floor drain baseline latency backlog smtp; and sync)
 # Needs: openssl, python3, bc, /usr/bin/time, smtp-sink (postfix package); for the journalled image
 # also root, mkfs.ext4 and a loop device. Work files go to target/e2e-bench on the project's own
 # disk (so fsync is real), removed at the end.
@@ -28,7 +30,7 @@ W=$PWD/target/e2e-bench
 IMG=$PWD/target/e2e-ext4.img
 J=$W/journalled
 cleanup() {
-  pkill -f "smtp-sink.*127.0.0.1:2727" 2>/dev/null || true
+  [ -n "${SINK:-}" ] && kill "$SINK" 2>/dev/null # ours only, by PID (others may run a sink too)
   mountpoint -q "$J" 2>/dev/null && umount "$J"
   rm -rf "$W" "$IMG"
 }
@@ -75,8 +77,8 @@ rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.0f", n / s }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", a / b }'; }
 pct() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f %%", 100 * a / b }'; }
 
-drain() { # drain LABEL COUNT FIXTURE [BASE]: prints msg/s, MB/s, peak RSS; saves the rate
-  local d=${4:-$W}/$1; config "$d"; gen "$d/spool" "$2" "$3"; sync; sleep 0.3
+drain() { # drain LABEL COUNT FIXTURE [BASE] [TOML]: prints msg/s, MB/s, peak RSS; saves the rate
+  local d=${4:-$W}/$1; config "$d" "${5:-}"; gen "$d/spool" "$2" "$3"; sync; sleep 0.3
   local bytes; bytes=$(du -sb "$d/spool" | cut -f1)
   local t0 t1; t0=$(now)
   (cd "$d" && RUST_LOG=warn /usr/bin/time -v "$BIN" -c c.toml once > "$d/out" 2> "$d/time")
@@ -249,4 +251,19 @@ max_messages_per_connection = $2"
   smtp_run "one connection per message" 1
   smtp_run "reused, one worker per core" 100 "$cores"
   kill "$SINK" 2>/dev/null || true
+fi
+
+if want sync; then
+  SYNC_N=${SYNC_N:-3000}; SYNC_ROUNDS=${SYNC_ROUNDS:-3}
+  echo; echo "== 6. sync strategies, interleaved: $SYNC_ROUNDS rounds of $SYNC_N x 19 KB per strategy and disk =="
+  bases=("$W"); journalled && bases+=("$J")
+  for base in "${bases[@]}"; do
+    echo "-- $(fs_of "$base"): sync = auto picks $(cd "$base" && mkdir -p p && printf 'pickup = "p"\nspool = "p"\nfailed = "p"\n' > a.toml &&
+      "$BIN" -c a.toml check 2>/dev/null | grep -o 'sync = auto: [^(]*' | cut -d: -f2; rm -rf p a.toml)"
+    for round in $(seq "$SYNC_ROUNDS"); do
+      for strategy in file filesystem; do
+        drain "sync-$strategy" "$SYNC_N" fixtures/eml/html-19k.eml "$base" "sync = \"$strategy\""
+      done
+    done
+  done
 fi

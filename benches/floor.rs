@@ -9,6 +9,10 @@
 //!   recipient) over the fixture's canonical entity;
 //! - `seal`: our whole `seal::seal` in memory (parse, canonical form, sign, MIME, encrypt, base64).
 //!
+//! Then the same three with P-256 keys made for the run from the test CA: an ECDSA P-256 signature
+//! (`ecdsa-p256-sign`), and the bare calls and `seal::seal` from an ECDSA sender to an ECDH
+//! recipient (`bare-seal-ec`, `seal-ec`), with the sealed sizes of both kinds.
+//!
 //! The last line is machine-readable for `benches/e2e.sh`: `floor <bare-seal msg/s> <seal msg/s>`.
 
 mod common;
@@ -83,12 +87,53 @@ fn main() {
             seal::seal(&input, &policy, &Limits::NONE, &ring, unix_now()).unwrap(),
         );
     });
+    // the same with P-256: ECDSA sender, ECDH recipient
+    let (ec_key, ec_cert, ec_bob) = common::ec_pair(tmp.path());
+    let ring = common::keyring(tmp.path());
+    let ec_input = common::readdressed(&input, "ec-sender@example.com", "ec-bob@example.com");
+    let ec_sign = rate(threads, secs, &|| {
+        let mut s = Signer::new(MessageDigest::sha256(), &ec_key).unwrap();
+        s.update(b"the floor").unwrap();
+        std::hint::black_box(s.sign_to_vec().unwrap());
+    });
+    let ec_recipients = [ec_bob];
+    let ec_bare = rate(threads, secs, &|| {
+        std::hint::black_box(common::bare_seal(
+            &ec_key,
+            &ec_cert,
+            &parsed.inner,
+            &ec_recipients,
+        ));
+    });
+    let ec_ours = rate(threads, secs, &|| {
+        std::hint::black_box(
+            seal::seal(&ec_input, &policy, &Limits::NONE, &ring, unix_now()).unwrap(),
+        );
+    });
+    let size = |m: &[u8]| {
+        let sealed = seal::seal(m, &policy, &Limits::NONE, &ring, unix_now()).unwrap();
+        sealed[0].data.len()
+    };
     println!("{fixture}, {threads} threads, {secs} s each:");
-    println!("  rsa2048-sign  {sign:8.0} /s");
-    println!("  bare-seal     {bare:8.0} msg/s");
+    println!("  rsa2048-sign    {sign:8.0} /s");
+    println!("  bare-seal       {bare:8.0} msg/s");
     println!(
-        "  seal          {ours:8.0} msg/s ({:.0} % of bare)",
-        100.0 * ours / bare
+        "  seal            {ours:8.0} msg/s ({:.0} % of bare), {} bytes sealed",
+        100.0 * ours / bare,
+        size(&input)
+    );
+    println!(
+        "  ecdsa-p256-sign {ec_sign:8.0} /s ({:.1}x RSA-2048)",
+        ec_sign / sign
+    );
+    println!(
+        "  bare-seal-ec    {ec_bare:8.0} msg/s ({:.2}x bare-seal)",
+        ec_bare / bare
+    );
+    println!(
+        "  seal-ec         {ec_ours:8.0} msg/s ({:.2}x seal), {} bytes sealed",
+        ec_ours / ours,
+        size(&ec_input)
     );
     println!("floor {bare:.0} {ours:.0}");
 }

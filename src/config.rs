@@ -47,6 +47,7 @@ struct File {
     failed: Option<PathBuf>,
     work: Option<PathBuf>,
     staging: Option<PathBuf>,
+    sync: Option<crate::deliver::pickup::SyncStrategy>,
     workers: Option<usize>,
     settle_ms: Option<u64>,
     rescan_seconds: Option<u64>,
@@ -180,6 +181,8 @@ pub struct Config {
     /// Outputs before their rename into pickup (default: `.smime-pickup-staging` beside the pickup
     /// directory; must be on the pickup's filesystem)
     pub staging: Option<PathBuf>,
+    /// How staged outputs are made durable: `auto` (by filesystem), `file`, `filesystem` (syncfs)
+    pub sync: crate::deliver::pickup::SyncStrategy,
     /// Sealing threads (default: number of cores; twice that with `route = "smtp"`)
     pub workers: usize,
     /// How long an in-place written file must stay unchanged after it is closed
@@ -327,6 +330,7 @@ impl Config {
             failed: file.failed.map(resolve),
             work: file.work.map(resolve),
             staging: file.staging.map(resolve),
+            sync: file.sync.unwrap_or_default(),
             workers,
             settle: std::time::Duration::from_millis(file.settle_ms.unwrap_or(1000)),
             rescan: std::time::Duration::from_secs(file.rescan_seconds.unwrap_or(30)),
@@ -516,6 +520,34 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(named), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn sync_is_auto_file_or_filesystem() {
+        use crate::deliver::pickup::SyncStrategy;
+        let parse = |t: &str| Config::from_toml(t, Some(Path::new("c.toml")));
+        assert_eq!(parse("").unwrap().sync, SyncStrategy::Auto);
+        for (text, want) in [
+            ("sync = \"auto\"", SyncStrategy::Auto),
+            ("sync = \"file\"", SyncStrategy::File),
+            ("sync = \"filesystem\"", SyncStrategy::Filesystem),
+        ] {
+            assert_eq!(parse(text).unwrap().sync, want, "{text}");
+        }
+        for bad in [
+            "sync = \"syncfs\"",
+            "sync = \"File\"",
+            "sync = true",
+            "sync = \"\"",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(
+                e.starts_with("c.toml: line 1: ")
+                    && (e.contains("expected one of `auto`, `file`, `filesystem`")
+                        || e.contains("wanted string")),
+                "{bad}: {e}"
+            );
         }
     }
 

@@ -83,3 +83,84 @@ pub fn message(fixture: &str, n: usize) -> Vec<u8> {
     }
     out
 }
+
+/// A P-256 key and a certificate for `address` from the test CA: a signer (`sign`) or an ECDH
+/// recipient (keyAgreement).
+pub fn ec_identity(address: &str, sign: bool) -> (PKey<Private>, X509) {
+    use openssl::asn1::Asn1Time;
+    use openssl::bn::BigNum;
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::hash::MessageDigest;
+    use openssl::nid::Nid;
+    use openssl::x509::extension::{ExtendedKeyUsage, KeyUsage, SubjectAlternativeName};
+    use openssl::x509::{X509Builder, X509NameBuilder};
+    let read = |p: &str| std::fs::read(pki().join(p)).unwrap();
+    let ca = X509::from_pem(&read("ca.pem")).unwrap();
+    let ca_key = PKey::private_key_from_pem(&read("ca.key")).unwrap();
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", address).unwrap();
+    let name = name.build();
+    let mut b = X509Builder::new().unwrap();
+    b.set_version(2).unwrap();
+    let serial = BigNum::from_u32(std::process::id()).unwrap();
+    b.set_serial_number(&serial.to_asn1_integer().unwrap())
+        .unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(ca.subject_name()).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(30).unwrap())
+        .unwrap();
+    let mut usage = KeyUsage::new();
+    usage.critical();
+    if sign {
+        usage.digital_signature().non_repudiation();
+    } else {
+        usage.key_agreement();
+    }
+    b.append_extension(usage.build().unwrap()).unwrap();
+    b.append_extension(ExtendedKeyUsage::new().email_protection().build().unwrap())
+        .unwrap();
+    let san = SubjectAlternativeName::new()
+        .email(address)
+        .build(&b.x509v3_context(Some(&ca), None))
+        .unwrap();
+    b.append_extension(san).unwrap();
+    b.sign(&ca_key, MessageDigest::sha256()).unwrap();
+    (key, b.build())
+}
+
+/// Adds an EC sender (`ec-sender@example.com`, key + certificate in `keys`) and an EC recipient
+/// (`ec-bob@example.com` in `certs`) to the keyring folders of `keyring(tmp)`; returns the
+/// sender's key and certificate and the recipient's certificate.
+pub fn ec_pair(tmp: &Path) -> (PKey<Private>, X509, X509) {
+    let (key, cert) = ec_identity("ec-sender@example.com", true);
+    let (_, recipient) = ec_identity("ec-bob@example.com", false);
+    let mut pem = key.private_key_to_pem_pkcs8().unwrap();
+    pem.extend(cert.to_pem().unwrap());
+    let path = tmp.join("keys/ec-sender@example.com.pem");
+    std::fs::write(&path, pem).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(
+        tmp.join("certs/ec-bob@example.com.crt"),
+        recipient.to_pem().unwrap(),
+    )
+    .unwrap();
+    (key, cert, recipient)
+}
+
+/// `message` with the From and To headers replaced.
+pub fn readdressed(message: &[u8], from: &str, to: &str) -> Vec<u8> {
+    let mut out = format!("From: {from}\nTo: {to}\n").into_bytes();
+    let mut in_header = true;
+    for line in message.split_inclusive(|&b| b == b'\n') {
+        in_header &= line != b"\n" && line != b"\r\n";
+        if !in_header || (!line.starts_with(b"From:") && !line.starts_with(b"To:")) {
+            out.extend_from_slice(line);
+        }
+    }
+    out
+}

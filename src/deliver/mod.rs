@@ -160,6 +160,7 @@ pub fn build(
                     dir: dir.to_path_buf(),
                     staging: crate::layout::staging_folder(config, dir),
                     max_recipients: config.max_recipients_per_file,
+                    sync: pickup::sync::for_folder(config.sync, dir),
                 })
             }
             Hop::Smtp => Leg::Smtp(smtp::SmtpRoute::new(config.smtp.clone())?),
@@ -196,6 +197,7 @@ pub fn build(
                     dir: p.dir.clone(),
                     staging: p.staging.clone(),
                     max_recipients: p.max_recipients,
+                    sync: p.sync,
                 };
                 (Box::new(p), Some(gate))
             }

@@ -42,6 +42,11 @@ pub fn encrypt_oaep(
 ) -> Result<Vec<u8>, ErrorStack> {
     let len = c_int::try_from(data.len()).map_err(|_| ErrorStack::get())?;
     let partial = ffi::CMS_PARTIAL | ffi::CMS_KEY_PARAM | ffi::CMS_BINARY;
+    // OAEP is a padding of RSA: an EC recipient keeps its key agreement (ECDH)
+    let rsa: Vec<bool> = recipients
+        .iter()
+        .map(|c| Ok(c.public_key()?.id() == openssl::pkey::Id::RSA))
+        .collect::<Result<_, ErrorStack>>()?;
     // SAFETY: every pointer passed below is either freshly created here and checked for NULL, or
     // borrowed from a live Rust wrapper (`X509`, `Cipher`) for the duration of the call. The CMS
     // structure is handed to `CmsContentInfo` right away, which frees it on every path; the memory BIO
@@ -57,10 +62,13 @@ pub fn encrypt_oaep(
             return Err(ErrorStack::get());
         }
         let cms = CmsContentInfo::from_ptr(cms);
-        for cert in recipients {
+        for (cert, rsa) in recipients.iter().zip(rsa) {
             let ri = CMS_add1_recipient_cert(cms.as_ptr(), cert.as_ptr(), ffi::CMS_KEY_PARAM);
             if ri.is_null() {
                 return Err(ErrorStack::get());
+            }
+            if !rsa {
+                continue;
             }
             let ctx = CMS_RecipientInfo_get0_pkey_ctx(ri);
             if ctx.is_null()
