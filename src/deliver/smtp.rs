@@ -307,9 +307,8 @@ pub fn progress_path(claim: &Claim) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// Names a claim's SMTP progress record: a suffix no claim can end with, since a claim's name holds
-/// its input's name with `#` escaped (`spool::claim` treats this suffix as a sidecar).
-pub const PROGRESS_SUFFIX: &str = "#smtp-sent";
+/// Names a claim's SMTP progress record (defined where claims are named: `spool::claim`).
+pub const PROGRESS_SUFFIX: &str = crate::spool::claim::SMTP_SENT;
 
 /// Recipients per SMTP transaction: every server must take this many (RFC 5321, 4.5.3.1.8), and
 /// one that takes fewer answers the rest 452, which would only be retried. A copy with more

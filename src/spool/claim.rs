@@ -84,6 +84,13 @@ impl Claim {
 /// Appended to a claim's name at the pickup commit point (see `deliver::pickup`).
 pub const COMMITTED: &str = "#committed";
 
+/// Names a claim's SMTP progress record (written by `deliver::smtp`): a suffix no claim can end
+/// with, since a claim's name holds its input's name with `#` escaped.
+pub const SMTP_SENT: &str = "#smtp-sent";
+
+/// Names a claim's API progress record (written by `deliver::api`), a sidecar like `SMTP_SENT`.
+pub const API_SENT: &str = "#api-sent";
+
 impl Instance {
     /// Creates and locks a new work folder below `root`.
     pub fn start(root: &Path) -> std::io::Result<Instance> {
@@ -294,10 +301,7 @@ impl Instance {
 }
 
 /// Work-folder files beside a claim: its SMTP and API progress records.
-const SIDECARS: [&str; 2] = [
-    crate::deliver::smtp::PROGRESS_SUFFIX,
-    crate::deliver::progress::API_SUFFIX,
-];
+const SIDECARS: [&str; 2] = [SMTP_SENT, API_SENT];
 
 /// Whether a work-folder file name is a claim (not one of its sidecar files).
 fn is_claim_name(name: &str) -> bool {
