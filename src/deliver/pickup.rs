@@ -23,7 +23,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::{DeliverError, Delivered, Done, Transport};
+use super::{DeliverError, Delivered, Done, Shared, Transport};
 use crate::seal::Sealed;
 use crate::spool::claim::{Claim, sync_dir};
 
@@ -39,8 +39,8 @@ impl Pickup {
     pub fn check(&self) -> Result<(), DeliverError> {
         match std::fs::metadata(&self.dir) {
             Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => Err(self.unavailable("not a directory".into())),
-            Err(e) => Err(self.unavailable(e.to_string())),
+            Ok(_) => Err(self.unavailable("not a directory".into(), None)),
+            Err(e) => Err(self.unavailable(e.to_string(), Some(Shared::new(e)))),
         }
     }
 
@@ -75,10 +75,11 @@ impl Pickup {
         Ok(())
     }
 
-    fn unavailable(&self, why: String) -> DeliverError {
+    fn unavailable(&self, why: String, source: Option<Shared>) -> DeliverError {
         DeliverError::Unavailable {
             path: self.dir.clone(),
             why,
+            source,
         }
     }
 
@@ -137,7 +138,8 @@ impl Pickup {
         let fail_all = |e: &dyn Fn() -> DeliverError| items.iter().map(|_| Err(e())).collect();
         if let Err(e) = self.check() {
             let why = e.to_string();
-            return fail_all(&|| self.unavailable(why.clone()));
+            let e = Shared::new(e);
+            return fail_all(&|| self.unavailable(why.clone(), Some(e.clone())));
         }
         if let Err(e) = self.make_staging() {
             let kind = e.kind();
@@ -213,7 +215,7 @@ impl Pickup {
             .iter()
             .flat_map(|&i| names[i].iter().cloned())
             .collect();
-        let published = self.publish(&all);
+        let published = self.publish(&all).map_err(Shared::new);
         for i in committed {
             results[i] = Some(match &published {
                 Ok(_) => Ok(Delivered {
@@ -222,7 +224,7 @@ impl Pickup {
                     names: std::mem::take(&mut names[i]),
                     rejected: Vec::new(),
                 }),
-                Err(e) => Err(self.unavailable(format!("publishing failed: {e}"))),
+                Err(e) => Err(self.unavailable(format!("publishing failed: {e}"), Some(e.clone()))),
             });
         }
         results

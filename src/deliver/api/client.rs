@@ -50,7 +50,13 @@ pub enum ApiError {
     Timeout { url: String, after: Duration },
     /// connect, TLS, a dropped connection
     #[error("{url}: {why}")]
-    Connection { url: String, why: String },
+    Connection {
+        url: String,
+        why: String,
+        /// ureq's or the body's error (its words are in `why` already)
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// the route holds off (after `Retry-After`, or right after a failure of the route)
     #[error("{url}: not tried for {} s more after: {why}", .wait.as_secs().max(1))]
     Holding {
@@ -83,6 +89,11 @@ impl ApiError {
     /// The message's own refusal: it goes to failed/.
     pub fn is_permanent(&self) -> bool {
         matches!(self, ApiError::Refused { .. } | ApiError::NotUtf8(_))
+    }
+
+    /// Worth trying again later: anything but the message's own refusal.
+    pub fn is_transient(&self) -> bool {
+        !self.is_permanent()
     }
 
     /// The route's problem (not the message's): the next route may take the message.
@@ -203,6 +214,7 @@ impl Client {
                 return Err(ApiError::Connection {
                     url,
                     why: format!("{status} with an unreadable body: {e}"),
+                    source: Some(Box::new(e)),
                 });
             }
         };
@@ -249,7 +261,11 @@ impl Client {
             source = e.source();
         }
         let why = crate::logging::escape_controls(&t.to_string()).into_owned();
-        ApiError::Connection { url, why }
+        ApiError::Connection {
+            url,
+            why,
+            source: Some(Box::new(t)),
+        }
     }
 }
 

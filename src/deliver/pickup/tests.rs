@@ -130,6 +130,17 @@ fn a_missing_pickup_directory_is_unavailable_and_not_created() {
     std::fs::remove_dir(&p.dir).unwrap();
     let err = p.deliver(&claim, &[copy(&["a@y"])]).unwrap_err();
     assert!(err.to_string().contains("is unavailable"), "{err}");
+    assert!(err.is_transient() && err.is_route_problem());
+    // the cause is kept as a source, not only as text
+    let mut cause = std::error::Error::source(&err);
+    let mut not_found = false;
+    while let Some(c) = cause {
+        not_found |= c
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+        cause = c.source();
+    }
+    assert!(not_found, "{err:?}");
     assert!(!p.dir.exists());
     assert!(
         !claim.committed_path().exists(),

@@ -34,7 +34,13 @@ type LettreError = lettre::transport::smtp::Error;
 pub enum SmtpError {
     /// connect, greeting, EHLO, STARTTLS or AUTH failed: the route is unusable for now
     #[error("{server}: {why}")]
-    Session { server: String, why: String },
+    Session {
+        server: String,
+        why: String,
+        /// lettre's error, when one is behind it (its words are in `why` already)
+        #[source]
+        source: Option<LettreError>,
+    },
     #[error("{server}: {stage} refused: {source}")]
     Reply {
         server: String,
@@ -64,6 +70,12 @@ impl SmtpError {
             SmtpError::Address(_) => true,
             _ => false,
         }
+    }
+
+    /// Worth trying again later: anything but a permanent refusal (a 4xx, a timeout, a session
+    /// that failed, a progress record we could not write).
+    pub fn is_transient(&self) -> bool {
+        !self.is_permanent()
     }
 
     /// The session failed (the route's problem, not the message's).
@@ -118,8 +130,8 @@ pub fn step_failed(
 
 /// What went wrong in the session, in words: "EHLO refused: permanent error (554): …", or "no reply
 /// to STARTTLS within 30 s".
-fn session_failed(server: &str, step: &str, e: &LettreError, after: Duration) -> SmtpError {
-    let why = if is_timeout(e) {
+fn session_failed(server: &str, step: &str, e: LettreError, after: Duration) -> SmtpError {
+    let why = if is_timeout(&e) {
         format!("no reply to {step} within {} s", after.as_secs())
     } else if e.is_transient() || e.is_permanent() {
         format!("{step} refused: {e}")
@@ -129,6 +141,7 @@ fn session_failed(server: &str, step: &str, e: &LettreError, after: Duration) ->
     SmtpError::Session {
         server: server.to_string(),
         why,
+        source: Some(e),
     }
 }
 
@@ -231,10 +244,11 @@ impl SmtpRoute {
     pub fn open(&self) -> Result<Connection, SmtpError> {
         let s = &self.settings;
         let server = self.server();
-        let failed = |step: &str, e: &LettreError| session_failed(&server, step, e, s.timeout);
-        let refuse = |why: &str| SmtpError::Session {
+        let failed = |step: &str, e: LettreError| session_failed(&server, step, e, s.timeout);
+        let refuse = |why: &str, source: Option<LettreError>| SmtpError::Session {
             server: server.clone(),
             why: why.to_string(),
+            source,
         };
         let id = ClientId::Domain(s.helo.clone());
         let wrapped = (s.tls == TlsMode::Tls).then_some(&self.tls);
@@ -245,17 +259,20 @@ impl SmtpRoute {
             wrapped,
             None,
         )
-        .map_err(|e| connect_failed(&server, &e, s.timeout))?;
+        .map_err(|e| connect_failed(&server, e, s.timeout))?;
         set_nodelay(&s.host, s.port);
         let mut security = if wrapped.is_some() { "TLS" } else { "plain" };
         match s.tls {
             TlsMode::Starttls if !conn.can_starttls() => {
                 conn.abort();
-                return Err(refuse("the server offers no STARTTLS (tls = \"starttls\")"));
+                return Err(refuse(
+                    "the server offers no STARTTLS (tls = \"starttls\")",
+                    None,
+                ));
             }
             TlsMode::Starttls | TlsMode::Opportunistic if conn.can_starttls() => {
                 conn.starttls(&self.tls, &id)
-                    .map_err(|e| failed("STARTTLS", &e))?;
+                    .map_err(|e| failed("STARTTLS", e))?;
                 security = "STARTTLS";
             }
             _ => {}
@@ -277,7 +294,7 @@ impl SmtpRoute {
                     self.no_second_ehlo.store(true, Ordering::Relaxed);
                     false
                 }
-                Err(e) => return Err(failed("EHLO", &e)),
+                Err(e) => return Err(failed("EHLO", e)),
             }
         };
         if let Some(user) = &s.user {
@@ -285,6 +302,7 @@ impl SmtpRoute {
                 conn.abort();
                 return Err(refuse(
                     "refusing to send the password over an unencrypted connection (set tls = \"none\" to allow it)",
+                    None,
                 ));
             }
             let password = s.password.as_ref().map(|p| p.0.clone()).unwrap_or_default();
@@ -292,10 +310,14 @@ impl SmtpRoute {
                 &[Mechanism::Plain, Mechanism::Login],
                 &Credentials::new(user.clone(), password),
             )
-            .map_err(|e| match session_failed(&server, "AUTH", &e, s.timeout) {
-                // a refusal keeps the server's code and text
-                _ if !is_timeout(&e) => refuse(&format!("authentication as {user:?} failed: {e}")),
-                timeout => timeout,
+            .map_err(|e| {
+                if is_timeout(&e) {
+                    session_failed(&server, "AUTH", e, s.timeout)
+                } else {
+                    // a refusal keeps the server's code and text
+                    let why = format!("authentication as {user:?} failed: {e}");
+                    refuse(&why, Some(e))
+                }
             })?;
         }
         Ok(Connection {
@@ -311,10 +333,10 @@ impl SmtpRoute {
 
 /// `SmtpConnection::connect` covers the TCP connect, the greeting and the first EHLO; its error says
 /// which failed only through its kind.
-fn connect_failed(server: &str, e: &LettreError, after: Duration) -> SmtpError {
-    let why = if io_kind(e) == Some(std::io::ErrorKind::TimedOut) {
+fn connect_failed(server: &str, e: LettreError, after: Duration) -> SmtpError {
+    let why = if io_kind(&e) == Some(std::io::ErrorKind::TimedOut) {
         format!("cannot connect within {} s", after.as_secs())
-    } else if is_timeout(e) {
+    } else if is_timeout(&e) {
         format!("no greeting or EHLO reply within {} s", after.as_secs())
     } else if e.is_transient() || e.is_permanent() {
         format!("greeting or EHLO refused: {e}")
@@ -324,6 +346,7 @@ fn connect_failed(server: &str, e: &LettreError, after: Duration) -> SmtpError {
     SmtpError::Session {
         server: server.to_string(),
         why,
+        source: Some(e),
     }
 }
 
