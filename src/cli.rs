@@ -201,6 +201,17 @@ pub enum CliError {
     Outcome(Summary),
 }
 
+impl From<crate::demo::DemoError> for CliError {
+    fn from(e: crate::demo::DemoError) -> Self {
+        use crate::demo::DemoError;
+        match e {
+            DemoError::Output { path, source } => CliError::Output { path, source },
+            DemoError::Config(e) => CliError::Config(e),
+            DemoError::Daemon(e) => CliError::Daemon(e),
+        }
+    }
+}
+
 impl CliError {
     /// sysexits(3): 65 data, 66 no input, 74 I/O, 78 configuration.
     pub fn exit_code(&self) -> u8 {

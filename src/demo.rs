@@ -7,19 +7,35 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::cli::CliError;
-use crate::config::Config;
-use crate::daemon::{self, Mode, Summary};
+use thiserror::Error;
+
+use crate::config::{Config, ConfigError};
+use crate::daemon::{self, DaemonError, Mode, Summary};
+
+/// Why the demo could not run (the `cli` maps each to its exit code).
+#[derive(Debug, Error)]
+pub enum DemoError {
+    /// the output folder, or a fixture copied into it
+    #[error("{path}: {source}")]
+    Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+}
 
 /// Runs the demo into `out`.
-pub fn run(fixtures: &Path, out: &Path) -> Result<Summary, CliError> {
+pub fn run(fixtures: &Path, out: &Path) -> Result<Summary, DemoError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| CliError::Output { path, source }
+        move |source| DemoError::Output { path, source }
     };
     if out.exists() {
         if !out.join(".smime-pickup-demo").exists() {
-            return Err(CliError::Output {
+            return Err(DemoError::Output {
                 path: out.to_path_buf(),
                 source: std::io::Error::other(
                     "exists and is not a previous demo output; choose another --out",

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 
 use crate::config::Config;
+use crate::finish::{numbered, reason_of};
 
 #[derive(Debug, Args)]
 pub struct FailedArgs {
@@ -87,7 +88,7 @@ pub fn parse_reason(line: &str) -> (String, String, String) {
     let line = line.trim_end();
     let (time, rest) = line.split_once(' ').unwrap_or((line, ""));
     match rest.split_once(": ") {
-        Some((class, reason)) if crate::metrics::FAILURE_CLASSES.contains(&class) => {
+        Some((class, reason)) if crate::finish::FAILURE_CLASSES.contains(&class) => {
             (time.into(), class.into(), reason.into())
         }
         _ => (time.into(), "unknown".into(), rest.into()),
@@ -139,22 +140,6 @@ pub fn counts(entries: &[Entry]) -> BTreeMap<String, usize> {
         *c.entry(e.class.clone()).or_insert(0) += 1;
     }
     c
-}
-
-pub fn reason_of(input: &Path) -> PathBuf {
-    let mut s = input.as_os_str().to_owned();
-    s.push(".reason");
-    PathBuf::from(s)
-}
-
-/// `name` with `.n` before its extension: `a.eml` → `a.1.eml`, `a` → `a.1`.
-pub fn numbered(path: &Path, n: usize) -> PathBuf {
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let numbered = match name.rsplit_once('.') {
-        Some((stem, ext)) if !stem.is_empty() => format!("{stem}.{n}.{ext}"),
-        _ => format!("{name}.{n}"),
-    };
-    path.with_file_name(numbered)
 }
 
 /// Runs `smime-pickup failed …`; returns what to print.

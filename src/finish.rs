@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 
 use crate::spool::claim::{Claim, sync_dir};
 
+/// The classes a reason line names (`<time> <class>: <cause>`), read back by `failed list` and
+/// counted by the metrics.
+pub const FAILURE_CLASSES: [&str; 5] = ["input", "key", "certificate", "server", "internal"];
+
 /// The input was delivered: drop the claim (committed or not) and its progress records (SMTP, API).
 pub fn delivered(claim: &Claim) -> std::io::Result<()> {
     let [smtp, api] = crate::deliver::progress::paths(claim);
@@ -91,13 +95,13 @@ fn place_in_failed(
         let candidate = if n == 0 {
             wanted.clone()
         } else {
-            crate::failed::numbered(&wanted, n) // a.eml → a.1.eml: still an input name, not a reason
+            numbered(&wanted, n) // a.eml → a.1.eml: still an input name, not a reason
         };
         n += 1;
         if candidate.symlink_metadata().is_ok() {
             continue;
         }
-        match rename_exclusive(&tmp_reason, &crate::failed::reason_of(&candidate)) {
+        match rename_exclusive(&tmp_reason, &reason_of(&candidate)) {
             Ok(()) => break candidate,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
@@ -114,6 +118,23 @@ fn place_in_failed(
         std::fs::remove_file(&from)?; // the original goes last, once its copy is durable
     }
     Ok(target)
+}
+
+/// Where the reason for a failed input is written: `NAME.reason` beside it.
+pub fn reason_of(input: &Path) -> PathBuf {
+    let mut s = input.as_os_str().to_owned();
+    s.push(".reason");
+    PathBuf::from(s)
+}
+
+/// `name` with `.n` before its extension: `a.eml` → `a.1.eml`, `a` → `a.1`.
+pub fn numbered(path: &Path, n: usize) -> PathBuf {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let numbered = match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => format!("{stem}.{n}.{ext}"),
+        _ => format!("{name}.{n}"),
+    };
+    path.with_file_name(numbered)
 }
 
 /// Renames `from` to `to` unless `to` exists (AlreadyExists then), atomically where the filesystem
@@ -144,4 +165,33 @@ fn copy_synced(from: &Path, to: &Path) -> std::io::Result<()> {
 fn one_line(s: &str) -> String {
     let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
     crate::logging::escape_controls(&joined).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivered_drops_a_committed_claim_and_its_progress_records() {
+        let tmp = tempfile::tempdir().unwrap();
+        let claim = Claim {
+            path: tmp.path().join("i1-7,m.eml"),
+            id: "i1-7".into(),
+            rel: "m.eml".into(),
+            fresh: false,
+        };
+        std::fs::write(claim.committed_path(), "input").unwrap();
+        let [smtp, api] = crate::deliver::progress::paths(&claim);
+        std::fs::write(&smtp, "a@y\n").unwrap();
+        std::fs::write(&api, "b@y\n").unwrap();
+        std::fs::write(tmp.path().join("i1-8,n.eml"), "another claim").unwrap();
+        delivered(&claim).unwrap();
+        let left: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["i1-8,n.eml"]);
+        // finishing again (a crash during finish) is not an error
+        delivered(&claim).unwrap();
+    }
 }

@@ -11,11 +11,11 @@ use crate::smime::keys::KeyStore;
 #[derive(Debug, Error)]
 pub enum KeyringError {
     #[error("keys folder {0}: {1}")]
-    KeysFolder(std::path::PathBuf, std::io::Error),
+    KeysFolder(std::path::PathBuf, #[source] std::io::Error),
     #[error("certs folder {0}: {1}")]
-    CertsFolder(std::path::PathBuf, std::io::Error),
+    CertsFolder(std::path::PathBuf, #[source] std::io::Error),
     #[error("key_passphrase_file {0}: {1}")]
-    Passphrase(std::path::PathBuf, std::io::Error),
+    Passphrase(std::path::PathBuf, #[source] std::io::Error),
     #[error(transparent)]
     Cert(#[from] CertFileError),
 }

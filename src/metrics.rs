@@ -18,10 +18,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::finish::FAILURE_CLASSES;
+
 /// Upper bounds of the sealing-time buckets, in seconds.
 const BUCKETS: [f64; 9] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5];
-
-pub const FAILURE_CLASSES: [&str; 5] = ["input", "key", "certificate", "server", "internal"];
 
 #[derive(Default)]
 pub struct Metrics {

@@ -115,7 +115,7 @@ pub enum SealError {
     #[error("no usable certificate: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Certificates(Vec<LookupError>),
     #[error("missing_cert = \"sign-only\" cannot help when signing is off: {0}")]
-    CannotSignOnly(Box<SealError>),
+    CannotSignOnly(#[source] Box<SealError>),
     #[error("openssl failed while sealing: {0}")]
     Crypto(#[from] openssl::error::ErrorStack),
 }
@@ -125,6 +125,11 @@ impl SealError {
     /// An OpenSSL failure is counted permanent too: it would fail the same way on the same bytes.
     pub fn is_permanent(&self) -> bool {
         true
+    }
+
+    /// Never: see `is_permanent`.
+    pub fn is_transient(&self) -> bool {
+        !self.is_permanent()
     }
 
     /// The class the metrics count it under.

@@ -21,6 +21,9 @@ pub enum DeliverError {
     Unavailable {
         path: std::path::PathBuf,
         why: String,
+        /// the error behind `why`, when there is one (shared: one failure fails a whole batch)
+        #[source]
+        source: Option<Shared>,
     },
     #[error("{path}: {source}")]
     Io {
@@ -33,6 +36,29 @@ pub enum DeliverError {
     Api(Box<api::ApiError>),
     #[error("every recipient was refused: {}", rejections(.0))]
     Rejected(Vec<(String, String)>),
+}
+
+/// An error that fails a whole batch, shared by the error of each claim in it: it shows as its
+/// cause, and `source()` leads to the cause itself.
+#[derive(Debug, Clone)]
+pub struct Shared(pub std::sync::Arc<dyn std::error::Error + Send + Sync>);
+
+impl Shared {
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Shared {
+        Shared(std::sync::Arc::new(e))
+    }
+}
+
+impl std::fmt::Display for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Shared {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
 }
 
 /// "a@x: 550 ...; b@y: 550 ..." for reasons and logs.

@@ -32,7 +32,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::{DeliverError, Delivered, Done, Transport};
+use super::{DeliverError, Delivered, Done, Shared, Transport};
 use crate::seal::Sealed;
 use crate::spool::claim::{Claim, sync_dir};
 
@@ -53,8 +53,8 @@ impl Pickup {
     pub fn check(&self) -> Result<(), DeliverError> {
         match std::fs::metadata(&self.dir) {
             Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => Err(self.unavailable("not a directory".into())),
-            Err(e) => Err(self.unavailable(e.to_string())),
+            Ok(_) => Err(self.unavailable("not a directory".into(), None)),
+            Err(e) => Err(self.unavailable(e.to_string(), Some(Shared::new(e)))),
         }
     }
 
@@ -89,10 +89,11 @@ impl Pickup {
         Ok(())
     }
 
-    fn unavailable(&self, why: String) -> DeliverError {
+    fn unavailable(&self, why: String, source: Option<Shared>) -> DeliverError {
         DeliverError::Unavailable {
             path: self.dir.clone(),
             why,
+            source,
         }
     }
 
@@ -151,7 +152,8 @@ impl Pickup {
         let fail_all = |e: &dyn Fn() -> DeliverError| items.iter().map(|_| Err(e())).collect();
         if let Err(e) = self.check() {
             let why = e.to_string();
-            return fail_all(&|| self.unavailable(why.clone()));
+            let e = Shared::new(e);
+            return fail_all(&|| self.unavailable(why.clone(), Some(e.clone())));
         }
         if let Err(e) = self.make_staging() {
             let kind = e.kind();
@@ -227,7 +229,7 @@ impl Pickup {
             .iter()
             .flat_map(|&i| names[i].iter().cloned())
             .collect();
-        let published = self.publish(&all);
+        let published = self.publish(&all).map_err(Shared::new);
         for i in committed {
             results[i] = Some(match &published {
                 Ok(_) => Ok(Delivered {
@@ -236,7 +238,7 @@ impl Pickup {
                     names: std::mem::take(&mut names[i]),
                     rejected: Vec::new(),
                 }),
-                Err(e) => Err(self.unavailable(format!("publishing failed: {e}"))),
+                Err(e) => Err(self.unavailable(format!("publishing failed: {e}"), Some(e.clone()))),
             });
         }
         results
@@ -359,27 +361,6 @@ impl Transport for Pickup {
     }
 }
 
-#[cfg(test)]
-#[test]
-fn pickup_names_carry_a_safe_form_of_the_input_name() {
-    let claim = |rel: &str| Claim {
-        path: PathBuf::from("/w/x"),
-        id: "i1-7".into(),
-        rel: rel.into(),
-        fresh: true,
-    };
-    for (rel, want) in [
-        ("job/report.eml", "i1-7.0.report.eml"),
-        ("évé nt\n.EML", "i1-7.0._v__nt_.eml"),
-        ("..hidden.eml", "i1-7.0.hidden.eml"),
-        ("x/../../etc", "i1-7.0.etc.eml"),
-        ("....eml", "i1-7.0.eml"),
-    ] {
-        assert_eq!(pickup_name(&claim(rel), 0), want, "{rel}");
-    }
-    assert!(pickup_name(&claim(&"a".repeat(300)), 0).len() < 80);
-}
-
 /// A pickup file's name: `<claim id>.<n>.<input's name>.eml`. The claim id makes it unique and is
 /// what recovery looks for (`<id>.` prefix); the input's name, reduced to letters, digits, `-`, `_`
 /// and `.` and at most 60 bytes, tells an admin (and PowerMTA's badmail folder) where it came from.
@@ -411,169 +392,4 @@ pub fn pickup_name(claim: &Claim, n: usize) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::message::Envelope;
-    use crate::seal::Protection;
-
-    fn setup() -> (tempfile::TempDir, Pickup, Claim) {
-        let tmp = tempfile::tempdir().unwrap();
-        for d in ["pickup", "staging", "work"] {
-            std::fs::create_dir(tmp.path().join(d)).unwrap();
-        }
-        let claim = Claim {
-            path: tmp.path().join("work/i1-7,m.eml"),
-            id: "i1-7".into(),
-            rel: "m.eml".into(),
-            fresh: false,
-        };
-        std::fs::write(&claim.path, "input").unwrap();
-        let p = Pickup {
-            dir: tmp.path().join("pickup"),
-            staging: tmp.path().join("staging"),
-            max_recipients: 2,
-            sync: SyncStrategy::File,
-        };
-        (tmp, p, claim)
-    }
-
-    fn copy(recipients: &[&str]) -> Sealed {
-        Sealed {
-            envelope: Envelope {
-                sender: "s@x.org".into(),
-                recipients: recipients.iter().map(|r| r.to_string()).collect(),
-                extras: vec![("x-job".into(), "j".into())],
-                ..Envelope::default()
-            },
-            data: b"Subject: x\r\n\r\nbody\r\n".to_vec(),
-            protection: Protection::Signed,
-            message_id: "id@x".into(),
-        }
-    }
-
-    fn names(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
-
-    #[test]
-    fn deliver_writes_envelope_first_and_splits_recipients() {
-        let (_t, p, claim) = setup();
-        let done = p
-            .deliver(&claim, &[copy(&["a@y", "b@y", "c@y"]), copy(&["d@y"])])
-            .unwrap();
-        assert_eq!(done.units, 3);
-        assert_eq!(
-            names(&p.dir),
-            ["i1-7.0.m.eml", "i1-7.1.m.eml", "i1-7.2.m.eml"]
-        );
-        assert_eq!(
-            done.made(),
-            "3 files: i1-7.0.m.eml, i1-7.1.m.eml, i1-7.2.m.eml"
-        );
-        assert!(names(&p.staging).is_empty());
-        let first = std::fs::read_to_string(p.dir.join("i1-7.0.m.eml")).unwrap();
-        assert_eq!(
-            first,
-            "x-sender: s@x.org\r\nx-receiver: a@y\r\nx-receiver: b@y\r\nx-job: j\r\nSubject: x\r\n\r\nbody\r\n"
-        );
-        assert!(
-            claim.committed_path().exists() && !claim.path.exists(),
-            "committed until finish"
-        );
-    }
-
-    #[test]
-    fn one_syncfs_per_batch_delivers_the_same_files() {
-        let (_t, mut p, claim) = setup();
-        p.sync = SyncStrategy::Filesystem;
-        let second = Claim {
-            path: claim.path.with_file_name("i1-8,n.eml"),
-            id: "i1-8".into(),
-            rel: "n.eml".into(),
-            fresh: false,
-        };
-        std::fs::write(&second.path, "input").unwrap();
-        let (a, b) = ([copy(&["a@y", "b@y", "c@y"])], [copy(&["d@y"])]);
-        let mut got = Vec::new();
-        p.deliver_batch(&[(&claim, &a), (&second, &b)], &mut |i, r| {
-            got.push((i, r.unwrap().units))
-        });
-        assert_eq!(got, [(0, 2), (1, 1)]);
-        assert_eq!(
-            names(&p.dir),
-            ["i1-7.0.m.eml", "i1-7.1.m.eml", "i1-8.0.n.eml"]
-        );
-        assert!(names(&p.staging).is_empty());
-        assert!(claim.committed_path().exists() && second.committed_path().exists());
-    }
-
-    #[test]
-    fn crash_before_the_commit_point_redoes_from_scratch() {
-        let (_t, p, claim) = setup();
-        std::fs::write(p.staging.join("i1-7.0.eml"), "half").unwrap();
-        std::fs::write(p.staging.join("i1-70.0.eml"), "another claim's").unwrap();
-        assert_eq!(p.recover(&claim).unwrap(), None);
-        assert_eq!(
-            names(&p.staging),
-            ["i1-70.0.eml"],
-            "only this claim's leftovers go"
-        );
-        assert!(names(&p.dir).is_empty(), "nothing reached pickup");
-    }
-
-    #[test]
-    fn crash_after_the_commit_point_publishes_the_rest_once() {
-        let (_t, p, claim) = setup();
-        // committed two outputs; the first was renamed into pickup (and maybe consumed) before the crash
-        std::fs::rename(&claim.path, claim.committed_path()).unwrap();
-        std::fs::write(p.staging.join("i1-7.1.eml"), "second").unwrap();
-        std::fs::write(p.staging.join("i1-70.0.eml"), "another claim's").unwrap();
-        let done = p.recover(&claim).unwrap().unwrap();
-        assert_eq!(done.units, 1);
-        assert_eq!(
-            names(&p.dir),
-            ["i1-7.1.eml"],
-            "the consumed first one is not recreated"
-        );
-        assert_eq!(names(&p.staging), ["i1-70.0.eml"]);
-        // recovering again (a crash during finish) changes nothing
-        p.recover(&claim).unwrap().unwrap();
-        assert_eq!(names(&p.dir), ["i1-7.1.eml"]);
-    }
-
-    #[test]
-    fn a_committed_claim_found_after_a_crash_is_published_not_sealed_again() {
-        let (_t, p, claim) = setup();
-        std::fs::rename(&claim.path, claim.committed_path()).unwrap();
-        std::fs::write(p.staging.join("i1-7.0.eml"), "only").unwrap();
-        // what a restart (or an adopting instance) finds in the work folder
-        let found = crate::spool::claim::parse_claim(&claim.committed_path()).unwrap();
-        assert_eq!(found, claim);
-        let done = p
-            .recover(&found)
-            .unwrap()
-            .expect("recovered through pickup");
-        assert_eq!(done.units, 1);
-        assert_eq!(names(&p.dir), ["i1-7.0.eml"]);
-        crate::finish::delivered(&found).unwrap();
-        assert!(!claim.committed_path().exists() && !claim.path.exists());
-    }
-
-    #[test]
-    fn a_missing_pickup_directory_is_unavailable_and_not_created() {
-        let (_t, p, claim) = setup();
-        std::fs::remove_dir(&p.dir).unwrap();
-        let err = p.deliver(&claim, &[copy(&["a@y"])]).unwrap_err();
-        assert!(err.to_string().contains("is unavailable"), "{err}");
-        assert!(!p.dir.exists());
-        assert!(
-            !claim.committed_path().exists(),
-            "no commit without a pickup directory"
-        );
-    }
-}
+mod tests;

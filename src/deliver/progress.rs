@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use crate::seal::Sealed;
 use crate::spool::claim::Claim;
 
-/// Names a claim's API progress record (a suffix no claim name can end with: see `spool::claim`).
-pub const API_SUFFIX: &str = "#api-sent";
+/// Names a claim's API progress record (defined where claims are named: `spool::claim`).
+pub const API_SUFFIX: &str = crate::spool::claim::API_SENT;
 
 /// Where the transmissions the API server accepted are recorded.
 pub fn api_path(claim: &Claim) -> PathBuf {

@@ -82,7 +82,7 @@ pub enum SetupError {
     #[error(transparent)]
     Cert(#[from] CertFileError),
     #[error("certs folder {0}: {1}")]
-    CertsFolder(PathBuf, std::io::Error),
+    CertsFolder(PathBuf, #[source] std::io::Error),
     #[error("harvest_require_dkim: {0}")]
     Dkim(String),
 }

@@ -17,6 +17,7 @@ use mail_parser::MessageParser;
 use thiserror::Error;
 
 mod canonical;
+mod content_type;
 mod encoding;
 mod entity;
 mod envelope;
@@ -241,7 +242,7 @@ pub fn parse(input: &[u8], limits: &Limits) -> Result<Message, ParseError> {
 
     // read from the field itself, as the canonical form reads it (not from the whole block, where
     // a malformed field before it can hide it)
-    let ct = structure::content_type(&fields)?;
+    let ct = content_type::content_type(&fields)?;
     let already_sealed = ct
         .ctype
         .as_deref()

@@ -34,7 +34,13 @@ type LettreError = lettre::transport::smtp::Error;
 pub enum SmtpError {
     /// connect, greeting, EHLO, STARTTLS or AUTH failed: the route is unusable for now
     #[error("{server}: {why}")]
-    Session { server: String, why: String },
+    Session {
+        server: String,
+        why: String,
+        /// lettre's error, when one is behind it (its words are in `why` already)
+        #[source]
+        source: Option<LettreError>,
+    },
     #[error("{server}: {stage} refused: {source}")]
     Reply {
         server: String,
@@ -64,6 +70,12 @@ impl SmtpError {
             SmtpError::Address(_) => true,
             _ => false,
         }
+    }
+
+    /// Worth trying again later: anything but a permanent refusal (a 4xx, a timeout, a session
+    /// that failed, a progress record we could not write).
+    pub fn is_transient(&self) -> bool {
+        !self.is_permanent()
     }
 
     /// The session failed (the route's problem, not the message's).
@@ -118,8 +130,8 @@ pub fn step_failed(
 
 /// What went wrong in the session, in words: "EHLO refused: permanent error (554): …", or "no reply
 /// to STARTTLS within 30 s".
-fn session_failed(server: &str, step: &str, e: &LettreError, after: Duration) -> SmtpError {
-    let why = if is_timeout(e) {
+fn session_failed(server: &str, step: &str, e: LettreError, after: Duration) -> SmtpError {
+    let why = if is_timeout(&e) {
         format!("no reply to {step} within {} s", after.as_secs())
     } else if e.is_transient() || e.is_permanent() {
         format!("{step} refused: {e}")
@@ -129,6 +141,7 @@ fn session_failed(server: &str, step: &str, e: &LettreError, after: Duration) ->
     SmtpError::Session {
         server: server.to_string(),
         why,
+        source: Some(e),
     }
 }
 
@@ -231,10 +244,11 @@ impl SmtpRoute {
     pub fn open(&self) -> Result<Connection, SmtpError> {
         let s = &self.settings;
         let server = self.server();
-        let failed = |step: &str, e: &LettreError| session_failed(&server, step, e, s.timeout);
-        let refuse = |why: &str| SmtpError::Session {
+        let failed = |step: &str, e: LettreError| session_failed(&server, step, e, s.timeout);
+        let refuse = |why: &str, source: Option<LettreError>| SmtpError::Session {
             server: server.clone(),
             why: why.to_string(),
+            source,
         };
         let id = ClientId::Domain(s.helo.clone());
         let wrapped = (s.tls == TlsMode::Tls).then_some(&self.tls);
@@ -245,17 +259,20 @@ impl SmtpRoute {
             wrapped,
             None,
         )
-        .map_err(|e| connect_failed(&server, &e, s.timeout))?;
+        .map_err(|e| connect_failed(&server, e, s.timeout))?;
         set_nodelay(&s.host, s.port);
         let mut security = if wrapped.is_some() { "TLS" } else { "plain" };
         match s.tls {
             TlsMode::Starttls if !conn.can_starttls() => {
                 conn.abort();
-                return Err(refuse("the server offers no STARTTLS (tls = \"starttls\")"));
+                return Err(refuse(
+                    "the server offers no STARTTLS (tls = \"starttls\")",
+                    None,
+                ));
             }
             TlsMode::Starttls | TlsMode::Opportunistic if conn.can_starttls() => {
                 conn.starttls(&self.tls, &id)
-                    .map_err(|e| failed("STARTTLS", &e))?;
+                    .map_err(|e| failed("STARTTLS", e))?;
                 security = "STARTTLS";
             }
             _ => {}
@@ -277,7 +294,7 @@ impl SmtpRoute {
                     self.no_second_ehlo.store(true, Ordering::Relaxed);
                     false
                 }
-                Err(e) => return Err(failed("EHLO", &e)),
+                Err(e) => return Err(failed("EHLO", e)),
             }
         };
         if let Some(user) = &s.user {
@@ -285,6 +302,7 @@ impl SmtpRoute {
                 conn.abort();
                 return Err(refuse(
                     "refusing to send the password over an unencrypted connection (set tls = \"none\" to allow it)",
+                    None,
                 ));
             }
             let password = s.password.as_ref().map(|p| p.0.clone()).unwrap_or_default();
@@ -292,10 +310,14 @@ impl SmtpRoute {
                 &[Mechanism::Plain, Mechanism::Login],
                 &Credentials::new(user.clone(), password),
             )
-            .map_err(|e| match session_failed(&server, "AUTH", &e, s.timeout) {
-                // a refusal keeps the server's code and text
-                _ if !is_timeout(&e) => refuse(&format!("authentication as {user:?} failed: {e}")),
-                timeout => timeout,
+            .map_err(|e| {
+                if is_timeout(&e) {
+                    session_failed(&server, "AUTH", e, s.timeout)
+                } else {
+                    // a refusal keeps the server's code and text
+                    let why = format!("authentication as {user:?} failed: {e}");
+                    refuse(&why, Some(e))
+                }
             })?;
         }
         Ok(Connection {
@@ -311,10 +333,10 @@ impl SmtpRoute {
 
 /// `SmtpConnection::connect` covers the TCP connect, the greeting and the first EHLO; its error says
 /// which failed only through its kind.
-fn connect_failed(server: &str, e: &LettreError, after: Duration) -> SmtpError {
-    let why = if io_kind(e) == Some(std::io::ErrorKind::TimedOut) {
+fn connect_failed(server: &str, e: LettreError, after: Duration) -> SmtpError {
+    let why = if io_kind(&e) == Some(std::io::ErrorKind::TimedOut) {
         format!("cannot connect within {} s", after.as_secs())
-    } else if is_timeout(e) {
+    } else if is_timeout(&e) {
         format!("no greeting or EHLO reply within {} s", after.as_secs())
     } else if e.is_transient() || e.is_permanent() {
         format!("greeting or EHLO refused: {e}")
@@ -324,6 +346,7 @@ fn connect_failed(server: &str, e: &LettreError, after: Duration) -> SmtpError {
     SmtpError::Session {
         server: server.to_string(),
         why,
+        source: Some(e),
     }
 }
 
@@ -338,129 +361,4 @@ fn set_nodelay(host: &str, port: u16) {
 }
 
 #[cfg(test)]
-mod tests {
-    //! The session against scripted servers on loopback (real servers are in tests/smtp.rs and
-    //! tests/interop.rs).
-    use super::*;
-    use std::io::{BufRead, BufReader, Write};
-    use std::net::TcpListener;
-
-    /// Serves `connections` connections: greets with `greeting` (None: stays silent), answers the
-    /// first EHLO with `first`, any later one with `again`, QUIT with 221. Returns how many EHLOs
-    /// each connection sent.
-    fn server(
-        connections: usize,
-        greeting: Option<&'static str>,
-        first: &'static str,
-        again: &'static str,
-    ) -> (u16, std::thread::JoinHandle<Vec<usize>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let handle = std::thread::spawn(move || {
-            let mut ehlos = Vec::new();
-            for _ in 0..connections {
-                let (stream, _) = listener.accept().unwrap();
-                let mut w = stream.try_clone().unwrap();
-                let mut r = BufReader::new(stream);
-                let Some(greeting) = greeting else {
-                    // silent until the client gives up
-                    let mut line = String::new();
-                    let _ = r.read_line(&mut line);
-                    ehlos.push(0);
-                    continue;
-                };
-                w.write_all(greeting.as_bytes()).unwrap();
-                let mut n = 0;
-                let mut line = String::new();
-                while r.read_line(&mut line).unwrap_or(0) > 0 {
-                    let reply = match line.get(..4).map(str::to_ascii_uppercase).as_deref() {
-                        Some("EHLO") => {
-                            n += 1;
-                            if n == 1 { first } else { again }
-                        }
-                        Some("QUIT") => "221 bye\r\n",
-                        _ => "250 ok\r\n",
-                    };
-                    let _ = w.write_all(reply.as_bytes());
-                    if reply.starts_with("221") {
-                        break;
-                    }
-                    line.clear();
-                }
-                ehlos.push(n);
-            }
-            ehlos
-        });
-        (port, handle)
-    }
-
-    fn route(port: u16) -> SmtpRoute {
-        let config = crate::config::Config::from_toml(
-            &format!("[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntimeout = 1\n"),
-            None,
-        )
-        .unwrap();
-        SmtpRoute::new(config.smtp).unwrap()
-    }
-
-    #[test]
-    fn a_refused_second_ehlo_means_no_pipelining_and_is_not_asked_again() {
-        let (port, server) = server(
-            2,
-            Some("220 strict\r\n"),
-            "250-strict\r\n250 PIPELINING\r\n",
-            "503 5.5.1 Duplicate HELO/EHLO\r\n",
-        );
-        let route = route(port);
-        let c = route.open_tracked().expect("the session goes on");
-        assert!(!c.pipelining());
-        c.quit();
-        let c = route.open_tracked().unwrap();
-        assert!(!c.pipelining());
-        c.quit();
-        assert_eq!(server.join().unwrap(), [2, 1], "EHLOs per connection");
-        assert_eq!(route.problem(), None);
-    }
-
-    #[test]
-    fn a_second_ehlo_that_is_answered_tells_about_pipelining() {
-        let reply = "250-ok\r\n250-SIZE 1000\r\n250 PIPELINING\r\n";
-        let (port, server) = server(1, Some("220 ok\r\n"), reply, reply);
-        let c = route(port).open_tracked().unwrap();
-        assert!(c.pipelining());
-        c.quit();
-        assert_eq!(server.join().unwrap(), [2]);
-    }
-
-    #[test]
-    fn a_refused_ehlo_is_the_routes_problem_with_the_servers_reply() {
-        let (port, server) = server(
-            1,
-            Some("220 ok\r\n"),
-            "554 5.7.1 not you\r\n",
-            "554 5.7.1 not you\r\n",
-        );
-        let route = route(port);
-        let Err(e) = route.open_tracked() else {
-            panic!("opened")
-        };
-        assert!(e.is_session() && !e.is_permanent(), "{e:?}");
-        let why = route.problem().unwrap();
-        assert!(why.contains("554") && why.contains("not you"), "{why}");
-        server.join().unwrap();
-    }
-
-    #[test]
-    fn a_silent_server_is_reported_as_a_timeout() {
-        let (port, server) = server(1, None, "", "");
-        let Err(e) = route(port).open() else {
-            panic!("opened")
-        };
-        assert!(e.is_session(), "{e:?}");
-        assert_eq!(
-            e.to_string(),
-            format!("127.0.0.1:{port}: no greeting or EHLO reply within 1 s")
-        );
-        server.join().unwrap();
-    }
-}
+mod tests;

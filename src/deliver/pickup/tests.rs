@@ -1,0 +1,195 @@
+use super::*;
+use crate::message::Envelope;
+use crate::seal::Protection;
+
+fn setup() -> (tempfile::TempDir, Pickup, Claim) {
+    let tmp = tempfile::tempdir().unwrap();
+    for d in ["pickup", "staging", "work"] {
+        std::fs::create_dir(tmp.path().join(d)).unwrap();
+    }
+    let claim = Claim {
+        path: tmp.path().join("work/i1-7,m.eml"),
+        id: "i1-7".into(),
+        rel: "m.eml".into(),
+        fresh: false,
+    };
+    std::fs::write(&claim.path, "input").unwrap();
+    let p = Pickup {
+        dir: tmp.path().join("pickup"),
+        staging: tmp.path().join("staging"),
+        max_recipients: 2,
+        sync: SyncStrategy::File,
+    };
+    (tmp, p, claim)
+}
+
+fn copy(recipients: &[&str]) -> Sealed {
+    Sealed {
+        envelope: Envelope {
+            sender: "s@x.org".into(),
+            recipients: recipients.iter().map(|r| r.to_string()).collect(),
+            extras: vec![("x-job".into(), "j".into())],
+            ..Envelope::default()
+        },
+        data: b"Subject: x\r\n\r\nbody\r\n".to_vec(),
+        protection: Protection::Signed,
+        message_id: "id@x".into(),
+    }
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn deliver_writes_envelope_first_and_splits_recipients() {
+    let (_t, p, claim) = setup();
+    let done = p
+        .deliver(&claim, &[copy(&["a@y", "b@y", "c@y"]), copy(&["d@y"])])
+        .unwrap();
+    assert_eq!(done.units, 3);
+    assert_eq!(
+        names(&p.dir),
+        ["i1-7.0.m.eml", "i1-7.1.m.eml", "i1-7.2.m.eml"]
+    );
+    assert_eq!(
+        done.made(),
+        "3 files: i1-7.0.m.eml, i1-7.1.m.eml, i1-7.2.m.eml"
+    );
+    assert!(names(&p.staging).is_empty());
+    let first = std::fs::read_to_string(p.dir.join("i1-7.0.m.eml")).unwrap();
+    assert_eq!(
+        first,
+        "x-sender: s@x.org\r\nx-receiver: a@y\r\nx-receiver: b@y\r\nx-job: j\r\nSubject: x\r\n\r\nbody\r\n"
+    );
+    assert!(
+        claim.committed_path().exists() && !claim.path.exists(),
+        "committed until finish"
+    );
+}
+
+#[test]
+fn one_syncfs_per_batch_delivers_the_same_files() {
+    let (_t, mut p, claim) = setup();
+    p.sync = SyncStrategy::Filesystem;
+    let second = Claim {
+        path: claim.path.with_file_name("i1-8,n.eml"),
+        id: "i1-8".into(),
+        rel: "n.eml".into(),
+        fresh: false,
+    };
+    std::fs::write(&second.path, "input").unwrap();
+    let (a, b) = ([copy(&["a@y", "b@y", "c@y"])], [copy(&["d@y"])]);
+    let mut got = Vec::new();
+    p.deliver_batch(&[(&claim, &a), (&second, &b)], &mut |i, r| {
+        got.push((i, r.unwrap().units))
+    });
+    assert_eq!(got, [(0, 2), (1, 1)]);
+    assert_eq!(
+        names(&p.dir),
+        ["i1-7.0.m.eml", "i1-7.1.m.eml", "i1-8.0.n.eml"]
+    );
+    assert!(names(&p.staging).is_empty());
+    assert!(claim.committed_path().exists() && second.committed_path().exists());
+}
+
+#[test]
+fn crash_before_the_commit_point_redoes_from_scratch() {
+    let (_t, p, claim) = setup();
+    std::fs::write(p.staging.join("i1-7.0.eml"), "half").unwrap();
+    std::fs::write(p.staging.join("i1-70.0.eml"), "another claim's").unwrap();
+    assert_eq!(p.recover(&claim).unwrap(), None);
+    assert_eq!(
+        names(&p.staging),
+        ["i1-70.0.eml"],
+        "only this claim's leftovers go"
+    );
+    assert!(names(&p.dir).is_empty(), "nothing reached pickup");
+}
+
+#[test]
+fn crash_after_the_commit_point_publishes_the_rest_once() {
+    let (_t, p, claim) = setup();
+    // committed two outputs; the first was renamed into pickup (and maybe consumed) before the crash
+    std::fs::rename(&claim.path, claim.committed_path()).unwrap();
+    std::fs::write(p.staging.join("i1-7.1.eml"), "second").unwrap();
+    std::fs::write(p.staging.join("i1-70.0.eml"), "another claim's").unwrap();
+    let done = p.recover(&claim).unwrap().unwrap();
+    assert_eq!(done.units, 1);
+    assert_eq!(
+        names(&p.dir),
+        ["i1-7.1.eml"],
+        "the consumed first one is not recreated"
+    );
+    assert_eq!(names(&p.staging), ["i1-70.0.eml"]);
+    // recovering again (a crash during finish) changes nothing
+    p.recover(&claim).unwrap().unwrap();
+    assert_eq!(names(&p.dir), ["i1-7.1.eml"]);
+}
+
+#[test]
+fn a_committed_claim_found_after_a_crash_is_published_not_sealed_again() {
+    let (_t, p, claim) = setup();
+    std::fs::rename(&claim.path, claim.committed_path()).unwrap();
+    std::fs::write(p.staging.join("i1-7.0.eml"), "only").unwrap();
+    // what a restart (or an adopting instance) finds in the work folder
+    let found = crate::spool::claim::parse_claim(&claim.committed_path()).unwrap();
+    assert_eq!(found, claim);
+    let done = p
+        .recover(&found)
+        .unwrap()
+        .expect("recovered through pickup");
+    assert_eq!(done.units, 1);
+    assert_eq!(names(&p.dir), ["i1-7.0.eml"]);
+    // dropping the committed claim afterwards is `finish::delivered`'s job (tested there)
+    assert!(claim.committed_path().exists() && !claim.path.exists());
+}
+
+#[test]
+fn a_missing_pickup_directory_is_unavailable_and_not_created() {
+    let (_t, p, claim) = setup();
+    std::fs::remove_dir(&p.dir).unwrap();
+    let err = p.deliver(&claim, &[copy(&["a@y"])]).unwrap_err();
+    assert!(err.to_string().contains("is unavailable"), "{err}");
+    assert!(err.is_transient() && err.is_route_problem());
+    // the cause is kept as a source, not only as text
+    let mut cause = std::error::Error::source(&err);
+    let mut not_found = false;
+    while let Some(c) = cause {
+        not_found |= c
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+        cause = c.source();
+    }
+    assert!(not_found, "{err:?}");
+    assert!(!p.dir.exists());
+    assert!(
+        !claim.committed_path().exists(),
+        "no commit without a pickup directory"
+    );
+}
+
+#[test]
+fn pickup_names_carry_a_safe_form_of_the_input_name() {
+    let claim = |rel: &str| Claim {
+        path: PathBuf::from("/w/x"),
+        id: "i1-7".into(),
+        rel: rel.into(),
+        fresh: true,
+    };
+    for (rel, want) in [
+        ("job/report.eml", "i1-7.0.report.eml"),
+        ("évé nt\n.EML", "i1-7.0._v__nt_.eml"),
+        ("..hidden.eml", "i1-7.0.hidden.eml"),
+        ("x/../../etc", "i1-7.0.etc.eml"),
+        ("....eml", "i1-7.0.eml"),
+    ] {
+        assert_eq!(pickup_name(&claim(rel), 0), want, "{rel}");
+    }
+    assert!(pickup_name(&claim(&"a".repeat(300)), 0).len() < 80);
+}

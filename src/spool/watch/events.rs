@@ -1,0 +1,147 @@
+//! The event thread: notify's events become readiness (`ready::Tracker`); complete files are handed
+//! over when the tracker says so, and a watcher that overflows or fails asks for a rescan.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, select};
+use log::warn;
+use notify::EventKind;
+use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+
+use super::On;
+use crate::spool::ready::Seen;
+use crate::spool::{is_hidden, is_input, special_kind};
+
+pub(super) fn event_loop(spool: &Path, rx: Receiver<notify::Result<notify::Event>>, on: &On) {
+    let (tracker, shutdown, rescan_now) = (&on.tracker, &on.shutdown, &on.rescan_now);
+    let folders = on.folders.as_ref();
+    let mut watcher_gone = false;
+    while !shutdown.load(Ordering::SeqCst) {
+        // blocks until an event, the next settle deadline, a scan's news or shutdown; the second
+        // cap only bounds how late a deadline set by another thread (a put-back claim) is seen
+        let deadline = tracker
+            .lock()
+            .expect("tracker lock")
+            .next_deadline()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1))
+            .min(Instant::now() + Duration::from_secs(1));
+        let deadline = match on.intake.until() {
+            Some(u) if u > Instant::now() => deadline.min(u),
+            _ => deadline,
+        };
+        let events = if watcher_gone {
+            crossbeam_channel::never()
+        } else {
+            rx.clone()
+        };
+        let received = select! {
+            recv(events) -> ev => match ev {
+                Ok(ev) => Some(ev),
+                Err(_) => {
+                    watcher_gone = true; // no watcher: scans alone find files
+                    None
+                }
+            },
+            recv(on.halt) -> _ => return,
+            recv(on.scanned.rx) -> _ => {
+                on.scanned.take();
+                None
+            },
+            recv(crossbeam_channel::at(deadline)) -> _ => None,
+        };
+        match received {
+            None => {}
+            Some(Ok(event)) => {
+                if event.need_rescan() {
+                    warn!("{}: the watcher lost events; rescanning", spool.display());
+                    rescan_now.request();
+                }
+                let now = Instant::now();
+                let mut t = tracker.lock().expect("tracker lock");
+                for (path, seen) in classify(&event) {
+                    if seen == Seen::Removed {
+                        t.seen(&path, seen, now);
+                        if let Some(f) = folders {
+                            f.forget(&path);
+                        }
+                        on.warned.lock().expect("warned lock").remove(&path);
+                        continue;
+                    }
+                    if is_hidden(spool, &path) {
+                        continue;
+                    }
+                    // what it is now, never what a link points to
+                    let Ok(meta) = path.symlink_metadata() else {
+                        continue;
+                    };
+                    if meta.is_dir() {
+                        // a folder made or moved in is watched and scanned, never taken
+                        let arrived =
+                            matches!(event.kind, EventKind::Create(_)) || seen == Seen::RenamedIn;
+                        if arrived {
+                            if let Some(f) = folders {
+                                f.watch_tree(spool, &path);
+                            }
+                            // files may have landed in it before its watch existed
+                            rescan_now.request();
+                        }
+                    } else if let Some(kind) = special_kind(&meta) {
+                        t.seen(&path, Seen::Removed, now);
+                        on.special(spool, &path, kind);
+                    } else if is_input(spool, &path) && on.wanted(&path) {
+                        t.seen(&path, seen, now);
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                warn!("{}: watcher error ({e}); rescanning", spool.display());
+                rescan_now.request();
+            }
+        }
+        // `once` takes what is complete by the moment intake closes, however late this runs
+        let until = on.intake.until();
+        let now = Instant::now();
+        let (ready, waiting) = {
+            let mut t = tracker.lock().expect("tracker lock");
+            let ready = t.take_ready(until.map_or(now, |u| now.min(u)));
+            (ready, t.next_deadline())
+        };
+        for path in ready {
+            if !on.emit_now(spool, path) {
+                return;
+            }
+        }
+        if let Some(u) = until
+            && (now >= u || waiting.is_none_or(|d| d > u))
+        {
+            on.intake.closed.store(true, Ordering::SeqCst);
+            return;
+        }
+    }
+}
+
+/// What a notify event says about which paths.
+fn classify(event: &notify::Event) -> Vec<(PathBuf, Seen)> {
+    let all = |seen: Seen| event.paths.iter().map(|p| (p.clone(), seen)).collect();
+    match event.kind {
+        EventKind::Create(CreateKind::Folder) => all(Seen::Modified),
+        EventKind::Create(_) => all(Seen::Created),
+        EventKind::Modify(ModifyKind::Name(RenameMode::From)) => all(Seen::Removed),
+        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => all(Seen::RenamedIn),
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+            let mut v = Vec::new();
+            if let [from, to, ..] = event.paths.as_slice() {
+                v.push((from.clone(), Seen::Removed));
+                v.push((to.clone(), Seen::RenamedIn));
+            }
+            v
+        }
+        EventKind::Modify(ModifyKind::Metadata(_)) => Vec::new(),
+        EventKind::Modify(_) => all(Seen::Modified),
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => all(Seen::ClosedWrite),
+        EventKind::Remove(_) => all(Seen::Removed),
+        _ => Vec::new(),
+    }
+}
