@@ -125,34 +125,43 @@ impl Gpgsm {
         child.wait_with_output().unwrap()
     }
 
-    /// Decrypts a DER EnvelopedData; Ok(plaintext) only when gpgsm says DECRYPTION_OKAY.
-    pub fn decrypt(&self, dir: &Path, der: &[u8]) -> Result<Vec<u8>, String> {
+    /// Runs gpgsm with a private key (the passphrase on stdin) over `input`, written to `dir`;
+    /// Ok(what it wrote) only when its status lines say `done`.
+    fn with_key(
+        &self,
+        dir: &Path,
+        input: &[u8],
+        args: &[&str],
+        done: &str,
+    ) -> Result<Vec<u8>, String> {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let input = dir.join("gpgsm-in.der");
-        let output = dir.join("gpgsm-out");
-        let _ = std::fs::remove_file(&output);
-        std::fs::write(&input, der).unwrap();
-        let o = self.with_passphrase(
-            &[
-                "--batch",
-                "--pinentry-mode",
-                "loopback",
-                "--passphrase-fd",
-                "0",
-                "--status-fd",
-                "1",
-                "--output",
-                output.to_str().unwrap(),
-                "--decrypt",
-            ],
-            &input,
-        );
+        let (in_path, out_path) = (dir.join("gpgsm-in"), dir.join("gpgsm-out"));
+        let _ = std::fs::remove_file(&out_path);
+        std::fs::write(&in_path, input).unwrap();
+        let mut all = vec![
+            "--batch",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase-fd",
+            "0",
+            "--status-fd",
+            "1",
+            "--output",
+            out_path.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        let o = self.with_passphrase(&all, &in_path);
         let status = String::from_utf8_lossy(&o.stdout);
-        if status.contains("DECRYPTION_OKAY") {
-            Ok(std::fs::read(&output).unwrap())
+        if status.contains(done) {
+            Ok(std::fs::read(&out_path).unwrap())
         } else {
             Err(format!("{status}\n{}", String::from_utf8_lossy(&o.stderr)))
         }
+    }
+
+    /// Decrypts a DER EnvelopedData; Ok(plaintext) only when gpgsm says DECRYPTION_OKAY.
+    pub fn decrypt(&self, dir: &Path, der: &[u8]) -> Result<Vec<u8>, String> {
+        self.with_key(dir, der, &["--decrypt"], "DECRYPTION_OKAY")
     }
 
     /// `gpgsm --detach-sign` of `content` as `signer` (a key imported from `private/`): the DER
@@ -163,36 +172,14 @@ impl Gpgsm {
         signer: &str,
         content: &[u8],
     ) -> Result<Vec<u8>, String> {
-        let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let input = dir.join("gpgsm-to-sign");
-        let output = dir.join("gpgsm-sig.der");
-        let _ = std::fs::remove_file(&output);
-        std::fs::write(&input, content).unwrap();
-        let o = self.with_passphrase(
-            &[
-                "--batch",
-                "--pinentry-mode",
-                "loopback",
-                "--passphrase-fd",
-                "0",
-                "--status-fd",
-                "1",
-                "--include-certs",
-                "-2",
-                "--local-user",
-                signer,
-                "--output",
-                output.to_str().unwrap(),
-                "--detach-sign",
-            ],
-            &input,
-        );
-        let status = String::from_utf8_lossy(&o.stdout);
-        if status.contains("SIG_CREATED") {
-            Ok(std::fs::read(&output).unwrap())
-        } else {
-            Err(format!("{status}\n{}", String::from_utf8_lossy(&o.stderr)))
-        }
+        let args = [
+            "--include-certs",
+            "-2",
+            "--local-user",
+            signer,
+            "--detach-sign",
+        ];
+        self.with_key(dir, content, &args, "SIG_CREATED")
     }
 
     /// Verifies a detached signature over `content`; Ok only with GOODSIG and VALIDSIG.
