@@ -82,14 +82,9 @@ fn server() -> u16 {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let number = |i: usize, default: usize| {
-        args.get(i)
-            .map_or(default, |v| v.parse().expect("a number"))
-    };
+    let args = common::Args::from_env();
+    let number = |i: usize, default: usize| args.number(i, default);
+    let args = &args.0;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (count, threads) = (number(0, 4000), number(1, cores));
     let fresh = args.get(2).is_some_and(|a| a == "fresh");

@@ -18,14 +18,9 @@ use smime_pickup::seal::{self, Policy};
 use smime_pickup::smime::certs::unix_now;
 
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let number = |i: usize, default: usize| {
-        args.get(i)
-            .map_or(default, |v| v.parse().expect("a number"))
-    };
+    let args = common::Args::from_env();
+    let number = |i: usize, default: usize| args.number(i, default);
+    let args = &args.0;
     let Some(port) = args.first() else {
         eprintln!("usage: cargo bench --bench smtp -- PORT [COUNT] [THREADS] [PER_CONNECTION]");
         std::process::exit(2);

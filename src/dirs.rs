@@ -7,6 +7,7 @@
 //! 0640, quarantined inputs 0600 (pickup files are 0640: `deliver::pickup`).
 
 use std::fs::{DirBuilder, File, OpenOptions, Permissions};
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
@@ -56,6 +57,30 @@ pub fn create_new_file(path: &Path, mode: u32) -> std::io::Result<File> {
         .open(path)?;
     f.set_permissions(Permissions::from_mode(mode))?;
     Ok(f)
+}
+
+/// Renames `from` (in the folder `from_dir`) to `to` (in `to_dir`) unless `to` exists (then
+/// AlreadyExists): atomically where the filesystem can (`RENAME_NOREPLACE`), else by a hard link and
+/// an unlink. The folders are open descriptors, or `rustix::fs::CWD` for plain paths.
+pub fn rename_noreplace_at(
+    from_dir: BorrowedFd<'_>,
+    from: &Path,
+    to_dir: BorrowedFd<'_>,
+    to: &Path,
+) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, RenameFlags};
+    match rustix::fs::renameat_with(from_dir, from, to_dir, to, RenameFlags::NOREPLACE) {
+        Err(rustix::io::Errno::INVAL) => {
+            rustix::fs::linkat(from_dir, from, to_dir, to, AtFlags::empty())?;
+            Ok(rustix::fs::unlinkat(from_dir, from, AtFlags::empty())?)
+        }
+        other => Ok(other?),
+    }
+}
+
+/// `rename_noreplace_at` for two paths.
+pub fn rename_exclusive(from: &Path, to: &Path) -> std::io::Result<()> {
+    rename_noreplace_at(rustix::fs::CWD, from, rustix::fs::CWD, to)
 }
 
 #[cfg(test)]

@@ -235,7 +235,7 @@ fn retry(failed: &Path, spool: &Path, rel: &Path) -> Result<PathBuf, FailedError
             numbered(&wanted, n)
         };
         n += 1;
-        match crate::finish::rename_exclusive(&source, &candidate) {
+        match crate::dirs::rename_exclusive(&source, &candidate) {
             Ok(()) => break candidate,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(io(&candidate)(e)),

@@ -101,7 +101,7 @@ fn place_in_failed(
         if candidate.symlink_metadata().is_ok() {
             continue;
         }
-        match rename_exclusive(&tmp_reason, &reason_of(&candidate)) {
+        match crate::dirs::rename_exclusive(&tmp_reason, &reason_of(&candidate)) {
             Ok(()) => break candidate,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
@@ -135,20 +135,6 @@ pub fn numbered(path: &Path, n: usize) -> PathBuf {
         _ => format!("{name}.{n}"),
     };
     path.with_file_name(numbered)
-}
-
-/// Renames `from` to `to` unless `to` exists (AlreadyExists then), atomically where the filesystem
-/// can (`RENAME_NOREPLACE`), else by a hard link and an unlink.
-pub fn rename_exclusive(from: &Path, to: &Path) -> std::io::Result<()> {
-    use rustix::fs::{CWD, RenameFlags, renameat_with};
-    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
-        Ok(()) => Ok(()),
-        Err(rustix::io::Errno::INVAL) => {
-            std::fs::hard_link(from, to)?;
-            std::fs::remove_file(from)
-        }
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Copies `from` to a new file `to` and makes it durable; a failed copy leaves no file.

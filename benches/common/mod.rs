@@ -164,3 +164,24 @@ pub fn readdressed(message: &[u8], from: &str, to: &str) -> Vec<u8> {
     }
     out
 }
+
+/// A bench's own arguments (cargo's `--bench` flags left out), read by position.
+pub struct Args(pub Vec<String>);
+
+impl Args {
+    pub fn from_env() -> Args {
+        Args(
+            std::env::args()
+                .skip(1)
+                .filter(|a| !a.starts_with("--"))
+                .collect(),
+        )
+    }
+
+    /// The number at position `i`, or `default` when there is none.
+    pub fn number(&self, i: usize, default: usize) -> usize {
+        self.0
+            .get(i)
+            .map_or(default, |v| v.parse().expect("a number"))
+    }
+}

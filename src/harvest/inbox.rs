@@ -252,7 +252,7 @@ fn move_to(path: &Path, folder: &Path, reason: Option<&str>) -> std::io::Result<
             let mut f = crate::dirs::create_new_file(&tmp, crate::dirs::REASON_MODE)?;
             std::io::Write::write_all(&mut f, line.as_bytes())?;
             f.sync_all()?;
-            if let Err(e) = crate::finish::rename_exclusive(&tmp, &reason_path) {
+            if let Err(e) = crate::dirs::rename_exclusive(&tmp, &reason_path) {
                 let _ = std::fs::remove_file(&tmp);
                 if e.kind() == std::io::ErrorKind::AlreadyExists {
                     continue;
@@ -260,7 +260,7 @@ fn move_to(path: &Path, folder: &Path, reason: Option<&str>) -> std::io::Result<
                 return Err(e);
             }
         }
-        match crate::finish::rename_exclusive(path, &target) {
+        match crate::dirs::rename_exclusive(path, &target) {
             Ok(()) => return crate::spool::claim::sync_dir(folder),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),

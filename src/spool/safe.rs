@@ -13,7 +13,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path};
 
-use rustix::fs::{Access, AtFlags, Mode, OFlags, RenameFlags};
+use rustix::fs::{Access, AtFlags, Mode, OFlags};
 
 use super::Snapshot;
 
@@ -75,13 +75,8 @@ pub fn rename_noreplace(
     to_dir: &OwnedFd,
     to: &Path,
 ) -> io::Result<()> {
-    match rustix::fs::renameat_with(from_dir, from, to_dir, to, RenameFlags::NOREPLACE) {
-        Err(rustix::io::Errno::INVAL) => {
-            rustix::fs::linkat(from_dir, from, to_dir, to, AtFlags::empty())?;
-            Ok(rustix::fs::unlinkat(from_dir, from, AtFlags::empty())?)
-        }
-        other => Ok(other?),
-    }
+    use std::os::fd::AsFd;
+    crate::dirs::rename_noreplace_at(from_dir.as_fd(), from, to_dir.as_fd(), to)
 }
 
 /// Why a claimed input is not what was judged complete.
