@@ -1,11 +1,12 @@
-//! The pipeline as threads: producers (watch + scan) feed a bounded queue; N workers each claim,
-//! seal, deliver and finish. `run` keeps going until told to stop; `once` stops when the spool is
-//! drained. Stop and reload arrive as channels (`Control`), so tests drive the loop without
+//! The pipeline as threads: producers (watch + scan) feed a bounded queue; N workers claim and
+//! seal, and hand sealed batches to N deliverers, which deliver and finish them. `run` keeps going
+//! until told to stop; `once` stops when the spool is drained. Stop and reload arrive as channels (`Control`), so tests drive the loop without
 //! signals. Nothing on a message's way sleeps to poll: workers block on the queue, producers block
 //! on a full queue, the main loop blocks in a select over stop, reload, finished work, the next
 //! retry and a tick for metrics and systemd.
 
 pub mod control;
+mod deliverer;
 mod outcome;
 mod progress;
 pub mod schedule;
@@ -38,6 +39,7 @@ use crate::spool::crashguard::STRIKES_OUT;
 use crate::spool::ready::Tracker;
 use crate::spool::watch::{Emit, Producers};
 use crate::spool::{Candidate, Snapshot};
+use deliverer::*;
 use outcome::*;
 use progress::*;
 use schedule::{Gate, GateFacts, Retries};
@@ -201,16 +203,32 @@ pub fn run(config: Config, mode: Mode, control: Control) -> Result<Summary, Daem
 
     // a multi-consumer queue: each worker blocks on it by itself (no lock to queue behind)
     let (tx, rx) = crossbeam_channel::bounded::<Job>(workers * 16);
+    // sealed batches wait here for delivery: room for a couple per worker keeps both stages busy
+    // and memory bounded
+    let (staged_tx, staged_rx) = crossbeam_channel::bounded::<Staged>(workers * 2);
     let mut threads = Vec::new();
     for i in 0..workers {
-        let (shared, rx) = (shared.clone(), rx.clone());
+        let (shared, rx, out) = (shared.clone(), rx.clone(), staged_tx.clone());
         threads.push(
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
-                .spawn(move || worker(&shared, &rx))
+                .spawn(move || worker(&shared, &rx, &out))
                 .map_err(folder(&spool))?,
         );
     }
+    drop(staged_tx); // the deliverers stop once every worker is gone and its batches are out
+    // as many deliverers as workers: a route's connections (SMTP, API) are as many as today
+    let mut deliverers = Vec::new();
+    for i in 0..workers {
+        let (shared, rx) = (shared.clone(), staged_rx.clone());
+        deliverers.push(
+            std::thread::Builder::new()
+                .name(format!("deliver-{i}"))
+                .spawn(move || deliverer(&shared, &rx))
+                .map_err(folder(&spool))?,
+        );
+    }
+    drop(staged_rx);
     let send = {
         let (tx, shared) = (tx.clone(), shared.clone());
         move |job: Job| send_job(&tx, &shared, job)
@@ -351,7 +369,7 @@ pub fn run(config: Config, mode: Mode, control: Control) -> Result<Summary, Daem
     if let Some(inbox) = inbox {
         inbox.join();
     }
-    for t in threads {
+    for t in threads.into_iter().chain(deliverers) {
         let _ = t.join();
     }
     write_metrics(&shared);

@@ -1,5 +1,5 @@
-//! The worker stage: take jobs from the queue in batches, claim new inputs once the gate lets them
-//! in, seal, deliver the batch, and hand each result to `outcome`.
+//! The sealing stage: take jobs from the queue in batches, claim new inputs once the gate lets them
+//! in, seal, and hand each sealed batch to the delivery stage (`deliverer`).
 
 use super::*;
 
@@ -33,10 +33,21 @@ pub(super) fn send_job(tx: &Sender<Job>, shared: &Shared, job: Job) -> bool {
     sent
 }
 
-/// Claims sealed in one go by a worker before their delivery; made durable together.
+/// Claims sealed in one go by a worker before they go to delivery.
 pub(super) const BATCH: usize = 32;
 
-pub(super) fn worker(shared: &Shared, rx: &Receiver<Job>) {
+/// What a worker has taken since it last handed a batch over: the claims, and the jobs and fresh
+/// claims they answer for (released from `inflight` and `claimed_unwritten` once delivered).
+#[derive(Default)]
+pub(super) struct Pending {
+    claims: Vec<(Claim, Option<Snapshot>)>,
+    jobs: usize,
+    claimed: usize,
+}
+
+/// The sealing stage: takes jobs from the queue in batches, claims and seals them, and hands each
+/// sealed batch to the delivery stage, then goes on sealing while it is written or sent.
+pub(super) fn worker(shared: &Shared, rx: &Receiver<Job>, out: &Sender<Staged>) {
     loop {
         let first = select! {
             recv(rx) -> job => match job {
@@ -54,95 +65,66 @@ pub(super) fn worker(shared: &Shared, rx: &Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let taken = jobs.len();
-        let mut claimed = 0;
         // after shutdown, queued jobs are left where they are: unclaimed files stay in the spool,
         // claims stay in the work folder for the next start
-        if !shared.shutdown.load(Ordering::SeqCst) {
-            let mut pending: Vec<(Claim, Option<Snapshot>)> = Vec::new();
-            for job in jobs {
-                match job {
-                    Job::Claim(claim) => pending.push((claim, None)),
-                    Job::Path(path) => {
-                        // the gate may wait for our own pending claims: write them first
-                        let taken = match take_new(shared, &path, !pending.is_empty()) {
-                            Err(MustFlush) => {
-                                flush(shared, &mut pending, &mut claimed);
-                                take_new(shared, &path, false).unwrap_or(None)
-                            }
-                            Ok(taken) => taken,
-                        };
-                        if let Some((claim, judged)) = taken {
-                            claimed += 1;
-                            pending.push((claim, Some(judged)));
+        if shared.shutdown.load(Ordering::SeqCst) {
+            release(shared, jobs.len(), 0);
+            continue;
+        }
+        let mut pending = Pending::default();
+        for job in jobs {
+            match job {
+                Job::Claim(claim) => pending.claims.push((claim, None)),
+                Job::Path(path) => {
+                    // the gate may wait for our own pending claims: hand them over first
+                    let taken = match take_new(shared, &path, !pending.claims.is_empty()) {
+                        Err(MustFlush) => {
+                            hand_over(shared, &mut pending, out);
+                            take_new(shared, &path, false).unwrap_or(None)
                         }
+                        Ok(taken) => taken,
+                    };
+                    if let Some((claim, judged)) = taken {
+                        pending.claimed += 1;
+                        pending.claims.push((claim, Some(judged)));
                     }
                 }
             }
-            flush(shared, &mut pending, &mut claimed);
+            pending.jobs += 1;
         }
-        shared.inflight.fetch_sub(taken, Ordering::SeqCst);
-        let _ = shared.done.send(());
+        hand_over(shared, &mut pending, out);
     }
 }
 
-/// Seals and delivers the pending claims as one batch.
-pub(super) fn flush(
-    shared: &Shared,
-    pending: &mut Vec<(Claim, Option<Snapshot>)>,
-    claimed: &mut usize,
-) {
+/// Seals the pending claims and passes them to the delivery stage (blocking while it is full:
+/// the sealers' backpressure).
+pub(super) fn hand_over(shared: &Shared, pending: &mut Pending, out: &Sender<Staged>) {
+    let staged = seal_pending(shared, pending);
+    if staged.ready.is_empty() {
+        release(shared, staged.jobs, staged.claimed);
+    } else if let Err(unsent) = out.send(staged) {
+        // the delivery stage is gone (it outlives the workers, so only in a bug): deliver here
+        deliver_staged(shared, vec![unsent.into_inner()]);
+    }
+}
+
+/// Reads and seals the pending claims; what cannot be sealed is refused or deferred on the way.
+fn seal_pending(shared: &Shared, pending: &mut Pending) -> Staged {
     // fresh claims a process still holds open for writing go back (one look at /proc per batch)
-    let open = if pending.iter().any(|(_, judged)| judged.is_some()) {
+    let open = if pending.claims.iter().any(|(_, judged)| judged.is_some()) {
         crate::spool::writers(&shared.instance.dir)
     } else {
         Default::default()
     };
-    let ready: Vec<Ready> = pending
+    let ready = pending
+        .claims
         .drain(..)
         .filter_map(|(claim, judged)| prepare(shared, claim, judged.map(|j| (j, &open))))
         .collect();
-    if !ready.is_empty() {
-        sync_sources(shared, &ready);
-        let items: Vec<(&Claim, &[Sealed])> =
-            ready.iter().map(|r| (&r.claim, &r.copies[..])).collect();
-        // each is finished as soon as its result is final (for SMTP: right after the server's 250)
-        shared
-            .transport
-            .deliver_batch(&items, &mut |i, result| complete(shared, &ready[i], result));
-        for c in ready.into_iter().flat_map(|r| r.copies) {
-            crate::buffers::give(c.data);
-        }
-    }
-    shared
-        .claimed_unwritten
-        .fetch_sub(*claimed, Ordering::SeqCst);
-    *claimed = 0;
-}
-
-/// Makes the claims' departure from the spool durable before anything is delivered: without a
-/// journal, a crash could otherwise bring an input back into its spool folder after it went out.
-pub(super) fn sync_sources(shared: &Shared, ready: &[Ready]) {
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    for r in ready.iter().filter(|r| r.claim.fresh) {
-        let dir = shared
-            .spool
-            .join(&r.claim.rel)
-            .parent()
-            .map_or_else(|| shared.spool.clone(), Path::to_path_buf);
-        if !dirs.contains(&dir) {
-            dirs.push(dir);
-        }
-    }
-    for dir in dirs {
-        match crate::spool::claim::sync_dir(&dir) {
-            // a folder its writer removed once empty has nothing left to bring back
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                // not a reason to hold the messages back; at worst a crash now repeats one
-                warn!("{}: cannot sync the folder: {e}", dir.display());
-            }
-            _ => {}
-        }
+    Staged {
+        ready,
+        jobs: std::mem::take(&mut pending.jobs),
+        claimed: std::mem::take(&mut pending.claimed),
     }
 }
 

@@ -117,6 +117,8 @@ pub(super) fn event_loop(spool: &Path, rx: Receiver<notify::Result<notify::Event
             && (now >= u || waiting.is_none_or(|d| d > u))
         {
             on.intake.closed.store(true, Ordering::SeqCst);
+            // the scan thread may be asleep until the planned end of intake: it ends now too
+            on.rescan_now.request();
             return;
         }
     }

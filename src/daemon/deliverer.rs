@@ -1,0 +1,96 @@
+//! The delivery stage: sealed batches wait here for the route while the workers seal the next
+//! ones, so sealing never waits for a disk sync or a server's reply. A deliverer takes every batch
+//! already waiting together (one sync, one fsync per folder for all of them), delivers them, and
+//! hands each result to `outcome`.
+
+use super::*;
+
+/// A batch sealed by a worker, on its way to delivery.
+pub(super) struct Staged {
+    pub(super) ready: Vec<Ready>,
+    /// the jobs it answers for in `inflight`, and its fresh claims in `claimed_unwritten`
+    pub(super) jobs: usize,
+    pub(super) claimed: usize,
+}
+
+/// Sealed messages a deliverer takes in one go at most: batches beyond it wait for the next turn.
+const MERGE: usize = 4 * BATCH;
+
+/// Runs until every worker is gone and the batches they handed over are delivered: what was
+/// sealed before a shutdown is still delivered, as it was when workers delivered themselves.
+pub(super) fn deliverer(shared: &Shared, rx: &Receiver<Staged>) {
+    while let Ok(first) = rx.recv() {
+        let mut messages = first.ready.len();
+        let mut batches = vec![first];
+        while messages < MERGE {
+            match rx.try_recv() {
+                Ok(staged) => {
+                    messages += staged.ready.len();
+                    batches.push(staged);
+                }
+                Err(_) => break,
+            }
+        }
+        deliver_staged(shared, batches);
+    }
+}
+
+/// Delivers sealed batches as one, acts on each result, then releases what they answered for.
+pub(super) fn deliver_staged(shared: &Shared, batches: Vec<Staged>) {
+    let mut ready = Vec::new();
+    let (mut jobs, mut claimed) = (0, 0);
+    for staged in batches {
+        ready.extend(staged.ready);
+        jobs += staged.jobs;
+        claimed += staged.claimed;
+    }
+    if !ready.is_empty() {
+        sync_sources(shared, &ready);
+        let items: Vec<(&Claim, &[Sealed])> =
+            ready.iter().map(|r| (&r.claim, &r.copies[..])).collect();
+        // each is finished as soon as its result is final (for SMTP: right after the server's 250)
+        shared
+            .transport
+            .deliver_batch(&items, &mut |i, result| complete(shared, &ready[i], result));
+        for c in ready.into_iter().flat_map(|r| r.copies) {
+            crate::buffers::give(c.data);
+        }
+    }
+    release(shared, jobs, claimed);
+}
+
+/// Jobs done with (delivered, refused, deferred, gone or left for the next start): the gate and
+/// `once`'s "drained?" see them go, and the main loop is woken to look.
+pub(super) fn release(shared: &Shared, jobs: usize, claimed: usize) {
+    shared
+        .claimed_unwritten
+        .fetch_sub(claimed, Ordering::SeqCst);
+    shared.inflight.fetch_sub(jobs, Ordering::SeqCst);
+    let _ = shared.done.send(());
+}
+
+/// Makes the claims' departure from the spool durable before anything is delivered: without a
+/// journal, a crash could otherwise bring an input back into its spool folder after it went out.
+fn sync_sources(shared: &Shared, ready: &[Ready]) {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for r in ready.iter().filter(|r| r.claim.fresh) {
+        let dir = shared
+            .spool
+            .join(&r.claim.rel)
+            .parent()
+            .map_or_else(|| shared.spool.clone(), Path::to_path_buf);
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    for dir in dirs {
+        match crate::spool::claim::sync_dir(&dir) {
+            // a folder its writer removed once empty has nothing left to bring back
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                // not a reason to hold the messages back; at worst a crash now repeats one
+                warn!("{}: cannot sync the folder: {e}", dir.display());
+            }
+            _ => {}
+        }
+    }
+}
