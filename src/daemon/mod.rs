@@ -202,10 +202,10 @@ pub fn run(config: Config, mode: Mode, control: Control) -> Result<Summary, Daem
     });
 
     // a multi-consumer queue: each worker blocks on it by itself (no lock to queue behind)
-    let (tx, rx) = crossbeam_channel::bounded::<Job>(workers * 16);
-    // sealed batches wait here for delivery: room for a couple per worker keeps both stages busy
-    // and memory bounded
-    let (staged_tx, staged_rx) = crossbeam_channel::bounded::<Staged>(workers * 2);
+    let (tx, rx) = crossbeam_channel::bounded::<Job>(workers * BATCH * 4);
+    // sealed batches wait here for delivery: one per worker keeps both stages busy and memory
+    // bounded (a batch being sealed, one waiting and one being delivered, per worker)
+    let (staged_tx, staged_rx) = crossbeam_channel::bounded::<Staged>(workers);
     let mut threads = Vec::new();
     for i in 0..workers {
         let (shared, rx, out) = (shared.clone(), rx.clone(), staged_tx.clone());

@@ -8,6 +8,16 @@ pub(super) enum Job {
     Claim(Claim),
 }
 
+impl Job {
+    /// The input's size as last seen (a retried claim's is not known: counted as nothing).
+    fn size(&self) -> u64 {
+        match self {
+            Job::Path(c) => c.snapshot.size,
+            Job::Claim(_) => 0,
+        }
+    }
+}
+
 /// Queues a job if there is room now; gives it back otherwise.
 pub(super) fn try_send_job(tx: &Sender<Job>, shared: &Shared, job: Job) -> Result<(), Job> {
     shared.inflight.fetch_add(1, Ordering::SeqCst);
@@ -33,8 +43,10 @@ pub(super) fn send_job(tx: &Sender<Job>, shared: &Shared, job: Job) -> bool {
     sent
 }
 
-/// Claims sealed in one go by a worker before they go to delivery.
+/// Claims sealed in one go by a worker before they go to delivery, and the input bytes a batch
+/// takes at most (large messages make smaller batches: three stages' batches are in memory at once).
 pub(super) const BATCH: usize = 32;
+const BATCH_BYTES: u64 = 4 * 1024 * 1024;
 
 /// What a worker has taken since it last handed a batch over: the claims, and the jobs and fresh
 /// claims they answer for (released from `inflight` and `claimed_unwritten` once delivered).
@@ -58,10 +70,14 @@ pub(super) fn worker(shared: &Shared, rx: &Receiver<Job>, out: &Sender<Staged>) 
         };
         // whatever else is already waiting joins the batch: under load, one sync serves many
         // messages; at a trickle, a batch is one message and nothing waits for company
+        let mut bytes = first.size();
         let mut jobs = vec![first];
-        while jobs.len() < BATCH {
+        while jobs.len() < BATCH && bytes < BATCH_BYTES {
             match rx.try_recv() {
-                Ok(job) => jobs.push(job),
+                Ok(job) => {
+                    bytes += job.size();
+                    jobs.push(job);
+                }
                 Err(_) => break,
             }
         }
