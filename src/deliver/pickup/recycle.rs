@@ -89,7 +89,8 @@ impl Pool {
     }
 
     /// Entries in the pool, ready or not.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         let s = self.lock();
         s.ready.len() + s.pending.len()
     }
