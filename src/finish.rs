@@ -11,6 +11,8 @@ use crate::spool::claim::{Claim, sync_dir};
 pub const FAILURE_CLASSES: [&str; 5] = ["input", "key", "certificate", "server", "internal"];
 
 /// The input was delivered: drop the claim (committed or not) and its progress records (SMTP, API).
+/// On the pickup route the committed claim is usually gone already, its inode kept for a later
+/// output (`deliver::pickup::recycle`).
 pub fn delivered(claim: &Claim) -> std::io::Result<()> {
     let [smtp, api] = crate::deliver::progress::paths(claim);
     for path in [claim.committed_path(), claim.path.clone(), smtp, api] {

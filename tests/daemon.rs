@@ -299,7 +299,9 @@ fn lcg(state: &mut u64) -> u64 {
 
 #[test]
 fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
-    kill_9_rounds(&Setup::on_tmpfs("settle_ms = 100\n"), 2000, 10);
+    let reused = kill_9_rounds(&Setup::on_tmpfs("settle_ms = 100\n"), 2000, 10);
+    // tmpfs never hands out an inode number twice: these are claims' inodes, recycled
+    assert!(reused > 0, "the killed runs reused no claim's inode");
 }
 
 /// The same with one syncfs per batch, on the project's disk (where syncfs has work to do): the
@@ -317,10 +319,16 @@ fn kill_9_with_one_syncfs_per_batch_loses_and_duplicates_nothing() {
 
 /// Drops `total` messages, kills the daemon `rounds` times at moments chosen from progress, then
 /// drains with `once`: each message must be in pickup exactly once. `rounds` x 99 < `total`.
-fn kill_9_rounds(s: &Setup, total: usize, rounds: usize) {
+/// Returns how many files in pickup before the final run have an input's inode number (delivered
+/// claims' inodes are reused for new outputs: `deliver::pickup::recycle`).
+fn kill_9_rounds(s: &Setup, total: usize, rounds: usize) -> usize {
+    use std::os::unix::fs::MetadataExt;
     for n in 0..total {
         s.drop_message(&format!("d{}/m{n}.eml", n % 7), &message(n));
     }
+    let ino = |p: &std::path::PathBuf| p.metadata().map_or(0, |m| m.ino());
+    let inputs: std::collections::HashSet<u64> =
+        list_files(&s.path("spool")).iter().map(ino).collect();
     std::thread::sleep(Duration::from_millis(200)); // settled: every round can start work at once
     let mut seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -348,12 +356,17 @@ fn kill_9_rounds(s: &Setup, total: usize, rounds: usize) {
         child.wait().unwrap();
     }
     let before = s.pickup_files().len();
+    let reused = s
+        .pickup_files()
+        .iter()
+        .filter(|p| inputs.contains(&ino(p)))
+        .count();
     let recovered: usize = (0..rounds)
         .map(|r| std::fs::read_to_string(s.path(&format!("kill-{r}.log"))).unwrap())
         .map(|log| log.matches("recovered ").count())
         .sum();
     eprintln!(
-        "delivered before the final run: {before}; restarts that recovered claims: {recovered}"
+        "delivered before the final run: {before} ({reused} in recycled inodes); restarts that recovered claims: {recovered}"
     );
     assert!(before < total, "the kills came too late to test anything");
     let o = s.once();
@@ -369,6 +382,7 @@ fn kill_9_rounds(s: &Setup, total: usize, rounds: usize) {
     assert_eq!(ids.len(), total, "every message exactly once");
     assert!(list_files(&s.path("spool")).is_empty(), "spool drained");
     s.assert_nothing_in_flight();
+    reused
 }
 
 #[test]

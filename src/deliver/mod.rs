@@ -187,6 +187,7 @@ pub fn build(
                     staging: crate::layout::staging_folder(config, dir),
                     max_recipients: config.max_recipients_per_file,
                     sync: pickup::sync::for_folder(config.sync, dir),
+                    pool: Default::default(),
                 })
             }
             Hop::Smtp => Leg::Smtp(smtp::SmtpRoute::new(config.smtp.clone())?),
@@ -224,6 +225,7 @@ pub fn build(
                     staging: p.staging.clone(),
                     max_recipients: p.max_recipients,
                     sync: p.sync,
+                    pool: Default::default(),
                 };
                 (Box::new(p), Some(gate))
             }

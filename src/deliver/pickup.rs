@@ -6,7 +6,8 @@
 //! 2. **commit point**: rename the claim to `<id>,<rel>#committed` and fsync the work folder;
 //! 3. rename every staged file into `PICKUP/` (atomic: PowerMTA never sees a partial file), fsync the
 //!    pickup folder;
-//! 4. the caller removes the committed claim (`finish`).
+//! 4. the committed claim is emptied and its inode kept for a later staging file (`recycle`), or,
+//!    when it does not fit there, removed by the caller (`finish`).
 //!
 //! Recovery looks only at the claim's name and the staging folder, never at pickup (PowerMTA may have
 //! consumed files already): an uncommitted claim has nothing in pickup yet, so its staged leftovers are
@@ -14,6 +15,12 @@
 //! `<id>.*` file still in staging is renamed into pickup, and the ones already gone were renamed before
 //! the crash. So each output lands once. The commit is a rename of a file that exists anyway: no file
 //! is created for it (ext4's inode allocator was the bottleneck when a marker file was).
+//!
+//! Step 4 keeps inodes because ext4 without a journal scans past every inode freed in the last
+//! minute at each file creation: one staging file created per message right after many deletions
+//! cost more CPU than sealing it. A staging file is made from a pool entry by a rename and an open
+//! without `O_CREAT`, so steps 1 to 3 and recovery are the same for it as for a created file; pool
+//! entries (`.recycled.<id>`) never match recovery's `<id>.` and are removed at the next start.
 //!
 //! A batch of claims goes through the same steps together: the writeback of all staged files is
 //! started before the first is synced, then one fsync each of the staging, work and pickup folders
@@ -36,7 +43,10 @@ use super::{DeliverError, Delivered, Done, Shared, Transport};
 use crate::seal::Sealed;
 use crate::spool::claim::{Claim, sync_dir};
 
+mod format;
+pub mod recycle;
 pub mod sync;
+pub use format::{message_part, pickup_file, pickup_name};
 pub use sync::SyncStrategy;
 
 pub struct Pickup {
@@ -45,6 +55,8 @@ pub struct Pickup {
     pub max_recipients: usize,
     /// how staged files are made durable (resolved: never `Auto`)
     pub sync: SyncStrategy,
+    /// inodes of delivered claims, reused for new staging files (see `recycle`)
+    pub pool: recycle::Pool,
 }
 
 impl Pickup {
@@ -120,31 +132,6 @@ impl Pickup {
     }
 }
 
-/// The pickup file for one copy and one slice of its recipients: envelope lines first, then the
-/// message; CRLF; no dot-stuffing.
-pub fn pickup_file(copy: &Sealed, recipients: &[String]) -> Vec<u8> {
-    let mut out = crate::buffers::take(copy.data.len() + 64 * (recipients.len() + 1));
-    out.extend_from_slice(b"x-sender: ");
-    out.extend_from_slice(copy.envelope.sender.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for r in recipients {
-        out.extend_from_slice(b"x-receiver: ");
-        out.extend_from_slice(r.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    for (name, value) in &copy.envelope.extras {
-        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
-    }
-    out.extend_from_slice(message_part(copy));
-    out
-}
-
-/// What a pickup file carries after its envelope lines: the sealed message as it is (CRLF, no
-/// dot-stuffing). The API route sends exactly these bytes as `email_rfc822`.
-pub fn message_part(copy: &Sealed) -> &[u8] {
-    &copy.data
-}
-
 impl Pickup {
     /// Stages every copy of every item, then makes the batch durable with one sync per file and one
     /// per folder, whatever the batch size: the commit protocol above, for many claims at once.
@@ -170,7 +157,7 @@ impl Pickup {
                     for slice in copy.envelope.recipients.chunks(self.max_recipients.max(1)) {
                         let name = pickup_name(claim, names[i].len());
                         let path = self.staging.join(&name);
-                        let mut file = std::fs::File::create(&path).map_err(Self::io(&path))?;
+                        let mut file = self.open_staged(&name, &path)?;
                         // readable by the MTA's group whatever the service's umask (0077 under systemd)
                         file.set_permissions(std::fs::Permissions::from_mode(0o640))
                             .map_err(Self::io(&path))?;
@@ -215,11 +202,14 @@ impl Pickup {
             }
         }
         for dir in &work_dirs {
-            if let Err(e) = sync_dir(dir) {
-                // not durable: nothing of this batch may be published
-                let kind = e.kind();
-                for r in results.iter_mut().filter(|r| r.is_none()) {
-                    *r = Some(Err(Self::io(dir)(std::io::Error::from(kind))));
+            match sync_dir(dir) {
+                Ok(()) => self.pool.synced(dir),
+                Err(e) => {
+                    // not durable: nothing of this batch may be published
+                    let kind = e.kind();
+                    for r in results.iter_mut().filter(|r| r.is_none()) {
+                        *r = Some(Err(Self::io(dir)(std::io::Error::from(kind))));
+                    }
                 }
             }
         }
@@ -231,6 +221,9 @@ impl Pickup {
             .collect();
         let published = self.publish(&all).map_err(Shared::new);
         for i in committed {
+            if published.is_ok() {
+                self.recycle(items[i].0);
+            }
             results[i] = Some(match &published {
                 Ok(_) => Ok(Delivered {
                     route: "pickup",
@@ -314,6 +307,26 @@ impl Pickup {
     }
 }
 
+impl Pickup {
+    /// A new staging file at `path` (`staging/name`), open for writing: a pool entry when one fits,
+    /// else a created file.
+    fn open_staged(&self, name: &str, path: &Path) -> Result<std::fs::File, DeliverError> {
+        if let Some(file) = self.pool.take(&self.staging, name) {
+            return Ok(file);
+        }
+        let file = std::fs::File::create(path).map_err(Self::io(path))?;
+        self.pool.created(&file);
+        Ok(file)
+    }
+
+    /// Step 4 for a claim whose outputs are all published: its inode goes to the pool when it
+    /// fits; otherwise the claim stays committed for `finish::delivered` to remove.
+    fn recycle(&self, claim: &Claim) {
+        self.pool
+            .recycle(&self.staging, &claim.committed_path(), &claim.id);
+    }
+}
+
 impl Transport for Pickup {
     fn deliver(&self, claim: &Claim, copies: &[Sealed]) -> Result<Delivered, DeliverError> {
         self.deliver_many(&[(claim, copies)])
@@ -352,42 +365,13 @@ impl Transport for Pickup {
         }
         staged.sort();
         let units = self.publish(&staged)?;
+        self.recycle(claim);
         Ok(Some(Delivered {
             route: "pickup",
             units,
             names: staged,
             rejected: Vec::new(),
         }))
-    }
-}
-
-/// A pickup file's name: `<claim id>.<n>.<input's name>.eml`. The claim id makes it unique and is
-/// what recovery looks for (`<id>.` prefix); the input's name, reduced to letters, digits, `-`, `_`
-/// and `.` and at most 60 bytes, tells an admin (and PowerMTA's badmail folder) where it came from.
-pub fn pickup_name(claim: &Claim, n: usize) -> String {
-    let input = claim.rel.file_name().unwrap_or_default().to_string_lossy();
-    let input = match input.len().checked_sub(4) {
-        Some(cut) if input.is_char_boundary(cut) && input[cut..].eq_ignore_ascii_case(".eml") => {
-            &input[..cut]
-        }
-        _ => &input[..],
-    };
-    let mut stem: String = input
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(60)
-        .collect();
-    stem = stem.trim_start_matches('.').to_string();
-    if stem.is_empty() {
-        format!("{}.{n}.eml", claim.id)
-    } else {
-        format!("{}.{n}.{stem}.eml", claim.id)
     }
 }
 

@@ -187,8 +187,25 @@ impl Setup {
             .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
             .collect();
         assert!(leftovers.is_empty(), "work folder not empty: {leftovers:?}");
-        let staged = list_files(&self.d.path().join(".smime-pickup-staging"));
+        // pool entries (inodes of delivered claims kept for reuse) may stay, always empty
+        let (pool, staged): (Vec<PathBuf>, Vec<PathBuf>) =
+            list_files(&self.d.path().join(".smime-pickup-staging"))
+                .into_iter()
+                .partition(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with(".recycled.")
+                });
         assert!(staged.is_empty(), "staging not empty: {staged:?}");
+        for p in pool {
+            assert_eq!(
+                p.metadata().unwrap().len(),
+                0,
+                "{} holds bytes",
+                p.display()
+            );
+        }
     }
 }
 

@@ -19,6 +19,7 @@ fn setup() -> (tempfile::TempDir, Pickup, Claim) {
         staging: tmp.path().join("staging"),
         max_recipients: 2,
         sync: SyncStrategy::File,
+        pool: Default::default(),
     };
     (tmp, p, claim)
 }
@@ -61,15 +62,23 @@ fn deliver_writes_envelope_first_and_splits_recipients() {
         done.made(),
         "3 files: i1-7.0.m.eml, i1-7.1.m.eml, i1-7.2.m.eml"
     );
-    assert!(names(&p.staging).is_empty());
+    assert_eq!(
+        names(&p.staging),
+        [".recycled.i1-7"],
+        "the claim's inode is kept"
+    );
+    assert_eq!(
+        p.staging.join(".recycled.i1-7").metadata().unwrap().len(),
+        0
+    );
     let first = std::fs::read_to_string(p.dir.join("i1-7.0.m.eml")).unwrap();
     assert_eq!(
         first,
         "x-sender: s@x.org\r\nx-receiver: a@y\r\nx-receiver: b@y\r\nx-job: j\r\nSubject: x\r\n\r\nbody\r\n"
     );
     assert!(
-        claim.committed_path().exists() && !claim.path.exists(),
-        "committed until finish"
+        !claim.committed_path().exists() && !claim.path.exists(),
+        "recycled: nothing left for finish"
     );
 }
 
@@ -94,8 +103,48 @@ fn one_syncfs_per_batch_delivers_the_same_files() {
         names(&p.dir),
         ["i1-7.0.m.eml", "i1-7.1.m.eml", "i1-8.0.n.eml"]
     );
-    assert!(names(&p.staging).is_empty());
-    assert!(claim.committed_path().exists() && second.committed_path().exists());
+    assert_eq!(names(&p.staging), [".recycled.i1-7", ".recycled.i1-8"]);
+    assert!(!claim.committed_path().exists() && !second.committed_path().exists());
+}
+
+#[test]
+fn a_later_output_reuses_a_delivered_claims_inode_with_the_usual_mode() {
+    use std::os::unix::fs::MetadataExt;
+    let (_t, p, first) = setup();
+    let claim = |n: usize| {
+        let c = Claim {
+            path: first.path.with_file_name(format!("i1-{n},m.eml")),
+            id: format!("i1-{n}"),
+            rel: "m.eml".into(),
+            fresh: false,
+        };
+        std::fs::write(&c.path, "input").unwrap();
+        c
+    };
+    let inode = first.path.metadata().unwrap().ino();
+    p.deliver(&first, &[copy(&["a@y"])]).unwrap();
+    // its inode is usable once the work folder was synced: by the next commit
+    p.deliver(&claim(8), &[copy(&["a@y"])]).unwrap();
+    p.deliver(&claim(9), &[copy(&["a@y"])]).unwrap();
+    let out = p.dir.join("i1-9.0.m.eml");
+    let meta = out.metadata().unwrap();
+    assert_eq!(meta.ino(), inode, "the first claim's inode");
+    assert_eq!(meta.mode() & 0o7777, 0o640);
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "x-sender: s@x.org\r\nx-receiver: a@y\r\nx-job: j\r\nSubject: x\r\n\r\nbody\r\n"
+    );
+    assert_eq!(names(&p.staging), [".recycled.i1-8", ".recycled.i1-9"]);
+}
+
+#[test]
+fn recovery_never_takes_a_pool_entry_for_an_output() {
+    let (_t, p, claim) = setup();
+    std::fs::write(p.staging.join(".recycled.i1-7"), "").unwrap();
+    assert_eq!(p.recover(&claim).unwrap(), None);
+    std::fs::rename(&claim.path, claim.committed_path()).unwrap();
+    assert_eq!(p.recover(&claim).unwrap().unwrap().units, 0);
+    assert!(names(&p.dir).is_empty());
 }
 
 #[test]

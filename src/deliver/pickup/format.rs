@@ -1,0 +1,59 @@
+//! The bytes and the name of a pickup file.
+
+use crate::seal::Sealed;
+use crate::spool::claim::Claim;
+
+/// The pickup file for one copy and one slice of its recipients: envelope lines first, then the
+/// message; CRLF; no dot-stuffing.
+pub fn pickup_file(copy: &Sealed, recipients: &[String]) -> Vec<u8> {
+    let mut out = crate::buffers::take(copy.data.len() + 64 * (recipients.len() + 1));
+    out.extend_from_slice(b"x-sender: ");
+    out.extend_from_slice(copy.envelope.sender.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for r in recipients {
+        out.extend_from_slice(b"x-receiver: ");
+        out.extend_from_slice(r.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in &copy.envelope.extras {
+        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    out.extend_from_slice(message_part(copy));
+    out
+}
+
+/// What a pickup file carries after its envelope lines: the sealed message as it is (CRLF, no
+/// dot-stuffing). The API route sends exactly these bytes as `email_rfc822`.
+pub fn message_part(copy: &Sealed) -> &[u8] {
+    &copy.data
+}
+
+/// A pickup file's name: `<claim id>.<n>.<input's name>.eml`. The claim id makes it unique and is
+/// what recovery looks for (`<id>.` prefix); the input's name, reduced to letters, digits, `-`, `_`
+/// and `.` and at most 60 bytes, tells an admin (and PowerMTA's badmail folder) where it came from.
+pub fn pickup_name(claim: &Claim, n: usize) -> String {
+    let input = claim.rel.file_name().unwrap_or_default().to_string_lossy();
+    let input = match input.len().checked_sub(4) {
+        Some(cut) if input.is_char_boundary(cut) && input[cut..].eq_ignore_ascii_case(".eml") => {
+            &input[..cut]
+        }
+        _ => &input[..],
+    };
+    let mut stem: String = input
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(60)
+        .collect();
+    stem = stem.trim_start_matches('.').to_string();
+    if stem.is_empty() {
+        format!("{}.{n}.eml", claim.id)
+    } else {
+        format!("{}.{n}.{stem}.eml", claim.id)
+    }
+}

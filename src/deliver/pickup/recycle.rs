@@ -1,0 +1,197 @@
+//! Reusing the inodes of delivered claims for new staging files.
+//!
+//! ext4 without a journal will not hand out an inode freed in the last minute (five while its
+//! inode-table block is still dirty) and looks for another by scanning the group's free inodes
+//! from its start, checking each one's deletion time. Right after many deletions (the claims of the
+//! messages just delivered, or another program's) every new staging file paid for a scan of all of
+//! them: most of a drain's CPU went into `open(O_CREAT)`.
+//!
+//! So a committed claim whose outputs are published is not unlinked but emptied (its plaintext must
+//! not linger) and renamed into the staging folder as `.recycled.<claim id>`; a new staging file takes
+//! such an entry by renaming it to its staging name, and is created only when the pool is empty. An
+//! inode is reused only where a new staging file would be the same: same filesystem, owner and
+//! group as a file this process created in staging, a regular file with one link and no extended
+//! attributes (no ACL, no security label). Every check is made again on the open file when it is
+//! taken, so an entry replaced meanwhile (a link, a FIFO, someone else's file) is never written to.
+//!
+//! Crash safety: pool entries never carry a claim id followed by a dot, so recovery (which looks for
+//! `<id>.` in staging) never takes them for outputs; at the first use after a start they are removed.
+//! An entry becomes usable only after the work folder it left was fsynced (the next batch's commit
+//! does it): until then a power loss could leave the claim's old name on disk beside the new staging
+//! name, two names for one inode.
+
+use std::fs::File;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Names of pool entries in the staging folder (no claim id starts with a dot).
+pub const PREFIX: &str = ".recycled.";
+
+/// Entries kept at most; further delivered claims are unlinked as before. In a steady drain the
+/// pool holds about two batches, since every message takes at least one entry.
+const MAX: usize = 256;
+
+/// Inodes of delivered claims waiting to become staging files.
+#[derive(Default)]
+pub struct Pool {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// what a file created in staging gets (learnt from the first one): `None` recycles nothing
+    owner: Option<Owner>,
+    /// moved into the pool, but the work folder they left was not fsynced since
+    pending: Vec<(PathBuf, String)>,
+    /// ready to be taken
+    ready: Vec<String>,
+    /// leftovers of an earlier run removed
+    trimmed: bool,
+}
+
+/// Filesystem, owner and group of a new staging file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Owner {
+    dev: u64,
+    uid: u32,
+    gid: u32,
+}
+
+impl Owner {
+    /// Whether `file` can stand for a new staging file.
+    fn fits(&self, file: &File) -> bool {
+        let Ok(meta) = file.metadata() else {
+            return false;
+        };
+        meta.file_type().is_file()
+            && meta.nlink() == 1
+            && (meta.dev(), meta.uid(), meta.gid()) == (self.dev, self.uid, self.gid)
+            && matches!(
+                rustix::fs::flistxattr_query(file),
+                Ok(0) | Err(rustix::io::Errno::NOTSUP)
+            )
+    }
+}
+
+/// Opens an existing file for writing: never through a link, never blocking on a FIFO.
+fn open_existing(path: &Path) -> std::io::Result<File> {
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(flags.bits() as i32)
+        .open(path)
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Entries in the pool, ready or not.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        let s = self.lock();
+        s.ready.len() + s.pending.len()
+    }
+
+    /// Removes the pool entries an earlier run left in `staging`, once per process (they may have
+    /// lost their truncation or their rename in a crash: never reused).
+    fn trim(&self, staging: &Path) {
+        let mut s = self.lock();
+        if std::mem::replace(&mut s.trimmed, true) {
+            return;
+        }
+        // under the lock: nothing enters the pool before this is done
+        let Ok(entries) = std::fs::read_dir(staging) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .as_encoded_bytes()
+                .starts_with(PREFIX.as_bytes())
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// Learns what a new staging file gets from `file`, just created in staging.
+    pub fn created(&self, file: &File) {
+        let mut s = self.lock();
+        if s.owner.is_none()
+            && let Ok(m) = file.metadata()
+        {
+            s.owner = Some(Owner {
+                dev: m.dev(),
+                uid: m.uid(),
+                gid: m.gid(),
+            });
+        }
+    }
+
+    /// A file at `staging/name`, opened for writing and empty, made from a pool entry; `None` when
+    /// the pool has none that fits (the caller creates the file then).
+    pub fn take(&self, staging: &Path, name: &str) -> Option<File> {
+        self.trim(staging);
+        let to = staging.join(name);
+        loop {
+            let (owner, entry) = {
+                let mut s = self.lock();
+                (s.owner?, s.ready.pop()?)
+            };
+            if std::fs::rename(staging.join(&entry), &to).is_err() {
+                continue; // gone (another instance's start removed it): try the next
+            }
+            match open_existing(&to) {
+                Ok(file) if owner.fits(&file) && file.set_len(0).is_ok() => return Some(file),
+                _ => {
+                    let _ = std::fs::remove_file(&to);
+                }
+            }
+        }
+    }
+
+    /// Moves the delivered claim at `claim` (committed, every output published) into the pool,
+    /// emptied; `false` leaves it where it is, for the caller to remove.
+    pub fn recycle(&self, staging: &Path, claim: &Path, id: &str) -> bool {
+        self.trim(staging);
+        let owner = {
+            let s = self.lock();
+            match s.owner {
+                Some(o) if s.ready.len() + s.pending.len() < MAX => o,
+                _ => return false,
+            }
+        };
+        let Ok(file) = open_existing(claim) else {
+            return false;
+        };
+        if !owner.fits(&file) || file.set_len(0).is_err() {
+            return false;
+        }
+        drop(file);
+        let name = format!("{PREFIX}{id}");
+        if std::fs::rename(claim, staging.join(&name)).is_err() {
+            return false;
+        }
+        let dir = claim.parent().unwrap_or(Path::new(".")).to_path_buf();
+        self.lock().pending.push((dir, name));
+        true
+    }
+
+    /// `dir` (a work folder) was fsynced: the entries that left it are usable now.
+    pub fn synced(&self, dir: &Path) {
+        let mut s = self.lock();
+        let State { pending, ready, .. } = &mut *s;
+        pending.retain(|(from, name)| {
+            if from == dir {
+                ready.push(name.clone());
+            }
+            from != dir
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,122 @@
+use std::os::unix::fs::MetadataExt;
+
+use super::*;
+
+/// A pool that knows the owner of files created in `staging`, and a delivered claim in `work`.
+fn setup() -> (tempfile::TempDir, Pool, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (staging, work) = (tmp.path().join("staging"), tmp.path().join("work"));
+    std::fs::create_dir(&staging).unwrap();
+    std::fs::create_dir(&work).unwrap();
+    let pool = Pool::default();
+    pool.created(&File::create(staging.join("first.eml")).unwrap());
+    let claim = work.join("i1-7,m.eml#committed");
+    std::fs::write(&claim, "plaintext").unwrap();
+    (tmp, pool, staging, claim)
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_delivered_claim_becomes_an_empty_staging_file_once_its_folder_is_synced() {
+    let (_t, pool, staging, claim) = setup();
+    let inode = claim.metadata().unwrap().ino();
+    assert!(pool.recycle(&staging, &claim, "i1-7"));
+    assert!(!claim.exists());
+    let entry = staging.join(".recycled.i1-7");
+    assert_eq!(entry.metadata().unwrap().len(), 0, "no plaintext lingers");
+    assert!(
+        pool.take(&staging, "i1-9.0.eml").is_none(),
+        "not before the work folder it left is synced"
+    );
+    pool.synced(claim.parent().unwrap());
+    let mut file = pool.take(&staging, "i1-9.0.eml").expect("reused");
+    std::io::Write::write_all(&mut file, b"sealed").unwrap();
+    let made = staging.join("i1-9.0.eml");
+    assert_eq!(made.metadata().unwrap().ino(), inode, "the same inode");
+    assert_eq!(std::fs::read(&made).unwrap(), b"sealed");
+    assert_eq!(names(&staging), ["first.eml", "i1-9.0.eml"]);
+    assert_eq!(pool.len(), 0);
+    assert!(pool.take(&staging, "i1-9.1.eml").is_none(), "empty now");
+}
+
+#[test]
+fn nothing_is_recycled_before_a_staging_file_was_created() {
+    let (_t, _, staging, claim) = setup();
+    let pool = Pool::default();
+    assert!(!pool.recycle(&staging, &claim, "i1-7"));
+    assert_eq!(std::fs::read(&claim).unwrap(), b"plaintext");
+}
+
+#[test]
+fn claims_that_are_not_like_a_new_staging_file_are_left_whole() {
+    let (tmp, pool, staging, claim) = setup();
+    // a second link: emptying it would empty the other name too
+    let other = tmp.path().join("other-name");
+    std::fs::hard_link(&claim, &other).unwrap();
+    assert!(!pool.recycle(&staging, &claim, "i1-7"));
+    std::fs::remove_file(&other).unwrap();
+    // extended attributes (an ACL, a label) a new file would not have
+    rustix::fs::setxattr(&claim, "user.origin", b"x", rustix::fs::XattrFlags::empty()).unwrap();
+    assert!(!pool.recycle(&staging, &claim, "i1-7"));
+    // a link in the claim's place is never followed
+    let target = tmp.path().join("target");
+    std::fs::write(&target, "keep").unwrap();
+    let link = claim.with_file_name("i1-8,n.eml#committed");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    assert!(!pool.recycle(&staging, &link, "i1-8"));
+    assert_eq!(std::fs::read(&claim).unwrap(), b"plaintext");
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+    assert_eq!(names(&staging), ["first.eml"]);
+}
+
+#[test]
+fn an_entry_replaced_in_the_pool_is_not_written_to() {
+    let (tmp, pool, staging, claim) = setup();
+    assert!(pool.recycle(&staging, &claim, "i1-7"));
+    pool.synced(claim.parent().unwrap());
+    let target = tmp.path().join("target");
+    std::fs::write(&target, "keep").unwrap();
+    let entry = staging.join(".recycled.i1-7");
+    std::fs::remove_file(&entry).unwrap();
+    std::os::unix::fs::symlink(&target, &entry).unwrap();
+    assert!(pool.take(&staging, "i1-9.0.eml").is_none());
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+    assert_eq!(names(&staging), ["first.eml"], "the stranger is removed");
+}
+
+#[test]
+fn leftovers_of_an_earlier_run_are_removed_at_first_use() {
+    let (_t, pool, staging, claim) = setup();
+    std::fs::write(
+        staging.join(".recycled.i0-1"),
+        "lost its truncation in a crash",
+    )
+    .unwrap();
+    std::fs::write(staging.join("i0-2.0.eml"), "a staged output").unwrap();
+    assert!(pool.recycle(&staging, &claim, "i1-7"));
+    assert_eq!(
+        names(&staging),
+        [".recycled.i1-7", "first.eml", "i0-2.0.eml"]
+    );
+}
+
+#[test]
+fn the_pool_is_bounded() {
+    let (_t, pool, staging, claim) = setup();
+    for n in 0..MAX {
+        let c = claim.with_file_name(format!("i2-{n},m.eml#committed"));
+        std::fs::write(&c, "x").unwrap();
+        assert!(pool.recycle(&staging, &c, &format!("i2-{n}")));
+    }
+    assert!(!pool.recycle(&staging, &claim, "i1-7"), "full");
+    assert!(claim.exists());
+    assert_eq!(pool.len(), MAX);
+}
