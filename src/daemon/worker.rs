@@ -92,12 +92,9 @@ pub(super) fn flush(
     pending: &mut Vec<(Claim, Option<Snapshot>)>,
     claimed: &mut usize,
 ) {
-    // fresh claims a process still holds open for writing go back (one look at /proc per batch)
-    let open = if pending.iter().any(|(_, judged)| judged.is_some()) {
-        crate::spool::writers(&shared.instance.dir)
-    } else {
-        Default::default()
-    };
+    // fresh claims a process still holds open for writing go back (a lease per file; /proc at most
+    // once per batch where the kernel refuses leases)
+    let open = crate::spool::Writers::new(&shared.instance.dir);
     let ready: Vec<Ready> = pending
         .drain(..)
         .filter_map(|(claim, judged)| prepare(shared, claim, judged.map(|j| (j, &open))))
