@@ -5,7 +5,7 @@
 mod util;
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -369,4 +369,92 @@ fn an_input_the_daemon_may_not_read_stays_visible_in_the_spool() {
     assert_eq!(s.delivered_ids().len(), 2, "{log}");
     assert!(!secret.exists());
     s.assert_nothing_in_flight();
+}
+
+/// `run` as nobody (see `NOBODY`) over a spool of nobody's, its log in `run.log`; with `cap_lease`,
+/// with CAP_LEASE in its ambient set, as the systemd unit gives it.
+fn start_as_nobody(s: &Setup, cap_lease: bool) -> Running {
+    let plain = s.cmd("run");
+    let mut cmd = if cap_lease {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(["--inh-caps=+lease", "--ambient-caps=+lease", "--"])
+            .arg(plain.get_program())
+            .args(plain.get_args())
+            .env_clear()
+            .current_dir(plain.get_current_dir().unwrap());
+        for (k, v) in plain.get_envs() {
+            c.env(k, v.unwrap());
+        }
+        c
+    } else {
+        let mut c = plain;
+        c.uid(NOBODY).gid(NOBODY);
+        c
+    };
+    let log = std::fs::File::create(s.path("run.log")).unwrap();
+    Running(cmd.stderr(log).stdout(Stdio::null()).spawn().unwrap())
+}
+
+/// Root's input (readable, not nobody's to lease) judged complete and waiting at the gate of a
+/// daemon running as nobody.
+fn roots_input_at_a_nobody_gate(s: &Setup, cap_lease: bool) -> (Running, PathBuf) {
+    std::fs::write(s.path("pickup/mta-is-slow"), b"x").unwrap();
+    chown_tree(s.d.path(), NOBODY);
+    let child = start_as_nobody(s, cap_lease);
+    s.wait_for_log("run.log", "watching");
+    s.drop_message("o.eml", &version("old"));
+    let o = s.path("spool/o.eml");
+    assert_eq!(std::fs::metadata(&o).unwrap().uid(), 0);
+    s.wait_for_log("run.log", "is the MTA consuming? pausing");
+    (child, o)
+}
+
+/// Then a writer holds it open while the gate opens: put back, and delivered once it is closed.
+fn put_back_while_held_then_delivered(s: &Setup, child: Running, writer: impl FnOnce()) -> String {
+    open_the_gate_and_wait_for(s, "o.eml: still open for writing; put back");
+    assert!(s.path("spool/o.eml").exists(), "back where it was");
+    assert!(s.pickup_files().is_empty());
+    writer();
+    s.wait_for("the closed input", Duration::from_secs(10), || {
+        !s.pickup_files().is_empty()
+    });
+    let log = stop(s, child);
+    let contents = delivered_contents(s);
+    assert_eq!(contents.len(), 1, "{log}");
+    assert!(contents[0].contains("end-of-old"), "{}", contents[0]);
+    s.assert_nothing_in_flight();
+    log
+}
+
+#[test]
+fn a_daemon_that_may_not_lease_an_input_finds_its_writer_in_proc() {
+    let s = Setup::new("pickup_max_backlog = 1\nsettle_ms = 300\nworkers = 1\n");
+    let (child, o) = roots_input_at_a_nobody_gate(&s, false);
+    // a writer of the daemon's own user: /proc shows its descriptors to the daemon
+    let w = std::fs::OpenOptions::new().append(true).open(&o).unwrap();
+    let mut writer = Command::new("sleep");
+    let writer = Running(
+        writer
+            .arg("600")
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .stdout(w)
+            .spawn()
+            .unwrap(),
+    );
+    let log = put_back_while_held_then_delivered(&s, child, || drop(writer));
+    let fallback = "cannot take a lease on inputs owned by uid 0 (no CAP_LEASE): checking /proc \
+                    for writers instead (slower)";
+    assert_eq!(log.matches(fallback).count(), 1, "said once: {log}");
+}
+
+#[test]
+fn with_cap_lease_a_daemon_sees_a_writer_of_another_user() {
+    let s = Setup::new("pickup_max_backlog = 1\nsettle_ms = 300\nworkers = 1\n");
+    let (child, o) = roots_input_at_a_nobody_gate(&s, true);
+    // root's descriptor: invisible to nobody in /proc, so only the lease can tell
+    let w = std::fs::OpenOptions::new().append(true).open(&o).unwrap();
+    let log = put_back_while_held_then_delivered(&s, child, || drop(w));
+    assert!(!log.contains("checking /proc"), "{log}");
 }

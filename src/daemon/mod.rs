@@ -17,7 +17,6 @@ mod worker;
 pub use control::Control;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, select};
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};

@@ -25,7 +25,7 @@ pub(super) fn read_input(path: &Path) -> std::io::Result<Vec<u8>> {
 pub(super) fn prepare(
     shared: &Shared,
     claim: Claim,
-    judged: Option<(Snapshot, &HashSet<(u64, u64)>)>,
+    judged: Option<(Snapshot, &crate::spool::Writers)>,
 ) -> Option<Ready> {
     let started = Instant::now();
     let recovered = if claim.fresh {

@@ -126,12 +126,9 @@ pub(super) fn hand_over(shared: &Shared, pending: &mut Pending, out: &Sender<Sta
 
 /// Reads and seals the pending claims; what cannot be sealed is refused or deferred on the way.
 fn seal_pending(shared: &Shared, pending: &mut Pending) -> Staged {
-    // fresh claims a process still holds open for writing go back (one look at /proc per batch)
-    let open = if pending.claims.iter().any(|(_, judged)| judged.is_some()) {
-        crate::spool::writers(&shared.instance.dir)
-    } else {
-        Default::default()
-    };
+    // fresh claims a process still holds open for writing go back (a lease per file; /proc at most
+    // once per batch where the kernel refuses leases)
+    let open = crate::spool::Writers::new(&shared.instance.dir);
     let ready = pending
         .claims
         .drain(..)

@@ -7,7 +7,6 @@
 
 pub mod certs;
 pub mod keys;
-mod oaep_ffi;
 
 use openssl::cms::{CMSOptions, CmsContentInfo};
 use openssl::error::ErrorStack;
@@ -134,7 +133,7 @@ pub fn enveloped_entity(
     out: &mut Vec<u8>,
 ) -> Result<(), ErrorStack> {
     let der = match transport {
-        KeyTransport::RsaOaep => oaep_ffi::encrypt_oaep(recipients, content, cipher.cipher())?,
+        KeyTransport::RsaOaep => crate::ffi::oaep::encrypt_oaep(recipients, content, cipher.cipher())?,
         KeyTransport::RsaPkcs1 => {
             let mut stack = Stack::new()?;
             for c in recipients {

@@ -1,17 +1,16 @@
 //! The first read of a fresh claim: only the file judged complete is read; a claim that changed
 //! since, or that a process holds open for writing, goes back into the spool to settle again.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use log::warn;
 
-use super::Snapshot;
 use super::claim::{Claim, Instance};
 use super::ready::Tracker;
 use super::safe::{Changed, read_unchanged};
+use super::{Snapshot, Writers};
 
 /// What reading a fresh claim needs.
 pub struct Fresh<'a> {
@@ -30,12 +29,12 @@ impl<'a> Fresh<'a> {
     }
 
     /// The claim's bytes, in a buffer a worker used before; `None` when it was put back. `open`:
-    /// the files open for writing, looked up after the claim (see `writers`).
+    /// asked, after the claim, whether a process still holds it open for writing.
     pub fn read(
         &self,
         claim: &Claim,
         judged: Snapshot,
-        open: &HashSet<(u64, u64)>,
+        open: &Writers,
     ) -> std::io::Result<Option<Vec<u8>>> {
         let mut bytes = crate::buffers::take(judged.size as usize + 1);
         let why = match read_unchanged(&claim.path, &judged, open, &mut bytes) {

@@ -12,12 +12,13 @@ mod fresh;
 pub mod ready;
 pub mod safe;
 pub mod watch;
+mod writers;
 
-use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 pub use fresh::Fresh;
+pub use writers::{Writers, scan_proc};
 
 /// What an input looked like when it was judged complete: the claimed file must still be this one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,49 +139,6 @@ pub fn is_hidden(spool: &Path, path: &Path) -> bool {
     })
 }
 
-/// (device, inode) of every file below `spool` that some process holds open for writing, read from
-/// /proc (Linux). Files in a burst look alike by their mtime; this is what tells a slow writer's
-/// half-written file from a finished one when no watcher event was seen. A claimed file is looked
-/// for under its work folder (the writer's descriptor follows the rename).
-pub fn writers(spool: &Path) -> HashSet<(u64, u64)> {
-    let mut open = HashSet::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return open;
-    };
-    for proc_entry in procs.flatten() {
-        let pid = proc_entry.file_name();
-        if !pid.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            let Ok(target) = std::fs::read_link(fd.path()) else {
-                continue;
-            };
-            if !target.starts_with(spool) {
-                continue;
-            }
-            let info = proc_entry.path().join("fdinfo").join(fd.file_name());
-            let writable = std::fs::read_to_string(info).ok().and_then(|text| {
-                let flags = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("flags:"))?
-                    .trim()
-                    .to_string();
-                u32::from_str_radix(&flags, 8).ok().map(|f| f & 0o3 != 0)
-            });
-            if writable == Some(true)
-                && let Ok(meta) = std::fs::metadata(fd.path())
-            {
-                open.insert((meta.dev(), meta.ino()));
-            }
-        }
-    }
-    open
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,18 +182,5 @@ mod tests {
         assert!(!several.matches("msg-1.txt") && !several.matches("a.eml"));
         let long = "a".repeat(10_000);
         assert!(!Inputs::new(&["*a*a*a*a*b".to_string()]).matches(&long));
-    }
-
-    #[test]
-    fn a_file_open_for_writing_is_seen() {
-        use std::io::Write;
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("w.eml");
-        let mut f = std::fs::File::create(&path).unwrap();
-        f.write_all(b"partial").unwrap();
-        let meta = std::fs::metadata(&path).unwrap();
-        assert!(writers(tmp.path()).contains(&(meta.dev(), meta.ino())));
-        drop(f);
-        assert!(!writers(tmp.path()).contains(&(meta.dev(), meta.ino())));
     }
 }

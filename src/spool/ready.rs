@@ -5,7 +5,7 @@
 //! - created or written in place: open until the kernel reports close-after-write, then complete once
 //!   it stayed unchanged for the settle time;
 //! - found by a scan (no events seen): complete once its mtime is older than the settle time and no
-//!   process holds it open for writing (see `writers`); a scan that finds a tracked file closed
+//!   process holds it open for writing (see `scan_proc`); a scan that finds a tracked file closed
 //!   repairs a missed close event (watch overflow);
 //! - put back by a worker (it changed after it was judged complete): like a file written in place,
 //!   whatever the rename back into the spool looks like to the watcher.

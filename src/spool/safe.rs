@@ -6,16 +6,14 @@
 //! A claimed input is read once, and only when it is still the file that was judged complete (same
 //! inode, size and mtime; ctime too before the rename) and nobody holds it open for writing.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path};
 
 use rustix::fs::{Access, AtFlags, Mode, OFlags};
 
-use super::Snapshot;
+use super::{Snapshot, Writers};
 
 const DIR: OFlags = OFlags::RDONLY
     .union(OFlags::DIRECTORY)
@@ -99,12 +97,13 @@ impl std::fmt::Display for Changed {
     }
 }
 
-/// Reads a fresh claim at `path` into `buf` when it is still the file `judged` describes and is not
-/// in `open` (see `writers`); `Ok(Err(why))` otherwise, with nothing read that counts.
+/// Reads a fresh claim at `path` into `buf` when it is still the file `judged` describes and no
+/// process holds it open for writing (asked of `writers`); `Ok(Err(why))` otherwise, with nothing
+/// read that counts.
 pub fn read_unchanged(
     path: &Path,
     judged: &Snapshot,
-    open: &HashSet<(u64, u64)>,
+    writers: &Writers,
     buf: &mut Vec<u8>,
 ) -> io::Result<Result<(), Changed>> {
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
@@ -124,7 +123,7 @@ pub fn read_unchanged(
     if !now.same_content(judged) {
         return Ok(Err(Changed::Written));
     }
-    if open.contains(&(before.dev(), before.ino())) {
+    if writers.busy(&f, &before) {
         return Ok(Err(Changed::OpenForWriting));
     }
     f.read_to_end(buf)?;
@@ -170,16 +169,23 @@ mod tests {
         let path = tmp.path().join("m.eml");
         std::fs::write(&path, b"complete").unwrap();
         let judged = Snapshot::of(&std::fs::metadata(&path).unwrap());
-        let none = HashSet::new();
+        let none = Writers::new(tmp.path());
         let mut buf = Vec::new();
         assert_eq!(
             read_unchanged(&path, &judged, &none, &mut buf).unwrap(),
             Ok(())
         );
         assert_eq!(buf, b"complete");
-        let open = HashSet::from([(judged.dev, judged.ino)]);
-        let got = read_unchanged(&path, &judged, &open, &mut Vec::new()).unwrap();
-        assert_eq!(got, Err(Changed::OpenForWriting));
+        // opened for writing, nothing written: unchanged, but not done
+        let w = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        for writers in [Writers::new(tmp.path()), Writers::proc_only(tmp.path())] {
+            let got = read_unchanged(&path, &judged, &writers, &mut Vec::new()).unwrap();
+            assert_eq!(got, Err(Changed::OpenForWriting));
+        }
+        drop(w);
         // truncated in place (same inode, kept alive so a new file cannot reuse its number)
         std::fs::hard_link(&path, tmp.path().join("keep")).unwrap();
         let mut w = std::fs::OpenOptions::new()

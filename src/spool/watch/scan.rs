@@ -12,7 +12,7 @@ use log::{debug, warn};
 
 use super::On;
 use crate::spool::ready::Seen;
-use crate::spool::{Candidate, Snapshot, is_input, special_kind, writers};
+use crate::spool::{Candidate, Snapshot, is_input, scan_proc, special_kind};
 
 pub(super) fn scan_loop(spool: &Path, every: Duration, on: &On, first_done: &AtomicBool) {
     let rescan_now = &on.rescan_now;
@@ -75,7 +75,7 @@ pub(super) fn scan_loop(spool: &Path, every: Duration, on: &On, first_done: &Ato
 fn scan_once(spool: &Path, on: &On) -> bool {
     let (tracker, shutdown) = (&on.tracker, &on.shutdown);
     let settle = tracker.lock().expect("tracker lock").settle();
-    let open = writers(spool);
+    let open = scan_proc(spool);
     let walker = walkdir::WalkDir::new(spool)
         .min_depth(1)
         .follow_root_links(false)

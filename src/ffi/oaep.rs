@@ -1,4 +1,4 @@
-//! The one place with `unsafe`: CMS encryption with RSA-OAEP key transport.
+//! CMS encryption with RSA-OAEP key transport.
 //!
 //! The `openssl` crate's `CmsContentInfo::encrypt` always uses RSA PKCS#1 v1.5 for the key transport.
 //! OAEP needs each recipient's key-transport context, which only OpenSSL's lower-level CMS calls reach
@@ -6,8 +6,6 @@
 //! declare them, so they are declared here. The sequence is OpenSSL's documented one: create a partial
 //! structure with `CMS_PARTIAL | CMS_KEY_PARAM`, add recipients, set the padding on each, finalise.
 //! OAEP parameters are the RFC 3560 defaults (SHA-1, MGF1-SHA-1), the ones every OAEP reader accepts.
-#![allow(unsafe_code)]
-
 use foreign_types::ForeignType;
 use openssl::cms::CmsContentInfo;
 use openssl::error::ErrorStack;

@@ -1,0 +1,8 @@
+//! The one module with `unsafe`: calls the safe bindings (openssl, rustix) do not offer. Unsafe
+//! code is denied everywhere else in the crate. Each call has its own file and a `SAFETY` comment:
+//! - `oaep`: OpenSSL's lower-level CMS calls, for RSA-OAEP key transport;
+//! - `lease`: `fcntl(F_SETLEASE)`, which asks the kernel whether a file is open for writing.
+#![allow(unsafe_code)]
+
+pub mod lease;
+pub mod oaep;
