@@ -85,8 +85,10 @@ drain() { # drain LABEL COUNT FIXTURE [BASE] [TOML]: prints msg/s, MB/s, peak RS
   t1=$(now)
   local secs; secs=$(echo "$t1 - $t0" | bc)
   local rss; rss=$(awk '/Maximum resident/ {print $6}' "$d/time")
-  printf '%-28s %6d msgs in %6.2f s: %6s msg/s, %6.1f MB/s in, peak RSS %5.1f MB (%s)\n' \
-    "$1" "$2" "$secs" "$(rate "$2" "$secs")" "$(echo "$bytes / $secs / 1000000" | bc -l)" "$(echo "$rss / 1024" | bc -l)" "$(cat "$d/out")"
+  local cpu; cpu=$(awk -F': ' '/Percent of CPU/ {print $2}' "$d/time")
+  printf '%-28s %6d msgs in %6.2f s: %6s msg/s%s, CPU %s, %6.1f MB/s in, peak RSS %5.1f MB (%s)\n' \
+    "$1" "$2" "$secs" "$(rate "$2" "$secs")" "$(sig_pct "$(rate "$2" "$secs")")" "$cpu" \
+    "$(echo "$bytes / $secs / 1000000" | bc -l)" "$(echo "$rss / 1024" | bc -l)" "$(cat "$d/out")"
   rate "$2" "$secs" > "$W/$1.rate"
   rm -rf "$d"
 }
@@ -102,7 +104,13 @@ if want floor; then
   echo; echo "== 0. crypto floor, $cores threads (benches/floor.rs) =="
   cargo bench -q --bench floor -- html-19k.eml "$cores" 5 2>/dev/null | tee "$W/floor.out" | grep -v '^floor '
   awk '/^floor / {print $2 > "'"$W"'/floor.rate"; print $3 > "'"$W"'/seal-mem.rate"}' "$W/floor.out"
+  # the issue's yardstick: the system openssl's RSA-2048 signatures on every core
+  openssl speed -seconds 5 -multi "$cores" rsa2048 2>/dev/null | awk '/^rsa 2048 bits/ {print $6}' > "$W/sig.rate"
+  echo "openssl speed -multi $cores rsa2048: $(cat "$W/sig.rate") signatures/s (the signature rate below)"
 fi
+sig_pct() { # sig_pct RATE: the share of the signature rate, when measured in this run
+  if [ -s "$W/sig.rate" ]; then echo ", $(pct "$1" "$(cat "$W/sig.rate")") of the signature rate"; fi
+}
 
 if want drain; then
   echo; echo "== 1. drain with once (durable: staged files synced, then the work and pickup folders) =="
