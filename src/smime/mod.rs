@@ -133,7 +133,9 @@ pub fn enveloped_entity(
     out: &mut Vec<u8>,
 ) -> Result<(), ErrorStack> {
     let der = match transport {
-        KeyTransport::RsaOaep => crate::ffi::oaep::encrypt_oaep(recipients, content, cipher.cipher())?,
+        KeyTransport::RsaOaep => {
+            crate::ffi::oaep::encrypt_oaep(recipients, content, cipher.cipher())?
+        }
         KeyTransport::RsaPkcs1 => {
             let mut stack = Stack::new()?;
             for c in recipients {
@@ -188,14 +190,16 @@ fn micalg(der: &[u8]) -> &'static str {
         ),
         (&[0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a], "sha-1"),
     ];
-    OIDS.iter()
-        .filter_map(|(oid, name)| {
-            der.windows(oid.len())
-                .position(|w| w == *oid)
-                .map(|p| (p, *name))
+    // one pass, comparing only where an OBJECT IDENTIFIER tag (0x06) starts: the first digest OID
+    // is the one of digestAlgorithms, near the start
+    (0..der.len())
+        .filter(|&i| der[i] == 0x06)
+        .find_map(|i| {
+            OIDS.iter()
+                .find(|(oid, _)| der[i..].starts_with(oid))
+                .map(|(_, name)| *name)
         })
-        .min_by_key(|(p, _)| *p)
-        .map_or("sha-256", |(_, name)| name)
+        .unwrap_or("sha-256")
 }
 
 /// A MIME boundary that cannot occur in base64 or quoted-printable text ("=_" never does).
@@ -204,4 +208,54 @@ fn new_boundary() -> String {
     openssl::rand::rand_bytes(&mut rnd).expect("the OpenSSL random generator works");
     let hex: String = rnd.iter().map(|b| format!("{b:02x}")).collect();
     format!("----=_smime_{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHA256: &[u8] = &[
+        0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
+    ];
+    const SHA384: &[u8] = &[
+        0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02,
+    ];
+
+    #[test]
+    fn micalg_names_the_first_digest_oid_of_the_der() {
+        let der = |parts: &[&[u8]]| parts.concat();
+        // other OIDs and stray 0x06 bytes before it are skipped
+        let other_oid: &[u8] = &[0x06, 0x03, 0x55, 0x04, 0x03];
+        let noise: &[u8] = &[0x30, 0x06, 0x06, 0x06, 0x02, 0x01, 0x06];
+        for (parts, want) in [
+            (der(&[noise, SHA384, SHA256]), "sha-384"),
+            (der(&[other_oid, SHA256, SHA384]), "sha-256"),
+            (
+                der(&[noise, &[0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a]]),
+                "sha-1",
+            ),
+            (der(&[noise, other_oid]), "sha-256"), // none found: the default
+            (der(&[&SHA384[..5]]), "sha-256"),     // cut short at the end
+        ] {
+            assert_eq!(micalg(&parts), want, "{parts:02x?}");
+        }
+    }
+
+    #[test]
+    fn micalg_of_a_real_signature_is_the_digest_used() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pki");
+        // key and certificate in one PEM file, as the keys folder holds them
+        let pem = std::fs::read(dir.join("keys/alice@example.com.pem")).unwrap();
+        let key = openssl::pkey::PKey::private_key_from_pem(&pem).unwrap();
+        let cert = X509::from_pem(&pem).unwrap();
+        let cms = CmsContentInfo::sign(
+            Some(&cert),
+            Some(&key),
+            None,
+            Some(b"x"),
+            CMSOptions::BINARY | CMSOptions::DETACHED,
+        )
+        .unwrap();
+        assert_eq!(micalg(&cms.to_der().unwrap()), "sha-256");
+    }
 }
