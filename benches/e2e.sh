@@ -3,7 +3,9 @@
 #   0. the crypto floor on every core (benches/floor.rs): RSA-2048 signatures alone, the bare OpenSSL
 #      sign + encrypt of the same 19 KB message, and our in-memory seal
 #   1. drain N x 19 KB (and M x 577 KB) from spool to pickup with `once`, durable writes on; on the
-#      project's disk, and again on a journalled ext4 image when one can be mounted (root, loop)
+#      project's disk, on tmpfs (/dev/shm: the pipeline's own cost, no device), and again on a
+#      journalled ext4 image when one can be mounted (root, loop); each as a share of the system
+#      openssl's all-core RSA-2048 signature rate measured in part 0
 #   2. the baseline: `openssl smime -sign | openssl smime -encrypt` per message, one per core in
 #      parallel, over a sample of the same files; the ratios ours / baseline and ours / floor
 #   3. drop-to-pickup latency (p50, p99) with the daemon running and files arriving at 200/s
@@ -29,10 +31,11 @@ BIN=${BIN:-$PWD/target/release/smime-pickup}
 W=$PWD/target/e2e-bench
 IMG=$PWD/target/e2e-ext4.img
 J=$W/journalled
+SHM=/dev/shm/smime-pickup-e2e-$$
 cleanup() {
   [ -n "${SINK:-}" ] && kill "$SINK" 2>/dev/null # ours only, by PID (others may run a sink too)
   mountpoint -q "$J" 2>/dev/null && umount "$J"
-  rm -rf "$W" "$IMG"
+  rm -rf "$W" "$IMG" "$SHM"
 }
 trap cleanup EXIT
 cleanup
@@ -117,6 +120,11 @@ if want drain; then
   echo "-- on the project disk ($(fs_of "$W"))"
   drain "drain-19k" "$N" fixtures/eml/html-19k.eml
   drain "drain-577k" "$M" fixtures/eml/large-577k.eml
+  if [ -d /dev/shm ]; then
+    echo "-- with spool and pickup on tmpfs (no device at all: what the pipeline costs beside the crypto)"
+    mkdir -p "$SHM"
+    drain "drain-19k-tmpfs" "$N" fixtures/eml/html-19k.eml "$SHM"
+  fi
   if journalled; then
     echo "-- on a journalled ext4 image ($(fs_of "$J"))"
     drain "drain-19k-journalled" "$N" fixtures/eml/html-19k.eml "$J"
@@ -135,7 +143,7 @@ if want baseline; then
   t1=$(now)
   base=$(rate 400 "$(echo "$t1 - $t0" | bc)")
   printf '%-34s %6s msg/s\n' "openssl pipeline (19 KB)" "$base"
-  for r in floor seal-mem drain-19k drain-19k-journalled; do
+  for r in floor seal-mem drain-19k drain-19k-tmpfs drain-19k-journalled; do
     [ -f "$W/$r.rate" ] || continue
     v=$(cat "$W/$r.rate")
     line=$(printf '%-34s %6s msg/s: %5sx the openssl pipeline' "$r" "$v" "$(ratio "$v" "$base")")
