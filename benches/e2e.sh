@@ -117,14 +117,14 @@ sig_pct() { # sig_pct RATE: the share of the signature rate, when measured in th
 
 if want drain; then
   echo; echo "== 1. drain with once (durable: staged files synced, then the work and pickup folders) =="
+  if [ -d /dev/shm ]; then
+    echo "-- with spool and pickup on tmpfs (no device at all: what the pipeline costs beside the crypto)"
+    mkdir -p "$SHM" # first: the disk drains' writeback would share the CPU with it
+    drain "drain-19k-tmpfs" "$N" fixtures/eml/html-19k.eml "$SHM"
+  fi
   echo "-- on the project disk ($(fs_of "$W"))"
   drain "drain-19k" "$N" fixtures/eml/html-19k.eml
   drain "drain-577k" "$M" fixtures/eml/large-577k.eml
-  if [ -d /dev/shm ]; then
-    echo "-- with spool and pickup on tmpfs (no device at all: what the pipeline costs beside the crypto)"
-    mkdir -p "$SHM"
-    drain "drain-19k-tmpfs" "$N" fixtures/eml/html-19k.eml "$SHM"
-  fi
   if journalled; then
     echo "-- on a journalled ext4 image ($(fs_of "$J"))"
     drain "drain-19k-journalled" "$N" fixtures/eml/html-19k.eml "$J"

@@ -10,15 +10,22 @@ use crate::spool::claim::{Claim, sync_dir};
 /// counted by the metrics.
 pub const FAILURE_CLASSES: [&str; 5] = ["input", "key", "certificate", "server", "internal"];
 
-/// The input was delivered: drop the claim (committed or not) and its progress records (SMTP, API).
-/// On the pickup route the committed claim is usually gone already, its inode kept for a later
-/// output (`deliver::pickup::recycle`).
-pub fn delivered(claim: &Claim) -> std::io::Result<()> {
-    let [smtp, api] = crate::deliver::progress::paths(claim);
-    for path in [claim.committed_path(), claim.path.clone(), smtp, api] {
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
+/// The input was delivered: drop the claim, under its committed name or its own (the commit renames
+/// it, so it is under one of them at most), and, when `records` says a network route may have written
+/// some, its progress records (SMTP, API). On the pickup route the committed claim is usually gone
+/// already, its inode kept for a later output (`deliver::pickup::recycle`).
+pub fn delivered(claim: &Claim, records: bool) -> std::io::Result<()> {
+    let removed = |path: PathBuf| match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    };
+    if !removed(claim.committed_path())? {
+        removed(claim.path.clone())?;
+    }
+    if records {
+        for path in crate::deliver::progress::paths(claim) {
+            removed(path)?;
         }
     }
     Ok(())
@@ -173,13 +180,25 @@ mod tests {
         std::fs::write(&smtp, "a@y\n").unwrap();
         std::fs::write(&api, "b@y\n").unwrap();
         std::fs::write(tmp.path().join("i1-8,n.eml"), "another claim").unwrap();
-        delivered(&claim).unwrap();
-        let left: Vec<_> = std::fs::read_dir(tmp.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(left, ["i1-8,n.eml"]);
+        let left = || {
+            let mut names: Vec<_> = std::fs::read_dir(tmp.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            names
+        };
+        // without network routes the records are not looked for (none can exist then)
+        delivered(&claim, false).unwrap();
+        assert_eq!(left().len(), 3, "{:?}", left());
+        assert!(!claim.committed_path().exists());
+        delivered(&claim, true).unwrap();
+        assert_eq!(left(), ["i1-8,n.eml"]);
         // finishing again (a crash during finish) is not an error
-        delivered(&claim).unwrap();
+        delivered(&claim, true).unwrap();
+        // a claim delivered before its commit (SMTP, API) is dropped under its own name
+        std::fs::write(&claim.path, "input").unwrap();
+        delivered(&claim, true).unwrap();
+        assert_eq!(left(), ["i1-8,n.eml"]);
     }
 }

@@ -173,12 +173,14 @@ pub fn run(config: Config, mode: Mode, control: Control) -> Result<Summary, Daem
         })?,
         Mode::Once => None,
     };
+    let network_routes = config.route.uses(Hop::Smtp) || config.route.uses(Hop::Api);
     let shared = Arc::new(Shared {
         mode,
         spool: spool.clone(),
         failed,
         state: RwLock::new(Arc::new(State { config, keyring })),
         transport,
+        network_routes,
         gate_pickup,
         instance,
         tracker: Arc::new(Mutex::new(Tracker::new(settle))),

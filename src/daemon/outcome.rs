@@ -200,7 +200,10 @@ pub(super) fn finish_delivered(shared: &Shared, claim: &Claim, units: usize) {
     shared
         .published_since_count
         .fetch_add(units, Ordering::SeqCst);
-    if let Err(e) = finish::delivered(claim) {
+    // progress records exist only where a network route may have written them: for a claim
+    // taken in this run and tried only by pickup, none
+    let records = !claim.fresh || shared.network_routes;
+    if let Err(e) = finish::delivered(claim, records) {
         // the outputs are in pickup; a leftover committed claim is finished again at restart
         error!(
             "{}: delivered, but cannot remove the claimed input: {e}",

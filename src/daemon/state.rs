@@ -16,6 +16,8 @@ pub(super) struct Shared {
     pub(super) failed: PathBuf,
     pub(super) state: RwLock<Arc<State>>,
     pub(super) transport: Box<dyn Transport>,
+    /// the route list has SMTP or the API (routes change only at a restart)
+    pub(super) network_routes: bool,
     /// the pickup directory, watched by the intake gate when it is the only route
     pub(super) gate_pickup: Option<Pickup>,
     pub(super) instance: Instance,
