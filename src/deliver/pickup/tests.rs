@@ -38,7 +38,8 @@ fn copy(recipients: &[&str]) -> Sealed {
     }
 }
 
-fn names(dir: &Path) -> Vec<String> {
+/// A folder's entries, sorted (also for the reuse pool's tests).
+pub(super) fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -1,6 +1,7 @@
 use std::os::unix::fs::MetadataExt;
 
 use super::*;
+use crate::deliver::pickup::tests::names;
 
 /// A pool that knows the owner of files created in `staging`, and a delivered claim in `work`.
 fn setup() -> (tempfile::TempDir, Pool, PathBuf, PathBuf) {
@@ -13,15 +14,6 @@ fn setup() -> (tempfile::TempDir, Pool, PathBuf, PathBuf) {
     let claim = work.join("i1-7,m.eml#committed");
     std::fs::write(&claim, "plaintext").unwrap();
     (tmp, pool, staging, claim)
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]
