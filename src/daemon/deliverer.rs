@@ -3,7 +3,18 @@
 //! already waiting together (one sync, one fsync per folder for all of them), delivers them, and
 //! hands each result to `outcome`.
 
-use super::*;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use crossbeam_channel::Receiver;
+use log::warn;
+
+use crate::seal::Sealed;
+use crate::spool::claim::Claim;
+
+use super::outcome::{Ready, complete};
+use super::state::Shared;
+use super::worker::BATCH;
 
 /// A batch sealed by a worker, on its way to delivery.
 pub(super) struct Staged {

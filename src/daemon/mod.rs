@@ -16,35 +16,30 @@ mod worker;
 
 pub use control::Control;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, select};
+use crossbeam_channel::select;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use log::{debug, error, info, warn};
+use log::info;
 use thiserror::Error;
 
 use crate::config::{Config, ConfigError, Hop};
-use crate::deliver::pickup::Pickup;
-use crate::deliver::{DeliverError, Delivered, Transport, rejections};
-use crate::finish;
 use crate::keyring::{self, KeyringError};
-use crate::metrics::{Gauges, Metrics};
-use crate::seal::{self, Keyring, Sealed};
-use crate::smime::certs::unix_now;
-use crate::spool::claim::{Claim, Instance, Taken};
-use crate::spool::crashguard::STRIKES_OUT;
+use crate::metrics::Metrics;
+use crate::spool::claim::Instance;
 use crate::spool::ready::Tracker;
 use crate::spool::watch::{Emit, Producers};
-use crate::spool::{Candidate, Snapshot};
-use deliverer::*;
-use outcome::*;
-use progress::*;
-use schedule::{Gate, GateFacts, Retries};
-use state::*;
-use systemd::*;
-use worker::*;
+use deliverer::{Staged, deliverer};
+use progress::{NothingWaiting, progress_bar, update_progress};
+use schedule::Retries;
+use state::{
+    Shared, State, adopt, check_work_folder, left_incomplete, refresh_expiry, reload_state,
+    write_metrics,
+};
+use systemd::Notifier;
+use worker::{BATCH, Job, send_job, try_send_job, worker};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

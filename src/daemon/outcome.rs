@@ -1,7 +1,21 @@
 //! What becomes of one claim: read and sealed (or recovered after a crash), then delivered,
 //! refused into the failed folder with its reason, or deferred for a retry.
 
-use super::*;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use log::{debug, error, info, warn};
+
+use crate::deliver::{DeliverError, Delivered, rejections};
+use crate::seal::Sealed;
+use crate::smime::certs::unix_now;
+use crate::spool::Snapshot;
+use crate::spool::claim::Claim;
+use crate::{finish, seal};
+
+use super::Mode;
+use super::state::Shared;
 
 /// A claim sealed and waiting for its delivery.
 pub(super) struct Ready {

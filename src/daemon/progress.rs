@@ -1,6 +1,10 @@
 //! `once`'s progress bar on a terminal: how many inputs, how fast, how long still.
 
-use super::*;
+use std::sync::atomic::Ordering;
+
+use crate::spool::watch::Producers;
+
+use super::state::Shared;
 
 /// `once` on a terminal: a bar with the count, the rate and the time left.
 pub(super) fn progress_bar() -> indicatif::ProgressBar {

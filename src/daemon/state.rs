@@ -2,7 +2,28 @@
 //! the route, the counters and the retry schedule; and the upkeep the main loop does with it
 //! (metrics file, certificate expiry, adopting dead instances' claims, reload, the work folder).
 
-use super::*;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+use log::{error, info, warn};
+
+use crate::config::Config;
+use crate::deliver::Transport;
+use crate::deliver::pickup::Pickup;
+use crate::keyring;
+use crate::metrics::{Gauges, Metrics};
+use crate::seal::Keyring;
+use crate::smime::certs::unix_now;
+use crate::spool::claim::{Claim, Instance};
+use crate::spool::crashguard::STRIKES_OUT;
+use crate::spool::ready::Tracker;
+
+use super::Mode;
+use super::outcome::refuse;
+use super::schedule::{Gate, Retries};
 
 /// What workers read for every message; replaced whole on reload.
 pub(super) struct State {

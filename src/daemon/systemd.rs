@@ -1,7 +1,12 @@
 //! Talking to systemd (`Type=notify`): READY once the spool was scanned, STATUS with the counts,
 //! WATCHDOG from the main loop, STOPPING at the end.
 
-use super::*;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use log::debug;
+
+use super::state::Shared;
 
 /// Talks to systemd (`Type=notify`) when NOTIFY_SOCKET is set: READY=1 once the spool was scanned
 /// and everything it found complete is queued, STATUS= with the counts every second, WATCHDOG=1 at

@@ -1,7 +1,20 @@
 //! The sealing stage: take jobs from the queue in batches, claim new inputs once the gate lets them
 //! in, seal, and hand each sealed batch to the delivery stage (`deliverer`).
 
-use super::*;
+use std::sync::atomic::Ordering;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, select};
+use log::{debug, info, warn};
+
+use crate::spool::claim::{Claim, Taken};
+use crate::spool::{Candidate, Snapshot};
+
+use super::deliverer::{Staged, deliver_staged, release};
+use super::outcome::prepare;
+use super::schedule::{Gate, GateFacts};
+use super::state::{Shared, check_work_folder};
+use super::{Mode, schedule};
+use std::time::{Duration, Instant};
 
 pub(super) enum Job {
     Path(Candidate),
