@@ -18,7 +18,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 pub use fresh::Fresh;
-pub use writers::{Writers, scan_proc};
+pub use writers::{Writers, scan_proc, sigio_is_harmless};
 
 /// What an input looked like when it was judged complete: the claimed file must still be this one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

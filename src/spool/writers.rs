@@ -83,7 +83,7 @@ fn try_lease(file: &File) -> std::io::Result<bool> {
 }
 
 /// Installs (once per process) a SIGIO handler that does nothing; false when it cannot be.
-fn sigio_is_harmless() -> bool {
+pub fn sigio_is_harmless() -> bool {
     static INSTALLED: OnceLock<bool> = OnceLock::new();
     *INSTALLED.get_or_init(|| {
         let ignored = Arc::new(AtomicBool::new(false));

@@ -10,8 +10,8 @@
 //! not linger) and renamed into the staging folder as `.recycled.<claim id>`; a new staging file takes
 //! such an entry by renaming it to its staging name, and is created only when the pool is empty. An
 //! inode is reused only where a new staging file would be the same: same filesystem, owner and
-//! group as a file this process created in staging, a regular file with one link and no extended
-//! attributes (no ACL, no security label). Every check is made again on the open file when it is
+//! group as a file this process created in staging, a regular file with one link, no extended
+//! attributes (no ACL, no security label) and open nowhere else (a write lease is granted). Every check is made again on the open file when it is
 //! taken, so an entry replaced meanwhile (a link, a FIFO, someone else's file) is never written to.
 //!
 //! Crash safety: pool entries never carry a claim id followed by a dot, so recovery (which looks for
@@ -71,7 +71,22 @@ impl Owner {
                 rustix::fs::flistxattr_query(file),
                 Ok(0) | Err(rustix::io::Errno::NOTSUP)
             )
+            && alone(file)
     }
+}
+
+/// Whether `file` (opened for writing) is open nowhere else: a descriptor someone kept from the
+/// input's life (its writer, or anyone its mode let in) would read the messages staged in it later.
+/// A write lease is granted only then; it is given back at once (a SIGIO its break sends is
+/// harmless once `sigio_is_harmless` said so). Where leases cannot be had, nothing is reused.
+fn alone(file: &File) -> bool {
+    use crate::ffi::lease::{Lease, set_lease};
+    use std::os::fd::AsFd;
+    if !crate::spool::sigio_is_harmless() || set_lease(file.as_fd(), Lease::Write).is_err() {
+        return false;
+    }
+    let _ = set_lease(file.as_fd(), Lease::Unlock);
+    true
 }
 
 /// Opens an existing file for writing: never through a link, never blocking on a FIFO.

@@ -112,3 +112,30 @@ fn the_pool_is_bounded() {
     assert!(claim.exists());
     assert_eq!(pool.len(), MAX);
 }
+
+/// Whoever opened the input while it was readable (its writer, or anyone its mode let in) and kept
+/// the descriptor must not read the later messages staged in the same inode.
+#[test]
+fn an_inode_still_open_elsewhere_is_not_reused() {
+    use std::io::{Read, Seek};
+    let (_t, pool, staging, claim) = setup();
+    let mut kept = File::open(&claim).unwrap();
+    if pool.recycle(&staging, &claim, "i1-7") {
+        pool.synced(claim.parent().unwrap());
+        if let Some(mut file) = pool.take(&staging, "i1-9.0.eml") {
+            std::io::Write::write_all(&mut file, b"x-receiver: someone@else\r\n").unwrap();
+        }
+    }
+    let mut seen = String::new();
+    kept.rewind().unwrap();
+    kept.read_to_string(&mut seen).unwrap();
+    assert!(
+        !seen.contains("someone@else"),
+        "read through an old descriptor: {seen:?}"
+    );
+    // once nobody else holds it, it is reused
+    drop(kept);
+    let again = claim.with_file_name("i1-8,n.eml#committed");
+    std::fs::write(&again, "plaintext").unwrap();
+    assert!(pool.recycle(&staging, &again, "i1-8"));
+}
