@@ -16,7 +16,8 @@ use util::spool::*;
 use util::*;
 
 /// The child: `daemon::run` in `once` mode on the config named by the environment, with the test
-/// hook aborting the process on inputs named `abort-*` and panicking on `panic-*`.
+/// hook aborting the process on inputs named `abort-*` and panicking on `panic-*` while sealing,
+/// and (with `POISON_DELIVERY_PANIC` set) panicking on `deliverpanic-*` while delivering.
 #[test]
 #[ignore = "run as a child process by the tests below"]
 fn child_daemon() {
@@ -26,6 +27,14 @@ fn child_daemon() {
     let _ = env_logger::Builder::new().parse_filters("info").try_init();
     smime_pickup::spool::crashguard::set_test_hook(|rel| {
         let name = rel.file_name().unwrap().to_string_lossy();
+        if rel.starts_with(smime_pickup::spool::crashguard::DELIVERING) {
+            if name.starts_with("deliverpanic-")
+                && std::env::var_os("POISON_DELIVERY_PANIC").is_some()
+            {
+                panic!("a test panic delivering {name}");
+            }
+            return;
+        }
         if name.starts_with("abort-") {
             std::process::abort();
         }
@@ -40,13 +49,32 @@ fn child_daemon() {
 
 /// Runs `child_daemon` on `s`'s config in a new process.
 fn child(s: &Setup) -> Output {
-    Command::new(std::env::current_exe().unwrap())
+    child_with(s, &[])
+}
+
+/// The same with more environment; a child that never ends (a `once` that hangs) is killed and
+/// fails the test instead of hanging it (the bound is far above what these few inputs take).
+fn child_with(s: &Setup, env: &[(&str, &str)]) -> Output {
+    let child = Command::new(std::env::current_exe().unwrap())
         .args(["--ignored", "--exact", "child_daemon", "--nocapture"])
         .args(["--test-threads", "1"])
         .env("POISON_TEST_CONFIG", &s.config)
+        .envs(env.iter().copied())
         .current_dir(s.d.path())
-        .output()
-        .unwrap()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(Duration::from_secs(120) * SLACK) {
+        Ok(output) => output.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("the child daemon did not end: `once` hangs");
+        }
+    }
 }
 
 fn claims(s: &Setup) -> Vec<PathBuf> {
@@ -151,6 +179,50 @@ fn a_panic_while_sealing_costs_that_input_only() {
         );
     }
     assert_eq!(s.delivered_ids().len(), 5);
+    s.assert_nothing_in_flight();
+}
+
+#[test]
+fn a_panic_while_delivering_defers_its_batch_and_the_next_run_delivers_it_once() {
+    // one worker and one delivery thread: had the panic killed the delivery thread, the worker
+    // would wait for it for ever and `once` would never end
+    let s = Setup::new("workers = 1\n");
+    s.drop_message("deliverpanic-x.eml", &message(100));
+    for n in 0..5 {
+        s.drop_message(&format!("m{n}.eml"), &message(n));
+    }
+    let o = child_with(&s, &[("POISON_DELIVERY_PANIC", "1")]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("internal error while delivering")
+            && stderr(&o).contains("a test panic delivering deliverpanic-x.eml"),
+        "{}",
+        stderr(&o)
+    );
+    // the batch that met the panic is deferred whole (still claimed), the rest delivered
+    let summary = &out[out.find("SUMMARY").expect("a summary")..];
+    let summary = summary.lines().next().unwrap();
+    let numbers: Vec<usize> = summary
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let (delivered, failed, deferred) = (numbers[0], numbers[1], numbers[2]);
+    assert_eq!(failed, 0, "{summary}");
+    assert!(deferred >= 1 && delivered + deferred == 6, "{summary}");
+    assert_eq!(s.delivered_ids().len(), delivered);
+    assert_eq!(claims(&s).len(), deferred, "{:?}", claims(&s));
+    // the next run (the bug gone) delivers what waited, each message once
+    let o = child(&s);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!(
+            "SUMMARY {deferred} delivered, 0 failed, 0 deferred"
+        )),
+        "{out}\n{}",
+        stderr(&o)
+    );
+    assert_eq!(s.delivered_ids().len(), 6);
     s.assert_nothing_in_flight();
 }
 

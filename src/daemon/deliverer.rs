@@ -7,12 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use crossbeam_channel::Receiver;
-use log::warn;
+use log::{error, warn};
 
+use crate::deliver::DeliverError;
 use crate::seal::Sealed;
 use crate::spool::claim::Claim;
+use crate::spool::crashguard::{DELIVERING, test_hook};
 
-use super::outcome::{Ready, complete};
+use super::outcome::{Ready, complete, defer, panic_message};
 use super::state::Shared;
 use super::worker::BATCH;
 
@@ -42,7 +44,28 @@ pub(super) fn deliverer(shared: &Shared, rx: &Receiver<Staged>) {
                 Err(_) => break,
             }
         }
-        deliver_staged(shared, batches);
+        // a bug costs this delivery a retry, never the thread, the counts or `once`'s end
+        let jobs: usize = batches.iter().map(|b| b.jobs).sum();
+        let claimed: usize = batches.iter().map(|b| b.claimed).sum();
+        let claims: Vec<Claim> = batches
+            .iter()
+            .flat_map(|b| b.ready.iter().map(|r| r.claim.clone()))
+            .collect();
+        let delivering = std::panic::AssertUnwindSafe(|| deliver_staged(shared, batches));
+        if let Err(panic) = std::panic::catch_unwind(delivering) {
+            let why = panic_message(&*panic);
+            error!(
+                "internal error while delivering {} messages: {why}; they are tried again",
+                claims.len()
+            );
+            for claim in claims {
+                // those finished before the panic are gone; the others are recovered first
+                if claim.path.exists() || claim.committed_path().exists() {
+                    defer(shared, claim, &DeliverError::Internal(why.clone()));
+                }
+            }
+            release(shared, jobs, claimed);
+        }
     }
 }
 
@@ -56,6 +79,9 @@ pub(super) fn deliver_staged(shared: &Shared, batches: Vec<Staged>) {
         claimed += staged.claimed;
     }
     if !ready.is_empty() {
+        for r in &ready {
+            test_hook(&Path::new(DELIVERING).join(&r.claim.rel));
+        }
         sync_sources(shared, &ready);
         let items: Vec<(&Claim, &[Sealed])> =
             ready.iter().map(|r| (&r.claim, &r.copies[..])).collect();

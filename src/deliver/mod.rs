@@ -36,6 +36,9 @@ pub enum DeliverError {
     Api(Box<api::ApiError>),
     #[error("every recipient was refused: {}", rejections(.0))]
     Rejected(Vec<(String, String)>),
+    /// A bug met while delivering (a caught panic): the claim is tried again, recovery first.
+    #[error("internal error while delivering: {0}")]
+    Internal(String),
 }
 
 /// An error that fails a whole batch, shared by the error of each claim in it: it shows as its
@@ -85,7 +88,7 @@ impl DeliverError {
         match self {
             DeliverError::Smtp(e) => e.is_session(),
             DeliverError::Api(e) => e.is_route_problem(),
-            DeliverError::Rejected(_) => false,
+            DeliverError::Rejected(_) | DeliverError::Internal(_) => false,
             DeliverError::Unavailable { .. } | DeliverError::Io { .. } => true,
         }
     }

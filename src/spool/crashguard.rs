@@ -212,7 +212,8 @@ fn is_claim_id(id: &str) -> bool {
         })
 }
 
-/// Called with the claim's spool path as its sealing starts, once set.
+/// Called with the claim's spool path as its sealing starts, and with it under `DELIVERING` as its
+/// delivery starts, once set.
 static HOOK: OnceLock<fn(&Path)> = OnceLock::new();
 
 /// A seam for tests that must make the process die (or a worker panic) while an input is being
@@ -223,6 +224,10 @@ static HOOK: OnceLock<fn(&Path)> = OnceLock::new();
 pub fn set_test_hook(hook: fn(&Path)) {
     let _ = HOOK.set(hook);
 }
+
+/// What the hook's path starts with when the delivery stage calls it (sealing calls it with the
+/// input's relative path alone).
+pub const DELIVERING: &str = "(delivering)";
 
 /// Runs the test hook, if a test set one (see `set_test_hook`).
 pub fn test_hook(rel: &Path) {
