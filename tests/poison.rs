@@ -25,9 +25,9 @@ fn child_daemon() {
         return;
     };
     let _ = env_logger::Builder::new().parse_filters("info").try_init();
-    smime_pickup::spool::crashguard::set_test_hook(|rel| {
+    smime_pickup::spool::crashguard::set_test_hook(|stage, rel| {
         let name = rel.file_name().unwrap().to_string_lossy();
-        if rel.starts_with(smime_pickup::spool::crashguard::DELIVERING) {
+        if stage == smime_pickup::spool::crashguard::Stage::Delivering {
             if name.starts_with("deliverpanic-")
                 && std::env::var_os("POISON_DELIVERY_PANIC").is_some()
             {

@@ -12,7 +12,7 @@ use log::{error, warn};
 use crate::deliver::DeliverError;
 use crate::seal::Sealed;
 use crate::spool::claim::Claim;
-use crate::spool::crashguard::{DELIVERING, test_hook};
+use crate::spool::crashguard::{Stage, test_hook};
 
 use super::outcome::{Ready, complete, defer, panic_message};
 use super::state::Shared;
@@ -29,71 +29,66 @@ pub(super) struct Staged {
 /// Sealed messages a deliverer takes in one go at most: batches beyond it wait for the next turn.
 const MERGE: usize = 4 * BATCH;
 
-/// Runs until every worker is gone and the batches they handed over are delivered: what was
-/// sealed before a shutdown is still delivered, as it was when workers delivered themselves.
-pub(super) fn deliverer(shared: &Shared, rx: &Receiver<Staged>) {
-    while let Ok(first) = rx.recv() {
-        let mut messages = first.ready.len();
-        let mut batches = vec![first];
-        while messages < MERGE {
-            match rx.try_recv() {
-                Ok(staged) => {
-                    messages += staged.ready.len();
-                    batches.push(staged);
-                }
-                Err(_) => break,
-            }
-        }
-        // a bug costs this delivery a retry, never the thread, the counts or `once`'s end
-        let jobs: usize = batches.iter().map(|b| b.jobs).sum();
-        let claimed: usize = batches.iter().map(|b| b.claimed).sum();
-        let claims: Vec<Claim> = batches
-            .iter()
-            .flat_map(|b| b.ready.iter().map(|r| r.claim.clone()))
-            .collect();
-        let delivering = std::panic::AssertUnwindSafe(|| deliver_staged(shared, batches));
-        if let Err(panic) = std::panic::catch_unwind(delivering) {
-            let why = panic_message(&*panic);
-            error!(
-                "internal error while delivering {} messages: {why}; they are tried again",
-                claims.len()
-            );
-            for claim in claims {
-                // those finished before the panic are gone; the others are recovered first
-                if claim.path.exists() || claim.committed_path().exists() {
-                    defer(shared, claim, &DeliverError::Internal(why.clone()));
-                }
-            }
-            release(shared, jobs, claimed);
-        }
+impl Staged {
+    /// Another batch joins this one: delivered together, with one sync per folder for all.
+    fn merge(&mut self, other: Staged) {
+        self.ready.extend(other.ready);
+        self.jobs += other.jobs;
+        self.claimed += other.claimed;
     }
 }
 
-/// Delivers sealed batches as one, acts on each result, then releases what they answered for.
-pub(super) fn deliver_staged(shared: &Shared, batches: Vec<Staged>) {
-    let mut ready = Vec::new();
-    let (mut jobs, mut claimed) = (0, 0);
-    for staged in batches {
-        ready.extend(staged.ready);
-        jobs += staged.jobs;
-        claimed += staged.claimed;
-    }
-    if !ready.is_empty() {
-        for r in &ready {
-            test_hook(&Path::new(DELIVERING).join(&r.claim.rel));
+/// Runs until every worker is gone and the batches they handed over are delivered: what was
+/// sealed before a shutdown is still delivered, as it was when workers delivered themselves.
+pub(super) fn deliverer(shared: &Shared, rx: &Receiver<Staged>) {
+    while let Ok(mut staged) = rx.recv() {
+        while staged.ready.len() < MERGE {
+            match rx.try_recv() {
+                Ok(more) => staged.merge(more),
+                Err(_) => break,
+            }
         }
-        sync_sources(shared, &ready);
-        let items: Vec<(&Claim, &[Sealed])> =
-            ready.iter().map(|r| (&r.claim, &r.copies[..])).collect();
-        // each is finished as soon as its result is final (for SMTP: right after the server's 250)
-        shared
-            .transport
-            .deliver_batch(&items, &mut |i, result| complete(shared, &ready[i], result));
-        for c in ready.into_iter().flat_map(|r| r.copies) {
-            crate::buffers::give(c.data);
+        deliver_staged(shared, staged);
+    }
+}
+
+/// Delivers a sealed batch, acts on each result, then releases what it answered for. A bug costs
+/// this delivery a retry, never the thread, the counts or `once`'s end.
+pub(super) fn deliver_staged(shared: &Shared, staged: Staged) {
+    let delivering = std::panic::AssertUnwindSafe(|| deliver(shared, &staged.ready));
+    if let Err(panic) = std::panic::catch_unwind(delivering) {
+        let why = panic_message(&*panic);
+        error!(
+            "internal error while delivering {} messages: {why}; they are tried again",
+            staged.ready.len()
+        );
+        for claim in staged.ready.iter().map(|r| &r.claim) {
+            // those finished before the panic are gone; the others are recovered first
+            if claim.path.exists() || claim.committed_path().exists() {
+                defer(shared, claim.clone(), &DeliverError::Internal(why.clone()));
+            }
         }
     }
-    release(shared, jobs, claimed);
+    for c in staged.ready.into_iter().flat_map(|r| r.copies) {
+        crate::buffers::give(c.data);
+    }
+    release(shared, staged.jobs, staged.claimed);
+}
+
+/// Hands the sealed messages to the route; each is finished as soon as its result is final (for
+/// SMTP: right after the server's 250).
+fn deliver(shared: &Shared, ready: &[Ready]) {
+    if ready.is_empty() {
+        return;
+    }
+    for r in ready {
+        test_hook(Stage::Delivering, &r.claim.rel);
+    }
+    sync_sources(shared, ready);
+    let items: Vec<(&Claim, &[Sealed])> = ready.iter().map(|r| (&r.claim, &r.copies[..])).collect();
+    shared
+        .transport
+        .deliver_batch(&items, &mut |i, result| complete(shared, &ready[i], result));
 }
 
 /// Jobs done with (delivered, refused, deferred, gone or left for the next start): the gate and

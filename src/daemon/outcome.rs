@@ -88,7 +88,7 @@ pub(super) fn prepare(
     let guard = &shared.instance.guard;
     let marked = guard.sealing(&claim.id);
     let sealed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        crate::spool::crashguard::test_hook(&claim.rel);
+        crate::spool::crashguard::test_hook(crate::spool::crashguard::Stage::Sealing, &claim.rel);
         seal::seal(
             &bytes,
             &state.config.seal,

@@ -133,7 +133,7 @@ pub(super) fn hand_over(shared: &Shared, pending: &mut Pending, out: &Sender<Sta
         release(shared, staged.jobs, staged.claimed);
     } else if let Err(unsent) = out.send(staged) {
         // the delivery stage is gone (it outlives the workers, so only in a bug): deliver here
-        deliver_staged(shared, vec![unsent.into_inner()]);
+        deliver_staged(shared, unsent.into_inner());
     }
 }
 

@@ -212,27 +212,32 @@ fn is_claim_id(id: &str) -> bool {
         })
 }
 
-/// Called with the claim's spool path as its sealing starts, and with it under `DELIVERING` as its
-/// delivery starts, once set.
-static HOOK: OnceLock<fn(&Path)> = OnceLock::new();
+/// Where the test hook is called from.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// as an input's sealing starts
+    Sealing,
+    /// as its delivery starts
+    Delivering,
+}
+
+/// Called with the stage and the claim's spool path, once set.
+static HOOK: OnceLock<fn(Stage, &Path)> = OnceLock::new();
 
 /// A seam for tests that must make the process die (or a worker panic) while an input is being
-/// sealed, the way a stack overflow or the OOM killer would. Only a program linking this library
-/// can set it: the `smime-pickup` binary never does, and no configuration or environment variable
-/// reaches it.
+/// sealed, the way a stack overflow or the OOM killer would, or a delivery thread panic. Only a
+/// program linking this library can set it: the `smime-pickup` binary never does, and no
+/// configuration or environment variable reaches it.
 #[doc(hidden)]
-pub fn set_test_hook(hook: fn(&Path)) {
+pub fn set_test_hook(hook: fn(Stage, &Path)) {
     let _ = HOOK.set(hook);
 }
 
-/// What the hook's path starts with when the delivery stage calls it (sealing calls it with the
-/// input's relative path alone).
-pub const DELIVERING: &str = "(delivering)";
-
 /// Runs the test hook, if a test set one (see `set_test_hook`).
-pub fn test_hook(rel: &Path) {
+pub fn test_hook(stage: Stage, rel: &Path) {
     if let Some(hook) = HOOK.get() {
-        hook(rel);
+        hook(stage, rel);
     }
 }
 
