@@ -18,9 +18,6 @@ use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
 use smime_pickup::config::{Config, Flavor};
 use smime_pickup::deliver::api::ApiRoute;
 use smime_pickup::deliver::api::client::transmission;
-use smime_pickup::message::Limits;
-use smime_pickup::seal::{self, Policy};
-use smime_pickup::smime::certs::unix_now;
 
 /// Serves every connection in its own thread until the process ends.
 fn server() -> u16 {
@@ -89,12 +86,7 @@ fn main() {
     let (count, threads) = (number(0, 4000), number(1, cores));
     let fresh = args.get(2).is_some_and(|a| a == "fresh");
 
-    let tmp = tempfile::tempdir().unwrap();
-    let ring = common::keyring(tmp.path());
-    let input = common::message("html-19k.eml", 1);
-    let sealed = seal::seal(&input, &Policy::default(), &Limits::NONE, &ring, unix_now())
-        .unwrap()
-        .remove(0);
+    let sealed = common::sealed_19k();
     let port = server();
     let config = Config::from_toml(
         &format!(

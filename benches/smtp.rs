@@ -13,9 +13,6 @@ use std::time::Instant;
 
 use smime_pickup::config::Config;
 use smime_pickup::deliver::smtp::SmtpRoute;
-use smime_pickup::message::Limits;
-use smime_pickup::seal::{self, Policy};
-use smime_pickup::smime::certs::unix_now;
 
 fn main() {
     let args = common::Args::from_env();
@@ -28,12 +25,7 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (count, threads, per_connection) = (number(1, 2000), number(2, cores), number(3, 100));
 
-    let tmp = tempfile::tempdir().unwrap();
-    let ring = common::keyring(tmp.path());
-    let input = common::message("html-19k.eml", 1);
-    let sealed = seal::seal(&input, &Policy::default(), &Limits::NONE, &ring, unix_now())
-        .unwrap()
-        .remove(0);
+    let sealed = common::sealed_19k();
     let config = Config::from_toml(
         &format!(
             "[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nmax_messages_per_connection = {per_connection}\n"

@@ -185,3 +185,22 @@ impl Args {
             .map_or(default, |v| v.parse().expect("a number"))
     }
 }
+
+/// The 19 KB fixture sealed once with the default policy (to one bulk recipient), for benches
+/// that measure delivery alone.
+pub fn sealed_19k() -> smime_pickup::seal::Sealed {
+    use smime_pickup::message::Limits;
+    use smime_pickup::seal::{self, Policy};
+    let tmp = tempfile::tempdir().unwrap();
+    let ring = keyring(tmp.path());
+    let input = message("html-19k.eml", 1);
+    seal::seal(
+        &input,
+        &Policy::default(),
+        &Limits::NONE,
+        &ring,
+        smime_pickup::smime::certs::unix_now(),
+    )
+    .unwrap()
+    .remove(0)
+}
