@@ -2,12 +2,12 @@
 //! the test CA's `localhost` certificate) as a test's server: started on a free port, steered through
 //! its control file, stopped by PID when dropped (or killed with -9 by the test).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use super::mta::free_port;
 use super::pki;
+use super::servers::spawn_ready;
 
 /// The key the server accepts (PowerMTA's form: 32-128 of `[A-Za-z0-9_]`).
 pub const KEY: &str = "Test_Key_0123456789abcdefABCDEF_xyz";
@@ -40,22 +40,15 @@ impl ApiServer {
         let script = d.join("server.py");
         std::fs::write(&script, include_str!("api_server.py")).unwrap();
         let private = pki().join("private");
-        let mut child = Command::new("python3")
-            .arg(&script)
+        let mut cmd = Command::new("python3");
+        cmd.arg(&script)
             .arg(self.port.to_string())
             .arg(d)
             .arg(private.join("localhost.crt"))
             .arg(private.join("localhost.key"))
             .arg(KEY)
-            .arg(self.flavor)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 runs");
-        let mut line = String::new();
-        let _ = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
-        assert_eq!(line.trim(), "ready", "api_server.py did not start");
-        self.child = Some(child);
+            .arg(self.flavor);
+        self.child = Some(spawn_ready(&mut cmd, "api_server.py"));
     }
 
     /// Kills the server with SIGKILL (a crash: what it stored stays, what it did not answer is lost).

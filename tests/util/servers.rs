@@ -57,6 +57,23 @@ fn leaf_cert(dir: &Path) -> (PathBuf, PathBuf) {
     (crt, key)
 }
 
+/// Starts one of our Python test servers and waits for the "ready" line it prints once it listens
+/// (or for its end, which closes stdout); one that does not start is stopped, and the test fails.
+pub fn spawn_ready(cmd: &mut Command, what: &str) -> Child {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 runs");
+    let mut line = String::new();
+    let _ = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
+    if line.trim() != "ready" {
+        stop(&mut child);
+        panic!("{what} did not start");
+    }
+    child
+}
+
 fn stop(child: &mut Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -130,18 +147,7 @@ impl Aiosmtpd {
             std::fs::write(d.join("answered"), "0").unwrap();
             cmd.arg("--hold-file").arg(d.join("answered"));
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 runs");
-        // it prints "ready" once it listens (or exits, closing stdout)
-        let mut line = String::new();
-        let _ = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
-        if line.trim() != "ready" {
-            stop(&mut child);
-            panic!("aiosmtpd_server.py did not start on port {port}");
-        }
+        let child = spawn_ready(&mut cmd, &format!("aiosmtpd_server.py on port {port}"));
         Aiosmtpd { dir, port, child }
     }
 
