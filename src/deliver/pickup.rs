@@ -6,7 +6,7 @@
 //! 2. **commit point**: rename the claim to `<id>,<rel>#committed` and fsync the work folder;
 //! 3. rename every staged file into `PICKUP/` (atomic: PowerMTA never sees a partial file), fsync the
 //!    pickup folder;
-//! 4. the committed claim is emptied and its inode kept for a later staging file (`recycle`), or,
+//! 4. the committed claim is made owner-only and its inode kept for a later staging file (`recycle`), or,
 //!    when it does not fit there, removed by the caller (`finish`).
 //!
 //! Recovery looks only at the claim's name and the staging folder, never at pickup (PowerMTA may have
@@ -36,7 +36,7 @@
 //! renames into pickup happen after the syncfs.
 
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{DeliverError, Delivered, Done, Shared, Transport};
@@ -157,12 +157,16 @@ impl Pickup {
                     for slice in copy.envelope.recipients.chunks(self.max_recipients.max(1)) {
                         let name = pickup_name(claim, names[i].len());
                         let path = self.staging.join(&name);
-                        let mut file = self.open_staged(&name, &path)?;
-                        // readable by the MTA's group whatever the service's umask (0077 under systemd)
-                        file.set_permissions(std::fs::Permissions::from_mode(0o640))
-                            .map_err(Self::io(&path))?;
+                        let (mut file, old) = self.open_staged(&name, &path)?;
                         let bytes = pickup_file(copy, slice);
                         file.write_all(&bytes).map_err(Self::io(&path))?;
+                        if old > bytes.len() as u64 {
+                            file.set_len(bytes.len() as u64).map_err(Self::io(&path))?;
+                        }
+                        // readable by the MTA's group whatever the service's umask (0077 under
+                        // systemd), once nothing of a reused inode's old content is left
+                        file.set_permissions(std::fs::Permissions::from_mode(0o640))
+                            .map_err(Self::io(&path))?;
                         crate::buffers::give(bytes);
                         open_files.push((i, path, file));
                         names[i].push(name);
@@ -308,15 +312,21 @@ impl Pickup {
 }
 
 impl Pickup {
-    /// A new staging file at `path` (`staging/name`), open for writing: a pool entry when one fits,
-    /// else a created file.
-    fn open_staged(&self, name: &str, path: &Path) -> Result<std::fs::File, DeliverError> {
-        if let Some(file) = self.pool.take(&self.staging, name) {
-            return Ok(file);
+    /// A new staging file at `path` (`staging/name`), owner-only and open for writing at its start,
+    /// with the length of what it holds already: a pool entry when one fits, else a created file.
+    fn open_staged(&self, name: &str, path: &Path) -> Result<(std::fs::File, u64), DeliverError> {
+        if let Some(taken) = self.pool.take(&self.staging, name) {
+            return Ok(taken);
         }
-        let file = std::fs::File::create(path).map_err(Self::io(path))?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(Self::io(path))?;
         self.pool.created(&file);
-        Ok(file)
+        Ok((file, 0))
     }
 
     /// Step 4 for a claim whose outputs are all published: its inode goes to the pool when it
@@ -324,6 +334,12 @@ impl Pickup {
     fn recycle(&self, claim: &Claim) {
         self.pool
             .recycle(&self.staging, &claim.committed_path(), &claim.id);
+    }
+}
+
+impl Drop for Pickup {
+    fn drop(&mut self) {
+        self.pool.clear(&self.staging);
     }
 }
 

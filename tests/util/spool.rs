@@ -187,7 +187,8 @@ impl Setup {
             .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
             .collect();
         assert!(leftovers.is_empty(), "work folder not empty: {leftovers:?}");
-        // pool entries (inodes of delivered claims kept for reuse) may stay, always empty
+        // pool entries (inodes of delivered claims kept for reuse) may stay after a kill, always
+        // readable by the service's user only
         let (pool, staged): (Vec<PathBuf>, Vec<PathBuf>) =
             list_files(&self.d.path().join(".smime-pickup-staging"))
                 .into_iter()
@@ -199,12 +200,9 @@ impl Setup {
                 });
         assert!(staged.is_empty(), "staging not empty: {staged:?}");
         for p in pool {
-            assert_eq!(
-                p.metadata().unwrap().len(),
-                0,
-                "{} holds bytes",
-                p.display()
-            );
+            use std::os::unix::fs::PermissionsExt;
+            let mode = p.metadata().unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{} is {mode:o}", p.display());
         }
     }
 }

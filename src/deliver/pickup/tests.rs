@@ -68,9 +68,11 @@ fn deliver_writes_envelope_first_and_splits_recipients() {
         [".recycled.i1-7"],
         "the claim's inode is kept"
     );
+    let pooled = p.staging.join(".recycled.i1-7").metadata().unwrap();
     assert_eq!(
-        p.staging.join(".recycled.i1-7").metadata().unwrap().len(),
-        0
+        std::os::unix::fs::PermissionsExt::mode(&pooled.permissions()) & 0o777,
+        0o600,
+        "the old input stays its owner's"
     );
     let first = std::fs::read_to_string(p.dir.join("i1-7.0.m.eml")).unwrap();
     assert_eq!(
@@ -122,6 +124,8 @@ fn a_later_output_reuses_a_delivered_claims_inode_with_the_usual_mode() {
         std::fs::write(&c.path, "input").unwrap();
         c
     };
+    // an input longer than the output that reuses its inode: nothing of it may show after it
+    std::fs::write(&first.path, "plaintext input ".repeat(1000)).unwrap();
     let inode = first.path.metadata().unwrap().ino();
     p.deliver(&first, &[copy(&["a@y"])]).unwrap();
     // its inode is usable once the work folder was synced: by the next commit

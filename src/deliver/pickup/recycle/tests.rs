@@ -1,4 +1,4 @@
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use super::*;
 use crate::deliver::pickup::tests::names;
@@ -17,23 +17,34 @@ fn setup() -> (tempfile::TempDir, Pool, PathBuf, PathBuf) {
 }
 
 #[test]
-fn a_delivered_claim_becomes_an_empty_staging_file_once_its_folder_is_synced() {
+fn a_delivered_claim_becomes_an_owner_only_staging_file_once_its_folder_is_synced() {
     let (_t, pool, staging, claim) = setup();
     let inode = claim.metadata().unwrap().ino();
+    std::fs::set_permissions(&claim, std::fs::Permissions::from_mode(0o644)).unwrap();
     assert!(pool.recycle(&staging, &claim, "i1-7"));
     assert!(!claim.exists());
-    let entry = staging.join(".recycled.i1-7");
-    assert_eq!(entry.metadata().unwrap().len(), 0, "no plaintext lingers");
+    let entry = staging.join(".recycled.i1-7").metadata().unwrap();
+    assert_eq!(
+        entry.mode() & 0o777,
+        0o600,
+        "the old input: its owner's only"
+    );
     assert!(
         pool.take(&staging, "i1-9.0.eml").is_none(),
         "not before the work folder it left is synced"
     );
     pool.synced(claim.parent().unwrap());
-    let mut file = pool.take(&staging, "i1-9.0.eml").expect("reused");
+    let (mut file, old) = pool.take(&staging, "i1-9.0.eml").expect("reused");
+    assert_eq!(old, "plaintext".len() as u64, "its blocks are kept");
     std::io::Write::write_all(&mut file, b"sealed").unwrap();
     let made = staging.join("i1-9.0.eml");
     assert_eq!(made.metadata().unwrap().ino(), inode, "the same inode");
-    assert_eq!(std::fs::read(&made).unwrap(), b"sealed");
+    assert_eq!(made.metadata().unwrap().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::read(&made).unwrap(),
+        b"sealedext",
+        "written over from its start"
+    );
     assert_eq!(names(&staging), ["first.eml", "i1-9.0.eml"]);
     assert_eq!(pool.len(), 0);
     assert!(pool.take(&staging, "i1-9.1.eml").is_none(), "empty now");
@@ -89,7 +100,7 @@ fn leftovers_of_an_earlier_run_are_removed_at_first_use() {
     let (_t, pool, staging, claim) = setup();
     std::fs::write(
         staging.join(".recycled.i0-1"),
-        "lost its truncation in a crash",
+        "an old input, its rename lost in a crash",
     )
     .unwrap();
     std::fs::write(staging.join("i0-2.0.eml"), "a staged output").unwrap();
@@ -122,7 +133,7 @@ fn an_inode_still_open_elsewhere_is_not_reused() {
     let mut kept = File::open(&claim).unwrap();
     if pool.recycle(&staging, &claim, "i1-7") {
         pool.synced(claim.parent().unwrap());
-        if let Some(mut file) = pool.take(&staging, "i1-9.0.eml") {
+        if let Some((mut file, _)) = pool.take(&staging, "i1-9.0.eml") {
             std::io::Write::write_all(&mut file, b"x-receiver: someone@else\r\n").unwrap();
         }
     }
@@ -138,4 +149,19 @@ fn an_inode_still_open_elsewhere_is_not_reused() {
     let again = claim.with_file_name("i1-8,n.eml#committed");
     std::fs::write(&again, "plaintext").unwrap();
     assert!(pool.recycle(&staging, &again, "i1-8"));
+}
+
+#[test]
+fn a_clean_exit_leaves_no_old_input_in_staging() {
+    let (_t, pool, staging, claim) = setup();
+    let second = claim.with_file_name("i1-8,n.eml#committed");
+    std::fs::write(&second, "plaintext").unwrap();
+    assert!(pool.recycle(&staging, &claim, "i1-7"));
+    pool.synced(claim.parent().unwrap());
+    // this one's work folder is not synced yet: it is synced before its entry goes
+    assert!(pool.recycle(&staging, &second, "i1-8"));
+    assert_eq!(pool.len(), 2);
+    pool.clear(&staging);
+    assert_eq!(names(&staging), ["first.eml"]);
+    assert_eq!(pool.len(), 0);
 }
