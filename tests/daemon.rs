@@ -299,9 +299,47 @@ fn lcg(state: &mut u64) -> u64 {
 
 #[test]
 fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
-    let reused = kill_9_rounds(&Setup::on_tmpfs("settle_ms = 100\n"), 2000, 10);
+    // reuse is off on tmpfs by default (it pays on ext4 without a journal only): forced here, so
+    // the kills also land while claims' inodes become outputs
+    let s = Setup::on_tmpfs("settle_ms = 100\nreuse_inodes = \"always\"\n");
+    let reused = kill_9_rounds(&s, 2000, 10);
     // tmpfs never hands out an inode number twice: these are claims' inodes, recycled
     assert!(reused > 0, "the killed runs reused no claim's inode");
+}
+
+/// `reuse_inodes = "auto"` leaves tmpfs alone: every output is a new inode, and the start says why.
+#[test]
+fn on_tmpfs_every_output_is_a_new_file_by_default() {
+    use std::os::unix::fs::MetadataExt;
+    let s = Setup::on_tmpfs("");
+    for n in 0..40 {
+        s.drop_message(&format!("m{n}.eml"), &message(n));
+    }
+    let inputs: std::collections::HashSet<u64> = list_files(&s.path("spool"))
+        .iter()
+        .map(|p| p.metadata().unwrap().ino())
+        .collect();
+    let o = s.once();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let outputs = s.pickup_files();
+    assert_eq!(outputs.len(), 40);
+    if !s.path("").starts_with("/dev/shm") {
+        // no tmpfs on this machine: only that the choice is logged
+        assert!(
+            stderr(&o).contains("reuse_inodes = auto: "),
+            "{}",
+            stderr(&o)
+        );
+        return;
+    }
+    assert!(
+        outputs
+            .iter()
+            .all(|p| !inputs.contains(&p.metadata().unwrap().ino())),
+        "an input's inode became an output"
+    );
+    let said = "reuse_inodes = auto: every output is a new file (tmpfs)";
+    assert!(stderr(&o).contains(said), "{}", stderr(&o));
 }
 
 /// The same with one syncfs per batch, on the project's disk (where syncfs has work to do): the

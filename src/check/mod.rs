@@ -91,8 +91,11 @@ pub fn check(config: &Config, smtp: bool, api: bool) -> Report {
         None => r.add(Level::Warning, "no config file: built-in defaults"),
     }
     folders(config, &mut r);
-    r.lines
-        .extend(crate::deliver::pickup::sync::report(config).map(|l| (Level::Ok, l)));
+    r.lines.extend(
+        crate::deliver::pickup::sync::report(config)
+            .into_iter()
+            .map(|l| (Level::Ok, l)),
+    );
     keys_and_certs(config, &mut r);
     if config.route.uses(Hop::Api) || api {
         api::settings(config, &mut r);

@@ -18,6 +18,7 @@ pub(super) struct File {
     pub(super) work: Option<PathBuf>,
     pub(super) staging: Option<PathBuf>,
     pub(super) sync: Option<crate::deliver::pickup::SyncStrategy>,
+    pub(super) reuse_inodes: Option<crate::deliver::pickup::recycle::Reuse>,
     pub(super) workers: Option<usize>,
     pub(super) settle_ms: Option<u64>,
     pub(super) rescan_seconds: Option<u64>,

@@ -87,6 +87,8 @@ pub struct Config {
     pub staging: Option<PathBuf>,
     /// How staged outputs are made durable: `auto` (by filesystem), `file`, `filesystem` (syncfs)
     pub sync: crate::deliver::pickup::SyncStrategy,
+    /// Where delivered inputs' inodes become outputs: `auto` (ext4 without a journal), `always`, `never`
+    pub reuse_inodes: crate::deliver::pickup::recycle::Reuse,
     /// Sealing threads (default: number of cores; twice that with `route = "smtp"`)
     pub workers: usize,
     /// How long an in-place written file must stay unchanged after it is closed
@@ -235,6 +237,7 @@ impl Config {
             work: file.work.map(resolve),
             staging: file.staging.map(resolve),
             sync: file.sync.unwrap_or_default(),
+            reuse_inodes: file.reuse_inodes.unwrap_or_default(),
             workers,
             settle: std::time::Duration::from_millis(file.settle_ms.unwrap_or(1000)),
             rescan: std::time::Duration::from_secs(file.rescan_seconds.unwrap_or(30)),

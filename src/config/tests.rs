@@ -44,6 +44,24 @@ fn limits_have_defaults_and_ranges() {
 }
 
 #[test]
+fn reuse_inodes_is_auto_always_or_never() {
+    use crate::deliver::pickup::recycle::Reuse;
+    let parse = |t: &str| Config::from_toml(t, Some(Path::new("c.toml")));
+    assert_eq!(parse("").unwrap().reuse_inodes, Reuse::Auto);
+    for (text, want) in [
+        ("reuse_inodes = \"auto\"", Reuse::Auto),
+        ("reuse_inodes = \"always\"", Reuse::Always),
+        ("reuse_inodes = \"never\"", Reuse::Never),
+    ] {
+        assert_eq!(parse(text).unwrap().reuse_inodes, want, "{text}");
+    }
+    for bad in ["reuse_inodes = true", "reuse_inodes = \"yes\""] {
+        let e = parse(bad).unwrap_err().to_string();
+        assert!(e.starts_with("c.toml: line 1: "), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn sync_is_auto_file_or_filesystem() {
     use crate::deliver::pickup::SyncStrategy;
     let parse = |t: &str| Config::from_toml(t, Some(Path::new("c.toml")));

@@ -190,7 +190,7 @@ pub fn build(
                     staging: crate::layout::staging_folder(config, dir),
                     max_recipients: config.max_recipients_per_file,
                     sync: pickup::sync::for_folder(config.sync, dir),
-                    pool: Default::default(),
+                    pool: pickup::recycle::Pool::for_folder(config.reuse_inodes, dir),
                 })
             }
             Hop::Smtp => Leg::Smtp(smtp::SmtpRoute::new(config.smtp.clone())?),
@@ -228,7 +228,7 @@ pub fn build(
                     staging: p.staging.clone(),
                     max_recipients: p.max_recipients,
                     sync: p.sync,
-                    pool: Default::default(),
+                    pool: pickup::recycle::Pool::new(false),
                 };
                 (Box::new(p), Some(gate))
             }

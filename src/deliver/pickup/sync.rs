@@ -125,14 +125,20 @@ pub fn for_folder(setting: SyncStrategy, dir: &Path) -> SyncStrategy {
     chosen
 }
 
-/// The line `check` prints about the choice, when pickup is used.
-pub fn report(config: &crate::config::Config) -> Option<String> {
-    let dir = config.pickup.as_ref()?;
+/// The lines `check` prints about the choices made for the pickup folder's filesystem (how
+/// outputs are synced, whether inodes are reused), when pickup is used.
+pub fn report(config: &crate::config::Config) -> Vec<String> {
+    let Some(dir) = config.pickup.as_ref() else {
+        return Vec::new();
+    };
     if !config.route.uses(crate::config::Hop::Pickup) {
-        return None;
+        return Vec::new();
     }
     let facts = Facts::of(dir).ok();
-    Some(resolve(config.sync, facts.as_ref()).1)
+    vec![
+        resolve(config.sync, facts.as_ref()).1,
+        super::recycle::decide(config.reuse_inodes, facts.as_ref()).1,
+    ]
 }
 
 /// One syncfs on the filesystem holding `folder`.

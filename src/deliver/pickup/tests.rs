@@ -19,7 +19,7 @@ fn setup() -> (tempfile::TempDir, Pickup, Claim) {
         staging: tmp.path().join("staging"),
         max_recipients: 2,
         sync: SyncStrategy::File,
-        pool: Default::default(),
+        pool: super::recycle::Pool::new(true),
     };
     (tmp, p, claim)
 }

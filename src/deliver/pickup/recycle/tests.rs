@@ -9,7 +9,7 @@ fn setup() -> (tempfile::TempDir, Pool, PathBuf, PathBuf) {
     let (staging, work) = (tmp.path().join("staging"), tmp.path().join("work"));
     std::fs::create_dir(&staging).unwrap();
     std::fs::create_dir(&work).unwrap();
-    let pool = Pool::default();
+    let pool = Pool::new(true);
     pool.created(&File::create(staging.join("first.eml")).unwrap());
     let claim = work.join("i1-7,m.eml#committed");
     std::fs::write(&claim, "plaintext").unwrap();
@@ -53,7 +53,7 @@ fn a_delivered_claim_becomes_an_owner_only_staging_file_once_its_folder_is_synce
 #[test]
 fn nothing_is_recycled_before_a_staging_file_was_created() {
     let (_t, _, staging, claim) = setup();
-    let pool = Pool::default();
+    let pool = Pool::new(true);
     assert!(!pool.recycle(&staging, &claim, "i1-7"));
     assert_eq!(std::fs::read(&claim).unwrap(), b"plaintext");
 }
@@ -164,4 +164,70 @@ fn a_clean_exit_leaves_no_old_input_in_staging() {
     pool.clear(&staging);
     assert_eq!(names(&staging), ["first.eml"]);
     assert_eq!(pool.len(), 0);
+}
+
+#[test]
+fn auto_reuses_inodes_only_on_ext4_without_a_journal() {
+    use Reuse::*;
+    let facts = |kind: &str, device: Option<&str>, journal| Facts {
+        kind: kind.into(),
+        device: device.map(Into::into),
+        journal,
+    };
+    for (setting, f, want, says) in [
+        (
+            Auto,
+            Some(facts("ext4", Some("vda"), false)),
+            true,
+            "(ext4 without a journal)",
+        ),
+        (
+            Auto,
+            Some(facts("ext4", Some("loop0"), true)),
+            false,
+            "new file (ext4)",
+        ),
+        (
+            Auto,
+            Some(facts("tmpfs", None, false)),
+            false,
+            "new file (tmpfs)",
+        ),
+        (
+            Auto,
+            Some(facts("xfs", Some("sdb1"), false)),
+            false,
+            "(xfs)",
+        ),
+        (Auto, Some(facts("ext4", None, false)), false, "(ext4)"),
+        (Auto, None, false, "could not be identified"),
+        (
+            Always,
+            Some(facts("tmpfs", None, false)),
+            true,
+            "\"always\"",
+        ),
+        (
+            Never,
+            Some(facts("ext4", Some("vda"), false)),
+            false,
+            "\"never\"",
+        ),
+    ] {
+        let (got, why) = decide(setting, f.as_ref());
+        assert_eq!(got, want, "{setting:?} {f:?}");
+        assert!(why.contains(says), "{why}");
+    }
+}
+
+#[test]
+fn a_pool_that_is_off_keeps_nothing_but_still_removes_old_leftovers() {
+    let (_t, _, staging, claim) = setup();
+    let pool = Pool::new(false);
+    pool.created(&File::create(staging.join("second.eml")).unwrap());
+    std::fs::write(staging.join(".recycled.i0-1"), "an old input").unwrap();
+    assert!(!pool.recycle(&staging, &claim, "i1-7"));
+    assert!(pool.take(&staging, "i1-9.0.eml").is_none());
+    assert_eq!(std::fs::read(&claim).unwrap(), b"plaintext");
+    assert_eq!(names(&staging), ["first.eml", "second.eml"]);
 }
