@@ -12,15 +12,15 @@ pub const FAILURE_CLASSES: [&str; 5] = ["input", "key", "certificate", "server",
 
 /// The input was delivered: drop the claim, under its committed name or its own (the commit renames
 /// it, so it is under one of them at most), and, when `records` says a network route may have written
-/// some, its progress records (SMTP, API). On the pickup route the committed claim is usually gone
-/// already, its inode kept for a later output (`deliver::pickup::recycle`).
-pub fn delivered(claim: &Claim, records: bool) -> std::io::Result<()> {
+/// some, its progress records (SMTP, API). `gone`: the route already moved the claim away (pickup
+/// keeps its inode for a later output, `deliver::pickup::recycle`), so it is not looked for.
+pub fn delivered(claim: &Claim, records: bool, gone: bool) -> std::io::Result<()> {
     let removed = |path: PathBuf| match std::fs::remove_file(path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
     };
-    if !removed(claim.committed_path())? {
+    if !gone && !removed(claim.committed_path())? {
         removed(claim.path.clone())?;
     }
     if records {
@@ -189,16 +189,21 @@ mod tests {
             names
         };
         // without network routes the records are not looked for (none can exist then)
-        delivered(&claim, false).unwrap();
+        delivered(&claim, false, false).unwrap();
         assert_eq!(left().len(), 3, "{:?}", left());
         assert!(!claim.committed_path().exists());
-        delivered(&claim, true).unwrap();
+        delivered(&claim, true, false).unwrap();
         assert_eq!(left(), ["i1-8,n.eml"]);
         // finishing again (a crash during finish) is not an error
-        delivered(&claim, true).unwrap();
+        delivered(&claim, true, false).unwrap();
         // a claim delivered before its commit (SMTP, API) is dropped under its own name
         std::fs::write(&claim.path, "input").unwrap();
-        delivered(&claim, true).unwrap();
+        delivered(&claim, true, false).unwrap();
         assert_eq!(left(), ["i1-8,n.eml"]);
+        // a claim the route moved away itself is not looked for; its records still go
+        std::fs::write(&claim.path, "a name that came back").unwrap();
+        std::fs::write(&smtp, "a@y\n").unwrap();
+        delivered(&claim, true, true).unwrap();
+        assert_eq!(left(), ["i1-7,m.eml", "i1-8,n.eml"]);
     }
 }

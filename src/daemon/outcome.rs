@@ -49,7 +49,7 @@ pub(super) fn prepare(
     };
     match recovered {
         Ok(Some(done)) => {
-            finish_delivered(shared, &claim, 0);
+            finish_delivered(shared, &claim, 0, done.input_gone);
             shared.metrics.delivered(done.route, 0);
             info!(
                 "{}: delivery finished after a restart via {} ({})",
@@ -153,7 +153,7 @@ pub(super) fn complete(shared: &Shared, ready: &Ready, result: Result<Delivered,
                     ),
                 }
             }
-            finish_delivered(shared, claim, done.units);
+            finish_delivered(shared, claim, done.units, done.input_gone);
             let recipients: usize = copies.iter().map(|c| c.envelope.recipients.len()).sum();
             let out_bytes: usize = copies.iter().map(|c| c.data.len()).sum();
             shared.metrics.delivered(done.route, out_bytes);
@@ -210,14 +210,15 @@ pub(super) fn refuse(
     }
 }
 
-pub(super) fn finish_delivered(shared: &Shared, claim: &Claim, units: usize) {
+/// `input_gone`: the route disposed of the claimed input itself (see `Delivered`).
+pub(super) fn finish_delivered(shared: &Shared, claim: &Claim, units: usize, input_gone: bool) {
     shared
         .published_since_count
         .fetch_add(units, Ordering::SeqCst);
     // progress records exist only where a network route may have written them: for a claim
     // taken in this run and tried only by pickup, none
     let records = !claim.fresh || shared.network_routes;
-    if let Err(e) = finish::delivered(claim, records) {
+    if let Err(e) = finish::delivered(claim, records, input_gone) {
         // the outputs are in pickup; a leftover committed claim is finished again at restart
         error!(
             "{}: delivered, but cannot remove the claimed input: {e}",

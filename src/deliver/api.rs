@@ -125,6 +125,7 @@ impl Transport for ApiRoute {
             route: "api",
             units: 0,
             rejected: Vec::new(),
+            input_gone: false,
         };
         for (copy, recipients) in &todo {
             let reply = self

@@ -112,6 +112,9 @@ pub struct Delivered {
     pub names: Vec<String>,
     /// recipients the server refused for good, with its reply (the others got the message)
     pub rejected: Vec<(String, String)>,
+    /// the claimed input is gone already (pickup: its inode became a pool entry): nothing for
+    /// `finish::delivered` to look for
+    pub input_gone: bool,
 }
 
 /// Receives each result of `deliver_batch`: the item's index and what became of it.

@@ -225,15 +225,14 @@ impl Pickup {
             .collect();
         let published = self.publish(&all).map_err(Shared::new);
         for i in committed {
-            if published.is_ok() {
-                self.recycle(items[i].0);
-            }
+            let input_gone = published.is_ok() && self.recycle(items[i].0);
             results[i] = Some(match &published {
                 Ok(_) => Ok(Delivered {
                     route: "pickup",
                     units: names[i].len(),
                     names: std::mem::take(&mut names[i]),
                     rejected: Vec::new(),
+                    input_gone,
                 }),
                 Err(e) => Err(self.unavailable(format!("publishing failed: {e}"), Some(e.clone()))),
             });
@@ -330,10 +329,10 @@ impl Pickup {
     }
 
     /// Step 4 for a claim whose outputs are all published: its inode goes to the pool when it
-    /// fits; otherwise the claim stays committed for `finish::delivered` to remove.
-    fn recycle(&self, claim: &Claim) {
+    /// fits (`true`); otherwise the claim stays committed for `finish::delivered` to remove.
+    fn recycle(&self, claim: &Claim) -> bool {
         self.pool
-            .recycle(&self.staging, &claim.committed_path(), &claim.id);
+            .recycle(&self.staging, &claim.committed_path(), &claim.id)
     }
 }
 
@@ -381,12 +380,13 @@ impl Transport for Pickup {
         }
         staged.sort();
         let units = self.publish(&staged)?;
-        self.recycle(claim);
+        let input_gone = self.recycle(claim);
         Ok(Some(Delivered {
             route: "pickup",
             units,
             names: staged,
             rejected: Vec::new(),
+            input_gone,
         }))
     }
 }

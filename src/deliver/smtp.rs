@@ -137,6 +137,7 @@ impl Transport for SmtpRoute {
             units: 0,
             names: Vec::new(),
             rejected: Vec::new(),
+            input_gone: false,
         };
         let all: Vec<(&Sealed, &[String])> = copies
             .iter()

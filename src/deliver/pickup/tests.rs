@@ -55,6 +55,7 @@ fn deliver_writes_envelope_first_and_splits_recipients() {
         .deliver(&claim, &[copy(&["a@y", "b@y", "c@y"]), copy(&["d@y"])])
         .unwrap();
     assert_eq!(done.units, 3);
+    assert!(done.input_gone, "its inode went to the pool");
     assert_eq!(
         names(&p.dir),
         ["i1-7.0.m.eml", "i1-7.1.m.eml", "i1-7.2.m.eml"]
@@ -200,7 +201,9 @@ fn a_committed_claim_found_after_a_crash_is_published_not_sealed_again() {
         .expect("recovered through pickup");
     assert_eq!(done.units, 1);
     assert_eq!(names(&p.dir), ["i1-7.0.eml"]);
-    // dropping the committed claim afterwards is `finish::delivered`'s job (tested there)
+    // dropping the committed claim afterwards is `finish::delivered`'s job (tested there): no
+    // staging file was made in this process, so the pool cannot know what one looks like
+    assert!(!done.input_gone);
     assert!(claim.committed_path().exists() && !claim.path.exists());
 }
 
