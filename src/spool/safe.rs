@@ -126,7 +126,9 @@ pub fn read_unchanged(
     if writers.busy(&f, &before) {
         return Ok(Err(Changed::OpenForWriting));
     }
-    f.read_to_end(buf)?;
+    // the size is known: read it without std's probing for a size hint (a stat and a seek)
+    buf.reserve(usize::try_from(before.len()).unwrap_or(0).saturating_add(1));
+    (&mut f).take(u64::MAX).read_to_end(buf)?;
     let after = Snapshot::of(&f.metadata()?);
     if !after.same_content(judged) || buf.len() as u64 != judged.size {
         return Ok(Err(Changed::Written));
