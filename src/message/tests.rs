@@ -215,3 +215,25 @@ fn structure_follows_the_outermost_boundary() {
          --o\r\n\r\nsecond\r\n--o--\r\n"
     );
 }
+
+/// Lines of 76 characters and CRLF, the same base64 as the `base64` crate's, at every length
+/// around the line and block boundaries.
+#[test]
+fn base64_lines_match_a_plain_encoder_at_every_boundary() {
+    use base64::Engine;
+    let data: Vec<u8> = (0..20_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    for len in (0..=400).chain([19_000, 19_999, 20_000]) {
+        let mut out = b"prefix".to_vec();
+        super::encode_base64_lines(&data[..len], &mut out);
+        let plain = base64::engine::general_purpose::STANDARD.encode(&data[..len]);
+        let want: Vec<u8> = plain
+            .as_bytes()
+            .chunks(76)
+            .flat_map(|l| [l, b"\r\n"].concat())
+            .collect();
+        assert_eq!(&out[..6], b"prefix");
+        assert_eq!(out[6..], want[..], "length {len}");
+    }
+}
