@@ -1,8 +1,10 @@
 //! The one module with `unsafe`: calls the safe bindings (openssl, rustix) do not offer. Unsafe
 //! code is denied everywhere else in the crate. Each call has its own file and a `SAFETY` comment:
 //! - `oaep`: OpenSSL's lower-level CMS calls, for RSA-OAEP key transport;
-//! - `lease`: `fcntl(F_SETLEASE)`, which asks the kernel whether a file is open for writing.
+//! - `lease`: `fcntl(F_SETLEASE)`, which asks the kernel whether a file is open for writing;
+//! - `sign`: OpenSSL's lower-level CMS calls, to sign with the capabilities attribute encoded once.
 #![allow(unsafe_code)]
 
 pub mod lease;
 pub mod oaep;
+pub mod sign;

@@ -70,6 +70,14 @@ pub enum SignatureMode {
     Opaque,
 }
 
+/// OpenSSL's S/MIME capabilities attribute, encoded once per process (`ffi::sign`); `None` if that
+/// failed, and every signature builds it as `CMS_sign` does.
+fn standard_smimecap() -> Option<&'static [u8]> {
+    static CAP: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    CAP.get_or_init(|| crate::ffi::sign::standard_smimecap().ok())
+        .as_deref()
+}
+
 /// Signs the canonical entity `content` and returns the MIME entity (headers, blank line, body) that
 /// carries it: `multipart/signed` for detached, `application/pkcs7-mime` for opaque signatures.
 pub fn signed_entity(
@@ -81,8 +89,13 @@ pub fn signed_entity(
     if mode == SignatureMode::Detached {
         flags |= CMSOptions::DETACHED;
     }
-    let chain: Option<&openssl::stack::StackRef<X509>> = Some(&id.chain);
-    let cms = CmsContentInfo::sign(Some(&id.cert), Some(&id.key), chain, Some(content), flags)?;
+    let cms = match standard_smimecap() {
+        Some(cap) => crate::ffi::sign::sign(&id.cert, &id.key, &id.chain, content, flags, cap)?,
+        None => {
+            let chain = Some(&*id.chain);
+            CmsContentInfo::sign(Some(&id.cert), Some(&id.key), chain, Some(content), flags)?
+        }
+    };
     let der = cms.to_der()?;
     let mut out = crate::buffers::take(content.len() + der.len() * 4 / 3 + 512);
     match mode {
