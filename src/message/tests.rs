@@ -224,7 +224,8 @@ fn base64_lines_match_a_plain_encoder_at_every_boundary() {
     let data: Vec<u8> = (0..20_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    for len in (0..=400).chain([19_000, 19_999, 20_000]) {
+    // 4,104 bytes are encoded at a time: around its multiples too
+    for len in (0..=400).chain([4_103, 4_104, 4_105, 8_208, 8_209, 19_000, 19_999, 20_000]) {
         let mut out = b"prefix".to_vec();
         super::encode_base64_lines(&data[..len], &mut out);
         let plain = base64::engine::general_purpose::STANDARD.encode(&data[..len]);
