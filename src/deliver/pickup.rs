@@ -35,7 +35,6 @@
 //! writes (cheap: nothing is left to write). Steps 2 and 3 are unchanged: the work folder may be on another filesystem, and the
 //! renames into pickup happen after the syncfs.
 
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -158,16 +157,14 @@ impl Pickup {
                         let name = pickup_name(claim, names[i].len());
                         let path = self.staging.join(&name);
                         let (mut file, old) = self.open_staged(&name, &path)?;
-                        let bytes = pickup_file(copy, slice);
-                        file.write_all(&bytes).map_err(Self::io(&path))?;
-                        if old > bytes.len() as u64 {
-                            file.set_len(bytes.len() as u64).map_err(Self::io(&path))?;
+                        let len = format::write(&mut file, copy, slice).map_err(Self::io(&path))?;
+                        if old > len {
+                            file.set_len(len).map_err(Self::io(&path))?;
                         }
                         // readable by the MTA's group whatever the service's umask (0077 under
                         // systemd), once nothing of a reused inode's old content is left
                         file.set_permissions(std::fs::Permissions::from_mode(0o640))
                             .map_err(Self::io(&path))?;
-                        crate::buffers::give(bytes);
                         open_files.push((i, path, file));
                         names[i].push(name);
                     }

@@ -1,12 +1,42 @@
 //! The bytes and the name of a pickup file.
 
+use std::fs::File;
+use std::io::{self, IoSlice, Write};
+
 use crate::seal::Sealed;
 use crate::spool::claim::Claim;
 
 /// The pickup file for one copy and one slice of its recipients: envelope lines first, then the
 /// message; CRLF; no dot-stuffing.
 pub fn pickup_file(copy: &Sealed, recipients: &[String]) -> Vec<u8> {
-    let mut out = crate::buffers::take(copy.data.len() + 64 * (recipients.len() + 1));
+    let mut out = envelope_lines(copy, recipients);
+    out.extend_from_slice(message_part(copy));
+    out
+}
+
+/// Writes the pickup file for `copy` and `recipients` into `file` (what `pickup_file` returns,
+/// without copying the message after its envelope lines first: one `writev` for both, as many as
+/// the kernel needs); returns its length.
+pub(super) fn write(file: &mut File, copy: &Sealed, recipients: &[String]) -> io::Result<u64> {
+    let head = envelope_lines(copy, recipients);
+    let body = message_part(copy);
+    let mut parts = [IoSlice::new(&head), IoSlice::new(body)];
+    let mut left = &mut parts[..];
+    while !left.is_empty() {
+        match file.write_vectored(left) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut left, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((head.len() + body.len()) as u64)
+}
+
+/// A pickup file's envelope lines (`x-sender`, `x-receiver`, extras): what comes before
+/// `message_part`.
+fn envelope_lines(copy: &Sealed, recipients: &[String]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 * (recipients.len() + 1));
     out.extend_from_slice(b"x-sender: ");
     out.extend_from_slice(copy.envelope.sender.as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -18,7 +48,6 @@ pub fn pickup_file(copy: &Sealed, recipients: &[String]) -> Vec<u8> {
     for (name, value) in &copy.envelope.extras {
         out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
     }
-    out.extend_from_slice(message_part(copy));
     out
 }
 
