@@ -24,7 +24,8 @@ unsafe extern "C" {
         flags: c_uint,
     ) -> *mut CMS_RecipientInfo;
     fn CMS_RecipientInfo_get0_pkey_ctx(ri: *mut CMS_RecipientInfo) -> *mut ffi::EVP_PKEY_CTX;
-    fn CMS_final(
+    /// also used by `sign`
+    pub(super) fn CMS_final(
         cms: *mut ffi::CMS_ContentInfo,
         data: *mut ffi::BIO,
         dcont: *mut ffi::BIO,

@@ -15,7 +15,9 @@ use openssl::pkey::{PKeyRef, Private};
 use openssl::stack::StackRef;
 use openssl::x509::{X509, X509Ref};
 use openssl_sys as ffi;
-use std::os::raw::{c_int, c_uint, c_void};
+use std::os::raw::{c_int, c_void};
+
+use super::oaep::CMS_final;
 
 /// `STACK_OF(X509_ALGOR)`, `STACK_OF(CMS_SignerInfo)` and `CMS_SignerInfo`: used through pointers only.
 #[allow(non_camel_case_types)]
@@ -40,12 +42,6 @@ unsafe extern "C" {
         kind: c_int,
         bytes: *const c_void,
         len: c_int,
-    ) -> c_int;
-    fn CMS_final(
-        cms: *mut ffi::CMS_ContentInfo,
-        data: *mut ffi::BIO,
-        dcont: *mut ffi::BIO,
-        flags: c_uint,
     ) -> c_int;
 }
 
