@@ -27,6 +27,42 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     assert!(reused > 0, "the killed runs reused no claim's inode");
 }
 
+/// With reuse on, a clean exit (`once` draining, `run` stopped by SIGTERM) leaves no delivered
+/// input in staging: no pool entry outlives the process that made it.
+#[test]
+fn a_clean_exit_leaves_no_pool_entry_in_staging() {
+    let s = Setup::on_tmpfs("reuse_inodes = \"always\"\n");
+    let pool = || -> Vec<std::path::PathBuf> {
+        list_files(&s.path(".smime-pickup-staging"))
+            .into_iter()
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(".recycled.")
+            })
+            .collect()
+    };
+    for n in 0..60 {
+        s.drop_message(&format!("m{n}.eml"), &message(n));
+    }
+    let o = s.once();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(s.pickup_files().len(), 60);
+    assert!(pool().is_empty(), "once left {:?}", pool());
+    let mut child = s.start("run.log");
+    for n in 60..120 {
+        s.drop_message(&format!("m{n}.eml"), &message(n));
+    }
+    s.wait_for("all files", Duration::from_secs(60), || {
+        s.pickup_files().len() >= 120
+    });
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+    assert!(pool().is_empty(), "run left {:?}", pool());
+    s.assert_nothing_in_flight();
+}
+
 /// `reuse_inodes = "auto"` leaves tmpfs alone: every output is a new inode, and the start says why.
 #[test]
 fn on_tmpfs_every_output_is_a_new_file_by_default() {
