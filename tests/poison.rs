@@ -437,3 +437,39 @@ fn with_the_widest_limits_the_same_inputs_are_sealed_in_bounded_time() {
         assert_lines_fit(&bytes, &f.display().to_string());
     }
 }
+
+/// An input far larger than memory (a sparse 200 GB file) is refused for its size before anything
+/// is read, fresh from the spool or left claimed by a daemon that died: memory for it is never asked
+/// for (it aborted the process at every start), and the others are delivered.
+#[test]
+fn an_input_larger_than_memory_is_refused_unread() {
+    let s = Setup::new("");
+    let huge = |path: &std::path::Path| {
+        let f = std::fs::File::create(path).unwrap();
+        f.set_len(200 << 30).unwrap(); // sparse: no blocks
+    };
+    huge(&s.path("spool/huge.eml"));
+    // what a daemon killed while holding the same kind of input leaves behind
+    let dead = s.path("spool/.smime-pickup/i1dead");
+    std::fs::create_dir_all(&dead).unwrap();
+    std::fs::write(dead.join(".lock"), "").unwrap();
+    huge(&dead.join("i1dead-0,claimed.eml"));
+    s.drop_message("fine.eml", &message(1));
+    let o = s.once();
+    let out = String::from_utf8_lossy(&o.stdout);
+    // 65: some inputs went to the failed folder (it ran to the end: no abort)
+    assert_eq!(o.status.code(), Some(65), "{out}\n{}", stderr(&o));
+    assert!(
+        out.contains("1 delivered, 2 failed, 0 deferred"),
+        "{out}\n{}",
+        stderr(&o)
+    );
+    for name in ["huge.eml", "claimed.eml"] {
+        let why = reason(&s, name);
+        assert!(
+            why.contains("input: message is 214748364800 bytes, over max_message_bytes"),
+            "{name}: {why}"
+        );
+    }
+    s.assert_nothing_in_flight();
+}

@@ -25,13 +25,31 @@ pub(super) struct Ready {
 }
 
 /// The claimed input, read into a buffer this worker used before.
-pub(super) fn read_input(path: &Path) -> std::io::Result<Vec<u8>> {
+/// Reads a claim taken before (retried, adopted): `max` bytes and one more at most, so a file that
+/// grew past the limit since it was measured is refused by the parser, never read whole.
+pub(super) fn read_input(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let size = f.metadata().map_or(0, |m| m.len() as usize);
-    let mut bytes = crate::buffers::take(size + 1);
-    f.read_to_end(&mut bytes)?;
+    let f = std::fs::File::open(path)?;
+    let size = f
+        .metadata()
+        .map_or(0, |m| m.len())
+        .min(max.saturating_add(1));
+    let mut bytes = crate::buffers::take(usize::try_from(size).unwrap_or(0).saturating_add(1));
+    f.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
     Ok(bytes)
+}
+
+/// The claim's size, when it is over `max_message_bytes`: refused before anything is read (memory
+/// for it is never asked for: a 200 GB sparse file aborted the process at every start).
+fn over_limit(claim: &Claim, judged: Option<&Snapshot>, max: usize) -> Option<seal::SealError> {
+    let size = match judged {
+        Some(j) => j.size,
+        None => std::fs::metadata(&claim.path).ok()?.len(),
+    };
+    (size > max as u64).then(|| {
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        seal::SealError::from(crate::message::ParseError::TooLarge { size, max })
+    })
 }
 
 /// Finishes an interrupted delivery, or reads and seals the claim. Refusals and deferrals are dealt
@@ -65,13 +83,24 @@ pub(super) fn prepare(
             return None;
         }
     }
+    let max = shared
+        .state
+        .read()
+        .expect("state lock")
+        .config
+        .limits
+        .max_message_bytes;
+    if let Some(e) = over_limit(&claim, judged.as_ref().map(|(j, _)| j), max) {
+        refuse(shared, claim, &e, "refused", e.class());
+        return None;
+    }
     let read = match judged {
         Some((judged, open)) => {
             let tracker = &shared.tracker;
             let fresh = crate::spool::Fresh::new(&shared.spool, &shared.instance, tracker);
             fresh.read(&claim, judged, open)
         }
-        None => read_input(&claim.path).map(Some),
+        None => read_input(&claim.path, max as u64).map(Some),
     };
     let bytes = match read {
         Ok(Some(b)) => b,

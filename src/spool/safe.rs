@@ -135,9 +135,12 @@ pub fn read_unchanged(
     if writers.busy(&f, &before) {
         return Ok(Err(Changed::OpenForWriting));
     }
-    // the size is known: read it without std's probing for a size hint (a stat and a seek)
+    // the size is known: read it without std's probing for a size hint (a stat and a seek), and
+    // no further than one byte past it (a file that grew is refused below, never read whole)
     buf.reserve(usize::try_from(before.len()).unwrap_or(0).saturating_add(1));
-    (&mut f).take(u64::MAX).read_to_end(buf)?;
+    (&mut f)
+        .take(before.len().saturating_add(1))
+        .read_to_end(buf)?;
     let after = Snapshot::of(&f.metadata()?);
     if !after.same_content(judged) || buf.len() as u64 != judged.size {
         return Ok(Err(Changed::Written));
