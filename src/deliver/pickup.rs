@@ -157,15 +157,12 @@ impl Pickup {
                         let name = pickup_name(claim, names[i].len());
                         let path = self.staging.join(&name);
                         let (mut file, old) = self.open_staged(&name, &path)?;
-                        let len = format::write(&mut file, copy, slice).map_err(Self::io(&path))?;
-                        if old > len {
-                            file.set_len(len).map_err(Self::io(&path))?;
-                        }
-                        // readable by the MTA's group whatever the service's umask (0077 under
-                        // systemd), once nothing of a reused inode's old content is left
-                        file.set_permissions(std::fs::Permissions::from_mode(0o640))
-                            .map_err(Self::io(&path))?;
-                        open_files.push((i, path, file));
+                        let full = format::write(&mut file, copy, slice, old).map_err(|e| {
+                            // a reused inode may still hold an earlier input's bytes
+                            let _ = std::fs::remove_file(&path);
+                            Self::io(&path)(e)
+                        })?;
+                        open_files.push((i, path, file, full));
                         names[i].push(name);
                     }
                 }
@@ -280,14 +277,14 @@ impl Pickup {
     /// also flushes every other program's dirty data there (the MTA's among them).
     fn sync_staged(
         &self,
-        files: &mut Vec<(usize, PathBuf, std::fs::File)>,
+        files: &mut Vec<(usize, PathBuf, std::fs::File, bool)>,
         results: &mut [Option<Result<Delivered, DeliverError>>],
     ) {
-        files.retain(|(i, _, _)| results[*i].is_none());
+        files.retain(|(i, ..)| results[*i].is_none());
         if self.sync == SyncStrategy::Filesystem && !files.is_empty() {
             if let Err(e) = sync::syncfs(&self.staging) {
                 let kind = e.kind();
-                for (i, path, _) in files.iter() {
+                for (i, path, ..) in files.iter() {
                     results[*i] = Some(Err(Self::io(path)(std::io::Error::from(kind))));
                 }
             }
@@ -295,12 +292,18 @@ impl Pickup {
             return;
         }
         if files.len() > 1 {
-            for (_, _, file) in files.iter() {
+            for (_, _, file, _) in files.iter() {
                 let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
             }
         }
-        for (i, path, file) in files.drain(..) {
-            if let Err(e) = file.sync_data() {
+        // `full`: its length did not change, so fdatasync would not write its new mode
+        for (i, path, file, full) in files.drain(..) {
+            let synced = if full {
+                file.sync_all()
+            } else {
+                file.sync_data()
+            };
+            if let Err(e) = synced {
                 results[i] = Some(Err(Self::io(&path)(e)));
             }
         }

@@ -14,10 +14,18 @@ pub fn pickup_file(copy: &Sealed, recipients: &[String]) -> Vec<u8> {
     out
 }
 
-/// Writes the pickup file for `copy` and `recipients` into `file` (what `pickup_file` returns,
-/// without copying the message after its envelope lines first: one `writev` for both, as many as
-/// the kernel needs); returns its length.
-pub(super) fn write(file: &mut File, copy: &Sealed, recipients: &[String]) -> io::Result<u64> {
+/// Writes the pickup file for `copy` and `recipients` into `file`, which holds `old` bytes (a reused
+/// inode's earlier input): what `pickup_file` returns, without copying the message after its
+/// envelope lines first (one `writev` for both, as many as the kernel needs), cut to its length,
+/// then made readable by the MTA's group (whatever the service's umask: 0077 under systemd) once
+/// nothing of the old content is left. Returns whether the length stayed `old`: then only a full
+/// fsync makes the new mode durable (fdatasync writes the inode when the size changed only).
+pub(super) fn write(
+    file: &mut File,
+    copy: &Sealed,
+    recipients: &[String],
+    old: u64,
+) -> io::Result<bool> {
     let head = envelope_lines(copy, recipients);
     let body = message_part(copy);
     let mut parts = [IoSlice::new(&head), IoSlice::new(body)];
@@ -30,7 +38,12 @@ pub(super) fn write(file: &mut File, copy: &Sealed, recipients: &[String]) -> io
             Err(e) => return Err(e),
         }
     }
-    Ok((head.len() + body.len()) as u64)
+    let len = (head.len() + body.len()) as u64;
+    if old > len {
+        file.set_len(len)?;
+    }
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o640))?;
+    Ok(old == len)
 }
 
 /// A pickup file's envelope lines (`x-sender`, `x-receiver`, extras): what comes before

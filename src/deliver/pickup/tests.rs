@@ -250,3 +250,42 @@ fn pickup_names_carry_a_safe_form_of_the_input_name() {
     }
     assert!(pickup_name(&claim(&"a".repeat(300)), 0).len() < 80);
 }
+
+/// A staged file whose writing fails is removed at once: a reused inode would otherwise keep an
+/// earlier input's bytes in staging, and a claim that then goes out another route never comes back
+/// to remove it. (`/dev/full` stands in for a full disk.)
+#[test]
+fn a_staged_file_that_cannot_be_written_is_removed() {
+    let (_t, p, claim) = setup();
+    let name = pickup_name(&claim, 0);
+    std::os::unix::fs::symlink("/dev/full", p.staging.join(&name)).unwrap();
+    let e = p.deliver(&claim, &[copy(&["a@y"])]).unwrap_err();
+    assert!(e.to_string().contains(&name), "{e}");
+    assert!(names(&p.staging).is_empty(), "{:?}", names(&p.staging));
+    assert!(names(&p.dir).is_empty());
+    assert!(
+        claim.path.exists(),
+        "not committed: still claimed for a retry"
+    );
+}
+
+/// Only a file whose length did not change needs a full fsync for its new mode: `write` says so.
+#[test]
+fn a_reused_file_of_the_same_length_asks_for_a_full_sync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("f");
+    let c = copy(&["a@y"]);
+    let len = pickup_file(&c, &c.envelope.recipients).len() as u64;
+    for (old, full) in [(0, false), (len - 1, false), (len, true), (len + 7, false)] {
+        std::fs::write(&path, vec![b'p'; old as usize]).unwrap();
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        assert_eq!(
+            format::write(&mut f, &c, &c.envelope.recipients, old).unwrap(),
+            full
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            pickup_file(&c, &c.envelope.recipients)
+        );
+    }
+}
