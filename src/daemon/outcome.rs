@@ -83,13 +83,9 @@ pub(super) fn prepare(
             return None;
         }
     }
-    let max = shared
-        .state
-        .read()
-        .expect("state lock")
-        .config
-        .limits
-        .max_message_bytes;
+    // one configuration for the whole message: its size limit and its sealing
+    let state = shared.state.read().expect("state lock").clone();
+    let max = state.config.limits.max_message_bytes;
     if let Some(e) = over_limit(&claim, judged.as_ref().map(|(j, _)| j), max) {
         refuse(shared, claim, &e, "refused", e.class());
         return None;
@@ -111,7 +107,6 @@ pub(super) fn prepare(
             return None;
         }
     };
-    let state = shared.state.read().expect("state lock").clone();
     let sealing = Instant::now();
     // a panic costs this input, never the worker; what cannot be caught, the crash guard sees
     let guard = &shared.instance.guard;
