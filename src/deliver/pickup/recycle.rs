@@ -10,13 +10,13 @@
 //! and renamed into the staging folder as `.recycled.<claim id>`; a new staging file takes such an
 //! entry by renaming it to its staging name, and is created only when the pool is empty. The entry
 //! keeps its blocks: the staging file is written over them and cut to its own length, and only then
-//! given its group read (`Pickup::open_staged`): the old input is readable by its owner only until
-//! it is gone, and no block is freed and allocated again (emptying each claim cost 4 % of a drain's CPU on
-//! the project's disk; the blocks would be allocated again a moment later). An
-//! inode is reused only where a new staging file would be the same: same filesystem, owner and
-//! group as a file this process created in staging, a regular file with one link, no extended
-//! attributes (no ACL, no security label) and open nowhere else (a write lease is granted). Every check is made again on the open file when it is
-//! taken, so an entry replaced meanwhile (a link, a FIFO, someone else's file) is never written to.
+//! given its group read (`format::write`): the old input is readable by its owner only until it is
+//! gone, and no block is freed and allocated again (emptying each claim cost 4 % of a drain's CPU
+//! on the project's disk). An inode is reused only where a new staging file would be the same: same
+//! filesystem, owner and group as a file this process created in staging, a regular file with one
+//! link, no extended attributes (no ACL, no security label) and open nowhere else (a write lease is
+//! granted). Every check is made again on the open file when it is taken, so an entry replaced
+//! meanwhile (a link, a FIFO, someone else's file) is never written to.
 //!
 //! Crash safety: pool entries never carry a claim id followed by a dot, so recovery (which looks for
 //! `<id>.` in staging) never takes them for outputs; at the first use after a start they are removed.
@@ -134,7 +134,7 @@ fn alone(file: &File) -> bool {
 }
 
 /// What a pool entry or a staging file being written may be read by: its owner only.
-pub fn owner_only() -> std::fs::Permissions {
+fn owner_only() -> std::fs::Permissions {
     std::os::unix::fs::PermissionsExt::from_mode(0o600)
 }
 
