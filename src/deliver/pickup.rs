@@ -6,8 +6,8 @@
 //! 2. **commit point**: rename the claim to `<id>,<rel>#committed` and fsync the work folder;
 //! 3. rename every staged file into `PICKUP/` (atomic: PowerMTA never sees a partial file), fsync the
 //!    pickup folder;
-//! 4. the committed claim is made owner-only and its inode kept for a later staging file (`recycle`), or,
-//!    when it does not fit there, removed by the caller (`finish`).
+//! 4. the committed claim is made owner-only and its inode kept for a later staging file
+//!    (`recycle`, on ext4 without a journal), or removed by the caller (`finish`).
 //!
 //! Recovery looks only at the claim's name and the staging folder, never at pickup (PowerMTA may have
 //! consumed files already): an uncommitted claim has nothing in pickup yet, so its staged leftovers are
