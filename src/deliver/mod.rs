@@ -188,12 +188,18 @@ pub fn build(
         legs.push(match hop {
             Hop::Pickup => {
                 let dir = pickup_dir.ok_or("`pickup` is not set")?;
+                // read once: what both the sync strategy and inode reuse are chosen from
+                let facts = pickup::sync::Facts::of(dir).ok();
                 Leg::Pickup(pickup::Pickup {
                     dir: dir.to_path_buf(),
                     staging: crate::layout::staging_folder(config, dir),
                     max_recipients: config.max_recipients_per_file,
-                    sync: pickup::sync::for_folder(config.sync, dir),
-                    pool: pickup::recycle::Pool::for_folder(config.reuse_inodes, dir),
+                    sync: pickup::sync::for_folder(config.sync, dir, facts.as_ref()),
+                    pool: pickup::recycle::Pool::for_folder(
+                        config.reuse_inodes,
+                        dir,
+                        facts.as_ref(),
+                    ),
                 })
             }
             Hop::Smtp => Leg::Smtp(smtp::SmtpRoute::new(config.smtp.clone())?),

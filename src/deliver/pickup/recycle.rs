@@ -81,6 +81,8 @@ pub struct Pool {
     /// `false`: nothing is pooled (leftovers of an earlier run are still removed)
     enabled: bool,
     state: Mutex<State>,
+    /// leftovers of an earlier run removed (an atomic load per message once done)
+    trimmed: std::sync::Once,
 }
 
 #[derive(Default)]
@@ -91,8 +93,6 @@ struct State {
     pending: Vec<(PathBuf, String)>,
     /// ready to be taken
     ready: Vec<String>,
-    /// leftovers of an earlier run removed
-    trimmed: bool,
 }
 
 /// Filesystem, owner and group of a new staging file.
@@ -152,13 +152,14 @@ impl Pool {
         Pool {
             enabled,
             state: Mutex::default(),
+            trimmed: std::sync::Once::new(),
         }
     }
 
-    /// The pool for the pickup folder `dir` (staging is on its filesystem) under `setting`, its
-    /// choice logged (at start).
-    pub fn for_folder(setting: Reuse, dir: &Path) -> Pool {
-        let (enabled, why) = decide(setting, Facts::of(dir).ok().as_ref());
+    /// The pool for the pickup folder `dir` (staging is on its filesystem, which `facts` describe)
+    /// under `setting`, its choice logged (at start).
+    pub fn for_folder(setting: Reuse, dir: &Path, facts: Option<&Facts>) -> Pool {
+        let (enabled, why) = decide(setting, facts);
         log::info!("pickup {}: {why}", dir.display());
         Pool::new(enabled)
     }
@@ -177,23 +178,21 @@ impl Pool {
     /// Removes the pool entries an earlier run left in `staging`, once per process (they may have
     /// lost their rename in a crash: never reused).
     fn trim(&self, staging: &Path) {
-        let mut s = self.lock();
-        if std::mem::replace(&mut s.trimmed, true) {
-            return;
-        }
-        // under the lock: nothing enters the pool before this is done
-        let Ok(entries) = std::fs::read_dir(staging) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            if entry
-                .file_name()
-                .as_encoded_bytes()
-                .starts_with(PREFIX.as_bytes())
-            {
-                let _ = std::fs::remove_file(entry.path());
+        // every other caller waits until this is done: nothing enters the pool before
+        self.trimmed.call_once(|| {
+            let Ok(entries) = std::fs::read_dir(staging) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                if entry
+                    .file_name()
+                    .as_encoded_bytes()
+                    .starts_with(PREFIX.as_bytes())
+                {
+                    let _ = std::fs::remove_file(entry.path());
+                }
             }
-        }
+        });
     }
 
     /// Learns what a new staging file gets from `file`, just created in staging.

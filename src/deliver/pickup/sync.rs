@@ -117,10 +117,9 @@ pub fn resolve(setting: SyncStrategy, facts: Option<&Facts>) -> (SyncStrategy, S
     (chosen, why)
 }
 
-/// The strategy for the pickup folder `dir`, logged once (at start).
-pub fn for_folder(setting: SyncStrategy, dir: &Path) -> SyncStrategy {
-    let facts = Facts::of(dir).ok();
-    let (chosen, why) = resolve(setting, facts.as_ref());
+/// The strategy for the pickup folder `dir`, whose filesystem `facts` describe, logged once (at start).
+pub fn for_folder(setting: SyncStrategy, dir: &Path, facts: Option<&Facts>) -> SyncStrategy {
+    let (chosen, why) = resolve(setting, facts);
     log::info!("pickup {}: {why}", dir.display());
     chosen
 }
