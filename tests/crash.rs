@@ -174,7 +174,8 @@ fn kill_9_rounds(s: &Setup, total: usize, rounds: usize) -> usize {
     let dupes: Vec<_> = ids.iter().filter(|(_, c)| **c != 1).collect();
     assert!(dupes.is_empty(), "duplicated: {dupes:?}");
     assert_eq!(ids.len(), total, "every message exactly once");
-    assert!(list_files(&s.path("spool")).is_empty(), "spool drained");
+    let left = list_files(&s.path("spool"));
+    assert!(left.is_empty(), "spool not drained: {left:?}");
     s.assert_nothing_in_flight();
     reused
 }
@@ -236,5 +237,57 @@ fn a_crash_after_the_commit_point_is_finished_not_redone() {
     let ids = s.delivered_ids();
     assert_eq!(ids.get("<m42@test.example.com>"), Some(&1));
     assert_eq!(ids.get("<m43@test.example.com>"), Some(&1));
+    s.assert_nothing_in_flight();
+}
+
+#[test]
+fn a_committed_claim_whose_files_were_all_published_is_removed_not_counted_again() {
+    // what a daemon killed after publishing leaves behind: a delivered claim kept for its inode
+    let s = Setup::new("");
+    let dead = s.path("spool/.smime-pickup/i1dead");
+    std::fs::create_dir_all(&dead).unwrap();
+    std::fs::write(dead.join(".lock"), "").unwrap();
+    std::fs::write(dead.join("i1dead-0,m.eml#committed"), message(42)).unwrap();
+    let o = s.once();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("0 delivered, 0 failed, 0 deferred"), "{out}");
+    assert!(
+        stderr(&o).contains("m.eml: its pickup files were all published before the stop"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        s.pickup_files().is_empty(),
+        "nothing sealed or published again"
+    );
+    s.assert_nothing_in_flight();
+}
+
+/// A delivered claim is kept where it is for the next batch's staging file; when no batch comes,
+/// the deliverer's pause moves it into the pool, so a `run` that then sits idle leaves no committed
+/// claim for a crash to find.
+#[test]
+fn a_pause_moves_kept_claims_into_the_pool() {
+    let s = Setup::on_tmpfs("reuse_inodes = \"always\"\n");
+    let mut child = s.start("run.log");
+    s.drop_message("m1.eml", &message(1));
+    s.wait_for("the file", Duration::from_secs(60), || {
+        s.pickup_files().len() == 1
+    });
+    let staging = s.path(".smime-pickup-staging");
+    s.wait_for("the claim pooled", Duration::from_secs(30), || {
+        list_files(&s.path("spool/.smime-pickup")).iter().all(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            !name.ends_with("#committed")
+        }) && list_files(&staging).iter().any(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".recycled.")
+        })
+    });
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
     s.assert_nothing_in_flight();
 }

@@ -5,8 +5,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::{error, warn};
 
 use crate::deliver::DeliverError;
@@ -29,6 +30,9 @@ pub(super) struct Staged {
 /// Sealed messages a deliverer takes in one go at most: batches beyond it wait for the next turn.
 const MERGE: usize = 4 * BATCH;
 
+/// How long a deliverer waits for the next batch before it calls the route idle.
+const IDLE: Duration = Duration::from_millis(100);
+
 impl Staged {
     /// Another batch joins this one: delivered together, with one sync per folder for all.
     fn merge(&mut self, other: Staged) {
@@ -41,7 +45,23 @@ impl Staged {
 /// Runs until every worker is gone and the batches they handed over are delivered: what was
 /// sealed before a shutdown is still delivered, as it was when workers delivered themselves.
 pub(super) fn deliverer(shared: &Shared, rx: &Receiver<Staged>) {
-    while let Ok(mut staged) = rx.recv() {
+    loop {
+        let mut staged = match rx.recv_timeout(IDLE) {
+            Ok(staged) => staged,
+            Err(RecvTimeoutError::Timeout) => {
+                // a pause, not a drain: what the route kept for the next batch is tidied up
+                shared.transport.idle();
+                match rx.recv() {
+                    Ok(staged) => staged,
+                    Err(_) => return,
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                // the end: the work folder is left with no delivered claim in it
+                shared.transport.idle();
+                return;
+            }
+        };
         while staged.ready.len() < MERGE {
             match rx.try_recv() {
                 Ok(more) => staged.merge(more),

@@ -66,6 +66,16 @@ pub(super) fn prepare(
         shared.transport.recover(&claim)
     };
     match recovered {
+        Ok(Some(done)) if done.route == "pickup" && done.units == 0 => {
+            // every output left staging before the stop: it was delivered (and logged, unless
+            // the stop came between the publish and the log line), not again now
+            finish_delivered(shared, &claim, 0, done.input_gone);
+            info!(
+                "{}: its pickup files were all published before the stop; claim removed",
+                claim.rel.display()
+            );
+            return None;
+        }
         Ok(Some(done)) => {
             finish_delivered(shared, &claim, 0, done.input_gone);
             shared.metrics.delivered(done.route, 0);

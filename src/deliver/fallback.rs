@@ -282,6 +282,14 @@ impl Transport for Fallback {
         }
     }
 
+    fn idle(&self) {
+        for leg in &self.legs {
+            if let Leg::Pickup(p) = leg {
+                p.idle();
+            }
+        }
+    }
+
     fn recover(&self, claim: &Claim) -> Result<Option<Delivered>, DeliverError> {
         // a committed pickup delivery is finished through pickup; an uncommitted one leaves only staged
         // leftovers, which pickup's recovery removes (SMTP and the API need no recovery step)

@@ -140,6 +140,10 @@ pub trait Transport: Send + Sync {
         }
     }
 
+    /// Nothing more is waiting to be delivered: a route may tidy up what it kept for the next batch
+    /// (pickup pools the inodes of the claims it just delivered).
+    fn idle(&self) {}
+
     /// Finishes a delivery a crash interrupted after its commit point; `Ok(None)` when `claim` never
     /// reached it (then it is sealed and delivered again from the start).
     fn recover(&self, claim: &Claim) -> Result<Option<Delivered>, DeliverError>;

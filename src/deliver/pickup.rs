@@ -6,8 +6,9 @@
 //! 2. **commit point**: rename the claim to `<id>,<rel>#committed` and fsync the work folder;
 //! 3. rename every staged file into `PICKUP/` (atomic: PowerMTA never sees a partial file), fsync the
 //!    pickup folder;
-//! 4. the committed claim is made owner-only and its inode kept for a later staging file
-//!    (`recycle`, on ext4 without a journal), or removed by the caller (`finish`).
+//! 4. the committed claim's inode is kept for a later staging file (`recycle`, on ext4 without a
+//!    journal): the next batch of its work folder takes it from there, or the pool when the
+//!    deliverers pause; else it is removed by the caller (`finish`).
 //!
 //! Recovery looks only at the claim's name and the staging folder, never at pickup (PowerMTA may have
 //! consumed files already): an uncommitted claim has nothing in pickup yet, so its staged leftovers are
@@ -156,7 +157,7 @@ impl Pickup {
                     for slice in copy.envelope.recipients.chunks(self.max_recipients.max(1)) {
                         let name = pickup_name(claim, names[i].len());
                         let path = self.staging.join(&name);
-                        let (mut file, old) = self.open_staged(&name, &path)?;
+                        let (mut file, old) = self.open_staged(&name, &path, claim)?;
                         let full = format::write(&mut file, copy, slice, old).map_err(|e| {
                             // a reused inode may still hold an earlier input's bytes
                             let _ = std::fs::remove_file(&path);
@@ -219,7 +220,9 @@ impl Pickup {
             .collect();
         let published = self.publish(&all).map_err(Shared::new);
         for i in committed {
-            let input_gone = published.is_ok() && self.recycle(items[i].0);
+            let claim = items[i].0;
+            let input_gone =
+                published.is_ok() && self.pool.keep(&claim.committed_path(), &claim.id);
             results[i] = Some(match &published {
                 Ok(_) => Ok(Delivered {
                     route: "pickup",
@@ -313,8 +316,14 @@ impl Pickup {
 impl Pickup {
     /// A new staging file at `path` (`staging/name`), owner-only and open for writing at its start,
     /// with the length of what it holds already: a pool entry when one fits, else a created file.
-    fn open_staged(&self, name: &str, path: &Path) -> Result<(std::fs::File, u64), DeliverError> {
-        if let Some(taken) = self.pool.take(&self.staging, name) {
+    fn open_staged(
+        &self,
+        name: &str,
+        path: &Path,
+        claim: &Claim,
+    ) -> Result<(std::fs::File, u64), DeliverError> {
+        let work = claim.path.parent().unwrap_or(Path::new("."));
+        if let Some(taken) = self.pool.take(&self.staging, name, work) {
             return Ok(taken);
         }
         let file = std::fs::OpenOptions::new()
@@ -354,6 +363,10 @@ impl Transport for Pickup {
         for (i, result) in self.deliver_many(items).into_iter().enumerate() {
             done(i, result);
         }
+    }
+
+    fn idle(&self) {
+        self.pool.park(&self.staging);
     }
 
     fn recover(&self, claim: &Claim) -> Result<Option<Delivered>, DeliverError> {

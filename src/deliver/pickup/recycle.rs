@@ -6,9 +6,11 @@
 //! messages just delivered, or another program's) every new staging file paid for a scan of all of
 //! them: most of a drain's CPU went into `open(O_CREAT)`.
 //!
-//! So a committed claim whose outputs are published is not unlinked but made owner-only (mode 0600)
-//! and renamed into the staging folder as `.recycled.<claim id>`; a new staging file takes such an
-//! entry by renaming it to its staging name, and is created only when the pool is empty. The entry
+//! So a committed claim whose outputs are published is not unlinked but kept: the next staging
+//! file of its work folder makes it owner-only (mode 0600) and renames it to its staging name, one
+//! rename and one check per message in a drain. When the deliverers pause, the kept claims no batch
+//! took are made owner-only and renamed into the staging folder as `.recycled.<claim id>`, which a
+//! later staging file takes the same way; a file is created only when neither has one. The entry
 //! keeps its blocks: the staging file is written over them and cut to its own length, and only then
 //! given its group read (`format::write`): the old input is readable by its owner only until it is
 //! gone, and no block is freed and allocated again (emptying each claim cost 4 % of a drain's CPU
@@ -20,9 +22,13 @@
 //!
 //! Crash safety: pool entries never carry a claim id followed by a dot, so recovery (which looks for
 //! `<id>.` in staging) never takes them for outputs; at the first use after a start they are removed.
-//! An entry becomes usable only after the work folder it left was fsynced (the next batch's commit
-//! does it): until then a power loss could leave the claim's old name on disk beside the new staging
-//! name, two names for one inode.
+//! A kept claim left by a crash is a committed claim with nothing left in staging: recovery says its
+//! files were published before the stop and removes it, without counting it as delivered again.
+//! Nothing staged in a reused inode is published before the work folder it left was fsynced: until
+//! then a power loss could leave the claim's old name on disk beside the new staging name, two
+//! names for one inode. A pool entry becomes usable only after that fsync (the next batch's commit
+//! does it); a kept claim is taken only by a staging file of its own work folder, whose commit
+//! fsyncs that folder before the batch is published.
 
 use std::fs::File;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -93,6 +99,15 @@ struct State {
     pending: Vec<(PathBuf, String)>,
     /// ready to be taken
     ready: Vec<String>,
+    /// delivered claims still under their committed name, taken from there by the next staging
+    /// file of their work folder (`take`); what no batch took is pooled by `park`
+    kept: Vec<Kept>,
+}
+
+/// A delivered claim (committed, every output published) left where it is for the next batch.
+struct Kept {
+    claim: PathBuf,
+    id: String,
 }
 
 /// Filesystem, owner and group of a new staging file.
@@ -138,6 +153,16 @@ fn owner_only() -> std::fs::Permissions {
     std::os::unix::fs::PermissionsExt::from_mode(0o600)
 }
 
+/// The kept claim at `claim`, checked and made owner-only in its work folder, then renamed to the
+/// staging file `to`: open for writing at its start, with the length of its old content.
+fn move_kept(owner: Owner, claim: &Path, to: &Path) -> Option<(File, u64)> {
+    let file = open_existing(claim).ok()?;
+    let len = owner.fit(&file)?;
+    file.set_permissions(owner_only()).ok()?;
+    std::fs::rename(claim, to).ok()?;
+    Some((file, len))
+}
+
 /// Opens an existing file for writing: never through a link, never blocking on a FIFO.
 fn open_existing(path: &Path) -> std::io::Result<File> {
     let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
@@ -172,7 +197,7 @@ impl Pool {
     #[cfg(test)]
     fn len(&self) -> usize {
         let s = self.lock();
-        s.ready.len() + s.pending.len()
+        s.ready.len() + s.pending.len() + s.kept.len()
     }
 
     /// Removes the pool entries an earlier run left in `staging`, once per process (they may have
@@ -213,12 +238,22 @@ impl Pool {
     /// length of its old content (mode 0600: the caller writes over it, cuts it to the new length,
     /// then opens it to the group); `None` when the pool has none that fits (the caller creates the
     /// file then).
-    pub fn take(&self, staging: &Path, name: &str) -> Option<(File, u64)> {
+    pub fn take(&self, staging: &Path, name: &str, work: &Path) -> Option<(File, u64)> {
         self.trim(staging);
         if !self.enabled {
             return None;
         }
         let to = staging.join(name);
+        // a delivered claim of the caller's work folder first: one rename instead of two. The
+        // commit's fsync of that folder makes its move out durable before anything staged in it
+        // is published, as `synced` does for pool entries
+        while let Some((owner, kept)) = self.pop_kept(work) {
+            match move_kept(owner, &kept.claim, &to) {
+                Some(taken) => return Some(taken),
+                // delivered already: not reusable, only removed
+                None => drop(std::fs::remove_file(&kept.claim)),
+            }
+        }
         loop {
             let (owner, entry) = {
                 let mut s = self.lock();
@@ -239,6 +274,47 @@ impl Pool {
         }
     }
 
+    /// The last kept claim of the work folder `work`, and the owner a staging file gets.
+    fn pop_kept(&self, work: &Path) -> Option<(Owner, Kept)> {
+        let mut s = self.lock();
+        let owner = s.owner?;
+        let at = s
+            .kept
+            .iter()
+            .rposition(|k| k.claim.parent() == Some(work))?;
+        Some((owner, s.kept.swap_remove(at)))
+    }
+
+    /// Keeps the delivered claim at `claim` (committed, every output published) where it is, for
+    /// the next staging file of its work folder (`take`) or the pool (`park`); `false` leaves it
+    /// for the caller to remove. No system call: a busy deliverer renames it only once.
+    pub fn keep(&self, claim: &Path, id: &str) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        let mut s = self.lock();
+        if s.owner.is_none() || s.ready.len() + s.pending.len() + s.kept.len() >= MAX {
+            return false;
+        }
+        s.kept.push(Kept {
+            claim: claim.to_path_buf(),
+            id: id.to_string(),
+        });
+        true
+    }
+
+    /// Pools every kept claim no batch took (a deliverer with nothing waiting calls it): a claim
+    /// left under its committed name would be finished a second time after a crash. What does not
+    /// fit the pool is removed.
+    pub fn park(&self, staging: &Path) {
+        let kept = std::mem::take(&mut self.lock().kept);
+        for k in kept {
+            if !self.recycle(staging, &k.claim, &k.id) {
+                let _ = std::fs::remove_file(&k.claim);
+            }
+        }
+    }
+
     /// Moves the delivered claim at `claim` (committed, every output published) into the pool,
     /// owner-only; `false` leaves it where it is, for the caller to remove.
     pub fn recycle(&self, staging: &Path, claim: &Path, id: &str) -> bool {
@@ -249,7 +325,7 @@ impl Pool {
         let owner = {
             let s = self.lock();
             match s.owner {
-                Some(o) if s.ready.len() + s.pending.len() < MAX => o,
+                Some(o) if s.ready.len() + s.pending.len() + s.kept.len() < MAX => o,
                 _ => return false,
             }
         };
@@ -287,6 +363,10 @@ impl Pool {
     /// for an inode that is gone.
     pub fn clear(&self, staging: &Path) {
         let mut s = self.lock();
+        // delivered claims: their outputs are published, the pickup folder synced
+        for k in s.kept.drain(..) {
+            let _ = std::fs::remove_file(k.claim);
+        }
         let State { pending, ready, .. } = &mut *s;
         let mut dirs: Vec<&PathBuf> = pending.iter().map(|(dir, _)| dir).collect();
         dirs.dedup();

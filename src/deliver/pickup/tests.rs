@@ -55,7 +55,9 @@ fn deliver_writes_envelope_first_and_splits_recipients() {
         .deliver(&claim, &[copy(&["a@y", "b@y", "c@y"]), copy(&["d@y"])])
         .unwrap();
     assert_eq!(done.units, 3);
-    assert!(done.input_gone, "its inode went to the pool");
+    assert!(done.input_gone, "its inode is kept for a later output");
+    assert!(claim.committed_path().exists(), "kept where it is");
+    assert!(names(&p.staging).is_empty());
     assert_eq!(
         names(&p.dir),
         ["i1-7.0.m.eml", "i1-7.1.m.eml", "i1-7.2.m.eml"]
@@ -64,6 +66,7 @@ fn deliver_writes_envelope_first_and_splits_recipients() {
         done.made(),
         "3 files: i1-7.0.m.eml, i1-7.1.m.eml, i1-7.2.m.eml"
     );
+    p.idle(); // no batch took it: pooled
     assert_eq!(
         names(&p.staging),
         [".recycled.i1-7"],
@@ -107,6 +110,7 @@ fn one_syncfs_per_batch_delivers_the_same_files() {
         names(&p.dir),
         ["i1-7.0.m.eml", "i1-7.1.m.eml", "i1-8.0.n.eml"]
     );
+    p.idle();
     assert_eq!(names(&p.staging), [".recycled.i1-7", ".recycled.i1-8"]);
     assert!(!claim.committed_path().exists() && !second.committed_path().exists());
 }
@@ -129,10 +133,9 @@ fn a_later_output_reuses_a_delivered_claims_inode_with_the_usual_mode() {
     std::fs::write(&first.path, "plaintext input ".repeat(1000)).unwrap();
     let inode = first.path.metadata().unwrap().ino();
     p.deliver(&first, &[copy(&["a@y"])]).unwrap();
-    // its inode is usable once the work folder was synced: by the next commit
+    // kept where it is, it becomes the next output of its work folder: one rename
     p.deliver(&claim(8), &[copy(&["a@y"])]).unwrap();
-    p.deliver(&claim(9), &[copy(&["a@y"])]).unwrap();
-    let out = p.dir.join("i1-9.0.m.eml");
+    let out = p.dir.join("i1-8.0.m.eml");
     let meta = out.metadata().unwrap();
     assert_eq!(meta.ino(), inode, "the first claim's inode");
     assert_eq!(meta.mode() & 0o7777, 0o640);
@@ -140,7 +143,21 @@ fn a_later_output_reuses_a_delivered_claims_inode_with_the_usual_mode() {
         std::fs::read_to_string(&out).unwrap(),
         "x-sender: s@x.org\r\nx-receiver: a@y\r\nx-job: j\r\nSubject: x\r\n\r\nbody\r\n"
     );
-    assert_eq!(names(&p.staging), [".recycled.i1-8", ".recycled.i1-9"]);
+    assert!(!first.committed_path().exists() && !first.path.exists());
+    // pooled after a pause, its inode waits until the work folder it left was synced: the next
+    // commit (claim 9's) syncs it, so claim 10's output is the first to get it
+    p.idle();
+    p.deliver(&claim(9), &[copy(&["a@y"])]).unwrap();
+    p.idle();
+    let pooled = p.staging.join(".recycled.i1-8").metadata().unwrap().ino();
+    p.deliver(&claim(10), &[copy(&["a@y"])]).unwrap();
+    let reused = p.dir.join("i1-10.0.m.eml").metadata().unwrap();
+    assert_eq!(
+        reused.ino(),
+        pooled,
+        "a pool entry, once its folder was synced"
+    );
+    assert_eq!(reused.mode() & 0o7777, 0o640);
 }
 
 #[test]

@@ -16,6 +16,105 @@ fn setup() -> (tempfile::TempDir, Pool, PathBuf, PathBuf) {
     (tmp, pool, staging, claim)
 }
 
+fn work_of(claim: &Path) -> PathBuf {
+    claim.parent().unwrap().to_path_buf()
+}
+
+#[test]
+fn a_kept_claim_becomes_the_next_staging_file_of_its_own_work_folder() {
+    let (_t, pool, staging, claim) = setup();
+    let inode = claim.metadata().unwrap().ino();
+    std::fs::set_permissions(&claim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(pool.keep(&claim, "i1-7"));
+    assert!(
+        claim.exists(),
+        "kept where it is until a staging file takes it"
+    );
+    let other = staging.parent().unwrap().join("other-work");
+    assert!(
+        pool.take(&staging, "i2-1.0.eml", &other).is_none(),
+        "never for another work folder: its commit would not sync the one the claim left"
+    );
+    assert!(claim.exists());
+    let (mut file, old) = pool
+        .take(&staging, "i1-9.0.eml", &work_of(&claim))
+        .expect("reused");
+    assert_eq!(old, "plaintext".len() as u64, "its blocks are kept");
+    assert!(
+        !claim.exists(),
+        "one rename: from the work folder to its staging name"
+    );
+    let made = staging.join("i1-9.0.eml").metadata().unwrap();
+    assert_eq!(made.ino(), inode);
+    assert_eq!(
+        made.mode() & 0o777,
+        0o600,
+        "owner-only before it left the work folder"
+    );
+    std::io::Write::write_all(&mut file, b"sealed").unwrap();
+    assert_eq!(pool.len(), 0);
+}
+
+#[test]
+fn a_kept_claim_that_no_longer_fits_is_removed_not_reused() {
+    let (_t, pool, staging, claim) = setup();
+    assert!(pool.keep(&claim, "i1-7"));
+    let held = File::open(&claim).unwrap(); // someone kept a descriptor of the input
+    assert!(
+        pool.take(&staging, "i1-9.0.eml", &work_of(&claim))
+            .is_none()
+    );
+    assert!(!claim.exists(), "delivered already: removed");
+    assert_eq!(names(&staging), ["first.eml"]);
+    drop(held);
+}
+
+#[test]
+fn a_pause_pools_the_kept_claims_no_batch_took() {
+    let (_t, pool, staging, claim) = setup();
+    let second = claim.with_file_name("i1-8,n.eml#committed");
+    std::fs::write(&second, "plaintext").unwrap();
+    assert!(pool.keep(&claim, "i1-7"));
+    assert!(pool.keep(&second, "i1-8"));
+    pool.park(&staging);
+    assert!(!claim.exists() && !second.exists());
+    assert_eq!(
+        names(&staging),
+        [".recycled.i1-7", ".recycled.i1-8", "first.eml"]
+    );
+    for entry in [".recycled.i1-7", ".recycled.i1-8"] {
+        let mode = staging.join(entry).metadata().unwrap().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert!(
+        pool.take(&staging, "i1-9.0.eml", &work_of(&claim))
+            .is_none(),
+        "pooled: not before the work folder it left is synced"
+    );
+    pool.synced(&work_of(&claim));
+    assert!(
+        pool.take(&staging, "i1-9.0.eml", &work_of(&claim))
+            .is_some()
+    );
+}
+
+#[test]
+fn kept_claims_are_removed_at_a_clean_exit() {
+    let (_t, pool, staging, claim) = setup();
+    assert!(pool.keep(&claim, "i1-7"));
+    pool.clear(&staging);
+    assert!(!claim.exists());
+    assert_eq!(pool.len(), 0);
+}
+
+#[test]
+fn nothing_is_kept_when_the_pool_is_off_or_before_a_staging_file_was_created() {
+    let (_t, _, staging, claim) = setup();
+    assert!(!Pool::new(false).keep(&claim, "i1-7"));
+    assert!(!Pool::new(true).keep(&claim, "i1-7"), "owner not known yet");
+    let _ = staging;
+}
+
 #[test]
 fn a_delivered_claim_becomes_an_owner_only_staging_file_once_its_folder_is_synced() {
     let (_t, pool, staging, claim) = setup();
@@ -30,11 +129,14 @@ fn a_delivered_claim_becomes_an_owner_only_staging_file_once_its_folder_is_synce
         "the old input: its owner's only"
     );
     assert!(
-        pool.take(&staging, "i1-9.0.eml").is_none(),
+        pool.take(&staging, "i1-9.0.eml", &work_of(&claim))
+            .is_none(),
         "not before the work folder it left is synced"
     );
     pool.synced(claim.parent().unwrap());
-    let (mut file, old) = pool.take(&staging, "i1-9.0.eml").expect("reused");
+    let (mut file, old) = pool
+        .take(&staging, "i1-9.0.eml", &work_of(&claim))
+        .expect("reused");
     assert_eq!(old, "plaintext".len() as u64, "its blocks are kept");
     std::io::Write::write_all(&mut file, b"sealed").unwrap();
     let made = staging.join("i1-9.0.eml");
@@ -47,7 +149,11 @@ fn a_delivered_claim_becomes_an_owner_only_staging_file_once_its_folder_is_synce
     );
     assert_eq!(names(&staging), ["first.eml", "i1-9.0.eml"]);
     assert_eq!(pool.len(), 0);
-    assert!(pool.take(&staging, "i1-9.1.eml").is_none(), "empty now");
+    assert!(
+        pool.take(&staging, "i1-9.1.eml", &work_of(&claim))
+            .is_none(),
+        "empty now"
+    );
 }
 
 #[test]
@@ -90,7 +196,10 @@ fn an_entry_replaced_in_the_pool_is_not_written_to() {
     let entry = staging.join(".recycled.i1-7");
     std::fs::remove_file(&entry).unwrap();
     std::os::unix::fs::symlink(&target, &entry).unwrap();
-    assert!(pool.take(&staging, "i1-9.0.eml").is_none());
+    assert!(
+        pool.take(&staging, "i1-9.0.eml", &work_of(&claim))
+            .is_none()
+    );
     assert_eq!(std::fs::read(&target).unwrap(), b"keep");
     assert_eq!(names(&staging), ["first.eml"], "the stranger is removed");
 }
@@ -120,6 +229,7 @@ fn the_pool_is_bounded() {
         assert!(pool.recycle(&staging, &c, &format!("i2-{n}")));
     }
     assert!(!pool.recycle(&staging, &claim, "i1-7"), "full");
+    assert!(!pool.keep(&claim, "i1-7"), "full, kept claims counted too");
     assert!(claim.exists());
     assert_eq!(pool.len(), MAX);
 }
@@ -133,7 +243,7 @@ fn an_inode_still_open_elsewhere_is_not_reused() {
     let mut kept = File::open(&claim).unwrap();
     if pool.recycle(&staging, &claim, "i1-7") {
         pool.synced(claim.parent().unwrap());
-        if let Some((mut file, _)) = pool.take(&staging, "i1-9.0.eml") {
+        if let Some((mut file, _)) = pool.take(&staging, "i1-9.0.eml", &work_of(&claim)) {
             std::io::Write::write_all(&mut file, b"x-receiver: someone@else\r\n").unwrap();
         }
     }
@@ -227,7 +337,10 @@ fn a_pool_that_is_off_keeps_nothing_but_still_removes_old_leftovers() {
     pool.created(&File::create(staging.join("second.eml")).unwrap());
     std::fs::write(staging.join(".recycled.i0-1"), "an old input").unwrap();
     assert!(!pool.recycle(&staging, &claim, "i1-7"));
-    assert!(pool.take(&staging, "i1-9.0.eml").is_none());
+    assert!(
+        pool.take(&staging, "i1-9.0.eml", &work_of(&claim))
+            .is_none()
+    );
     assert_eq!(std::fs::read(&claim).unwrap(), b"plaintext");
     assert_eq!(names(&staging), ["first.eml", "second.eml"]);
 }
