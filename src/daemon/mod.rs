@@ -41,6 +41,9 @@ use state::{
 use systemd::Notifier;
 use worker::{BATCH, Job, send_job, try_send_job, worker};
 
+/// Freed memory each heap keeps (glibc returns more than 128 KiB at once by default).
+const FREED_KEPT: i32 = 8 << 20;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// drain what is in the spool, then return
@@ -197,6 +200,9 @@ pub fn run(config: Config, mode: Mode, control: Control) -> Result<Summary, Daem
         fatal: Mutex::new(None),
     });
 
+    // sealing reallocates its buffers all the time: freed memory stays in the heaps for the next
+    // message instead of going back to the kernel and faulting in again page by page
+    crate::ffi::malloc::keep_freed_memory(FREED_KEPT);
     // a multi-consumer queue: each worker blocks on it by itself (no lock to queue behind)
     let (tx, rx) = crossbeam_channel::bounded::<Job>(workers * BATCH * 4);
     // sealed batches wait here for delivery: one per worker keeps both stages busy and memory

@@ -2,9 +2,11 @@
 //! code is denied everywhere else in the crate. Each call has its own file and a `SAFETY` comment:
 //! - `oaep`: OpenSSL's lower-level CMS calls, for RSA-OAEP key transport;
 //! - `lease`: `fcntl(F_SETLEASE)`, which asks the kernel whether a file is open for writing;
-//! - `sign`: OpenSSL's lower-level CMS calls, to sign with the capabilities attribute encoded once.
+//! - `sign`: OpenSSL's lower-level CMS calls, to sign with the capabilities attribute encoded once;
+//! - `malloc`: `mallopt`, so freed memory is not handed back to the kernel after every few messages.
 #![allow(unsafe_code)]
 
 pub mod lease;
+pub mod malloc;
 pub mod oaep;
 pub mod sign;
