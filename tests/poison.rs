@@ -17,7 +17,8 @@ use util::*;
 
 /// The child: `daemon::run` in `once` mode on the config named by the environment, with the test
 /// hook aborting the process on inputs named `abort-*` and panicking on `panic-*` while sealing,
-/// and (with `POISON_DELIVERY_PANIC` set) panicking on `deliverpanic-*` while delivering.
+/// and (with `POISON_DELIVERY_PANIC` set) panicking on `deliverpanic-*` while delivering and on
+/// `afterpanic-*` once its pickup files are published.
 #[test]
 #[ignore = "run as a child process by the tests below"]
 fn child_daemon() {
@@ -27,6 +28,14 @@ fn child_daemon() {
     let _ = env_logger::Builder::new().parse_filters("info").try_init();
     smime_pickup::spool::crashguard::set_test_hook(|stage, rel| {
         let name = rel.file_name().unwrap().to_string_lossy();
+        if stage == smime_pickup::spool::crashguard::Stage::Delivered {
+            if name.starts_with("afterpanic-")
+                && std::env::var_os("POISON_DELIVERY_PANIC").is_some()
+            {
+                panic!("a test panic after delivering {name}");
+            }
+            return;
+        }
         if stage == smime_pickup::spool::crashguard::Stage::Delivering {
             if name.starts_with("deliverpanic-")
                 && std::env::var_os("POISON_DELIVERY_PANIC").is_some()
@@ -223,6 +232,47 @@ fn a_panic_while_delivering_defers_its_batch_and_the_next_run_delivers_it_once()
         stderr(&o)
     );
     assert_eq!(s.delivered_ids().len(), 6);
+    s.assert_nothing_in_flight();
+}
+
+#[test]
+fn a_panic_after_publishing_defers_only_what_is_still_claimed_and_publishes_nothing_twice() {
+    // the panic comes once the batch is published: with inode reuse on, its delivered claims are
+    // kept under their committed names for the next staging files
+    let s = Setup::on_tmpfs("workers = 1\nreuse_inodes = \"always\"\n");
+    for n in 0..5 {
+        s.drop_message(&format!("m{n}.eml"), &message(n));
+    }
+    s.drop_message("afterpanic-x.eml", &message(100));
+    let o = child_with(&s, &[("POISON_DELIVERY_PANIC", "1")]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("a test panic after delivering afterpanic-x.eml"),
+        "{}",
+        stderr(&o)
+    );
+    let summary = &out[out.find("SUMMARY").expect("a summary")..];
+    let summary = summary.lines().next().unwrap();
+    let numbers: Vec<usize> = summary
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    // what the summary calls deferred is what waits, claimed, for the next run
+    assert_eq!(claims(&s).len(), numbers[2], "{summary}: {:?}", claims(&s));
+    let once = |s: &Setup| {
+        let ids = s.delivered_ids();
+        assert!(ids.values().all(|&c| c == 1), "{ids:?}");
+        ids.len()
+    };
+    assert_eq!(
+        once(&s),
+        6,
+        "every message published, before or after the panic"
+    );
+    let o = child(&s);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(once(&s), 6, "nothing published again");
     s.assert_nothing_in_flight();
 }
 

@@ -82,6 +82,9 @@ pub(super) fn deliver_staged(shared: &Shared, staged: Staged) {
             "internal error while delivering {} messages: {why}; they are tried again",
             staged.ready.len()
         );
+        // a claim whose files were published may have been kept under its committed name for a
+        // later staging file: pooled now, it is not taken for one still to be finished
+        shared.transport.idle();
         for claim in staged.ready.iter().map(|r| &r.claim) {
             // those finished before the panic are gone; the others are recovered first
             if claim.path.exists() || claim.committed_path().exists() {

@@ -171,6 +171,7 @@ pub(super) fn complete(shared: &Shared, ready: &Ready, result: Result<Delivered,
         copies,
         started,
     } = ready;
+    crate::spool::crashguard::test_hook(crate::spool::crashguard::Stage::Delivered, &claim.rel);
     let rel = claim.rel.display().to_string();
     match result {
         Ok(done) => {

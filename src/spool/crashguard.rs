@@ -220,6 +220,8 @@ pub enum Stage {
     Sealing,
     /// as its delivery starts
     Delivering,
+    /// as the route's result for it is acted on (its pickup files are published by then)
+    Delivered,
 }
 
 /// Called with the stage and the claim's spool path, once set.

@@ -119,17 +119,23 @@ struct Owner {
 }
 
 impl Owner {
-    /// `file`'s length, if it can stand for a new staging file.
+    /// `file`'s length, if it can stand for a new staging file; made owner-only (mode 0600) then.
+    /// The mode changes before the lease is asked for: no one can open it after the check, and a
+    /// descriptor opened before it makes the check fail (changed after, one opened in between
+    /// would write into the outputs staged in it later).
     fn fit(&self, file: &File) -> Option<u64> {
         let meta = file.metadata().ok()?;
-        let fits = meta.file_type().is_file()
+        let plain = meta.file_type().is_file()
             && meta.nlink() == 1
-            && (meta.dev(), meta.uid(), meta.gid()) == (self.dev, self.uid, self.gid)
-            && matches!(
-                rustix::fs::flistxattr_query(file),
-                Ok(0) | Err(rustix::io::Errno::NOTSUP)
-            )
-            && alone(file);
+            && (meta.dev(), meta.uid(), meta.gid()) == (self.dev, self.uid, self.gid);
+        if !plain || (meta.mode() & 0o7777 != 0o600 && file.set_permissions(owner_only()).is_err())
+        {
+            return None;
+        }
+        let fits = matches!(
+            rustix::fs::flistxattr_query(file),
+            Ok(0) | Err(rustix::io::Errno::NOTSUP)
+        ) && alone(file);
         fits.then_some(meta.len())
     }
 }
@@ -158,7 +164,6 @@ fn owner_only() -> std::fs::Permissions {
 fn move_kept(owner: Owner, claim: &Path, to: &Path) -> Option<(File, u64)> {
     let file = open_existing(claim).ok()?;
     let len = owner.fit(&file)?;
-    file.set_permissions(owner_only()).ok()?;
     std::fs::rename(claim, to).ok()?;
     Some((file, len))
 }
@@ -332,7 +337,7 @@ impl Pool {
         let Ok(file) = open_existing(claim) else {
             return false;
         };
-        if owner.fit(&file).is_none() || file.set_permissions(owner_only()).is_err() {
+        if owner.fit(&file).is_none() {
             return false;
         }
         drop(file);
