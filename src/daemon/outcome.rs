@@ -66,25 +66,13 @@ pub(super) fn prepare(
         shared.transport.recover(&claim)
     };
     match recovered {
-        Ok(Some(done)) if done.route == "pickup" && done.units == 0 => {
-            // every output left staging before the stop: it was delivered (and logged, unless
-            // the stop came between the publish and the log line), not again now
-            finish_delivered(shared, &claim, 0, done.input_gone);
-            info!(
-                "{}: its pickup files were all published before the stop; claim removed",
-                claim.rel.display()
-            );
-            return None;
-        }
         Ok(Some(done)) => {
             finish_delivered(shared, &claim, 0, done.input_gone);
-            shared.metrics.delivered(done.route, 0);
-            info!(
-                "{}: delivery finished after a restart via {} ({})",
-                claim.rel.display(),
-                done.route,
-                done.made()
-            );
+            let (counted, what) = recovery_outcome(&done, ours(shared, &claim));
+            if counted {
+                shared.metrics.delivered(done.route, 0);
+            }
+            info!("{}: {what}", claim.rel.display());
             return None;
         }
         Ok(None) => {}
@@ -245,6 +233,37 @@ pub(super) fn refuse(
     }
 }
 
+/// What a finished recovery was, for the count and the log. A committed claim with nothing left to
+/// publish that a stopped process left was delivered (and logged, unless the stop came between the
+/// publish and the log line) before: it is not counted again. One of this process gets there after
+/// a publish whose folder sync failed: its delivery is finished now.
+fn recovery_outcome(done: &Delivered, ours: bool) -> (bool, String) {
+    let (route, made) = (done.route, done.made());
+    match (done.units, ours) {
+        (0, false) if route == "pickup" => (
+            false,
+            "its pickup files were all published before the stop; claim removed".into(),
+        ),
+        (_, false) => (
+            true,
+            format!("delivery finished after a restart via {route} ({made})"),
+        ),
+        (_, true) => (
+            true,
+            format!("delivery finished on a retry via {route} ({made})"),
+        ),
+    }
+}
+
+/// Whether `claim` was taken by this process (not adopted from one that stopped).
+fn ours(shared: &Shared, claim: &Claim) -> bool {
+    let id = &shared.instance.id;
+    claim
+        .id
+        .strip_prefix(id.as_str())
+        .is_some_and(|rest| rest.starts_with('-'))
+}
+
 /// `input_gone`: the route disposed of the claimed input itself (see `Delivered`).
 pub(super) fn finish_delivered(shared: &Shared, claim: &Claim, units: usize, input_gone: bool) {
     shared
@@ -290,4 +309,45 @@ pub(super) fn defer(shared: &Shared, mut claim: Claim, why: &DeliverError) {
         max,
         why.retry_after(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recovery_is_counted_unless_a_stopped_process_had_published_everything() {
+        let done = |route: &'static str, units: usize| Delivered {
+            route,
+            units,
+            names: Vec::new(),
+            rejected: Vec::new(),
+            input_gone: true,
+        };
+        let table = [
+            // (route, published now, claim of this process) -> counted, log
+            ("pickup", 0, false, false, "published before the stop"),
+            (
+                "pickup",
+                2,
+                false,
+                true,
+                "after a restart via pickup (2 files)",
+            ),
+            ("pickup", 0, true, true, "on a retry via pickup (0 files)"),
+            ("pickup", 1, true, true, "on a retry via pickup (1 file)"),
+            (
+                "smtp",
+                0,
+                false,
+                true,
+                "after a restart via smtp (0 transactions)",
+            ),
+        ];
+        for (route, units, ours, counted, says) in table {
+            let (c, line) = recovery_outcome(&done(route, units), ours);
+            assert_eq!(c, counted, "{route} {units} {ours}");
+            assert!(line.contains(says), "{route} {units} {ours}: {line}");
+        }
+    }
 }

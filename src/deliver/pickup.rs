@@ -150,6 +150,7 @@ impl Pickup {
             items.iter().map(|_| None).collect();
         let mut names: Vec<Vec<String>> = vec![Vec::new(); items.len()];
         let mut open_files = Vec::new();
+        let mut left = Vec::new(); // work folders that kept claims left for staging
         // 1. stage every file, then make them durable together
         for (i, (claim, copies)) in items.iter().enumerate() {
             let staged = (|| {
@@ -157,7 +158,7 @@ impl Pickup {
                     for slice in copy.envelope.recipients.chunks(self.max_recipients.max(1)) {
                         let name = pickup_name(claim, names[i].len());
                         let path = self.staging.join(&name);
-                        let (mut file, old) = self.open_staged(&name, &path, claim)?;
+                        let (mut file, old) = self.open_staged(&name, &path, claim, &mut left)?;
                         let full = format::write(&mut file, copy, slice, old).map_err(|e| {
                             // a reused inode may still hold an earlier input's bytes
                             let _ = std::fs::remove_file(&path);
@@ -176,12 +177,12 @@ impl Pickup {
         self.sync_staged(&mut open_files, &mut results);
         // their names too: POSIX makes a new file's directory entry durable only by syncing the
         // folder (ext4 and XFS do it with the file's own sync; this costs little there)
-        if results.iter().any(Option::is_none)
-            && let Err(e) = sync_dir(&self.staging)
-        {
-            let kind = e.kind();
-            for r in results.iter_mut().filter(|r| r.is_none()) {
-                *r = Some(Err(Self::io(&self.staging)(std::io::Error::from(kind))));
+        // and a reused claim's old name is gone for good before any commit can be (see `recycle`)
+        for dir in std::iter::once(&self.staging).chain(&left) {
+            if results.iter().any(Option::is_none)
+                && let Err(e) = sync_dir(dir)
+            {
+                fail_rest(&mut results, dir, &e);
             }
         }
         // 2. the commit point: each claim renamed to its committed name, the work folders synced
@@ -203,13 +204,8 @@ impl Pickup {
         for dir in &work_dirs {
             match sync_dir(dir) {
                 Ok(()) => self.pool.synced(dir),
-                Err(e) => {
-                    // not durable: nothing of this batch may be published
-                    let kind = e.kind();
-                    for r in results.iter_mut().filter(|r| r.is_none()) {
-                        *r = Some(Err(Self::io(dir)(std::io::Error::from(kind))));
-                    }
-                }
+                // not durable: nothing of this batch may be published
+                Err(e) => fail_rest(&mut results, dir, &e),
             }
         }
         // 3. publish: rename into pickup, one sync of the pickup folder
@@ -316,14 +312,22 @@ impl Pickup {
 impl Pickup {
     /// A new staging file at `path` (`staging/name`), owner-only and open for writing at its start,
     /// with the length of what it holds already: a pool entry when one fits, else a created file.
+    /// A claim kept in `claim`'s work folder first; that folder then goes into `left`.
     fn open_staged(
         &self,
         name: &str,
         path: &Path,
         claim: &Claim,
+        left: &mut Vec<PathBuf>,
     ) -> Result<(std::fs::File, u64), DeliverError> {
         let work = claim.path.parent().unwrap_or(Path::new("."));
-        if let Some(taken) = self.pool.take(&self.staging, name, work) {
+        if let Some(taken) = self.pool.take_kept(&self.staging, name, work) {
+            if !left.iter().any(|d| d == work) {
+                left.push(work.to_path_buf());
+            }
+            return Ok(taken);
+        }
+        if let Some(taken) = self.pool.take(&self.staging, name) {
             return Ok(taken);
         }
         let file = std::fs::OpenOptions::new()
@@ -342,6 +346,17 @@ impl Pickup {
     fn recycle(&self, claim: &Claim) -> bool {
         self.pool
             .recycle(&self.staging, &claim.committed_path(), &claim.id)
+    }
+}
+
+/// Every item without a result yet fails with `e` at `path`: nothing of the batch is published.
+fn fail_rest(
+    results: &mut [Option<Result<Delivered, DeliverError>>],
+    path: &Path,
+    e: &std::io::Error,
+) {
+    for r in results.iter_mut().filter(|r| r.is_none()) {
+        *r = Some(Err(Pickup::io(path)(std::io::Error::from(e.kind()))));
     }
 }
 

@@ -33,11 +33,17 @@ mod tests {
         assert!(super::keep_freed_memory(8 << 20));
         std::thread::spawn(|| {
             let fill = |n: usize| std::hint::black_box(vec![1u8; n]);
-            drop(fill(2 << 20)); // 2 MiB: mapped and unmapped each time by glibc's defaults
-            let before = faults();
-            drop(fill(2 << 20));
-            let again = faults() - before;
-            // 512 pages when the memory went back to the kernel
+            // another test's thread may share this heap and take the block in between: the best
+            // of three tries. 512 pages each time when freed memory goes back to the kernel.
+            let again = (0..3)
+                .map(|_| {
+                    drop(fill(2 << 20)); // 2 MiB: mapped and unmapped by glibc's defaults
+                    let before = faults();
+                    drop(fill(2 << 20));
+                    faults() - before
+                })
+                .min()
+                .unwrap();
             assert!(
                 again < 64,
                 "{again} page faults for memory freed a moment before"

@@ -27,8 +27,9 @@
 //! Nothing staged in a reused inode is published before the work folder it left was fsynced: until
 //! then a power loss could leave the claim's old name on disk beside the new staging name, two
 //! names for one inode. A pool entry becomes usable only after that fsync (the next batch's commit
-//! does it); a kept claim is taken only by a staging file of its own work folder, whose commit
-//! fsyncs that folder before the batch is published.
+//! does it); a kept claim is taken only by a staging file of its own work folder, and that folder
+//! is fsynced before the batch's commit renames (not by the commit's own fsync: a power loss in
+//! the middle of that one could keep the old name while writing the commit).
 
 use std::fs::File;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -243,22 +244,12 @@ impl Pool {
     /// length of its old content (mode 0600: the caller writes over it, cuts it to the new length,
     /// then opens it to the group); `None` when the pool has none that fits (the caller creates the
     /// file then).
-    pub fn take(&self, staging: &Path, name: &str, work: &Path) -> Option<(File, u64)> {
+    pub fn take(&self, staging: &Path, name: &str) -> Option<(File, u64)> {
         self.trim(staging);
         if !self.enabled {
             return None;
         }
         let to = staging.join(name);
-        // a delivered claim of the caller's work folder first: one rename instead of two. The
-        // commit's fsync of that folder makes its move out durable before anything staged in it
-        // is published, as `synced` does for pool entries
-        while let Some((owner, kept)) = self.pop_kept(work) {
-            match move_kept(owner, &kept.claim, &to) {
-                Some(taken) => return Some(taken),
-                // delivered already: not reusable, only removed
-                None => drop(std::fs::remove_file(&kept.claim)),
-            }
-        }
         loop {
             let (owner, entry) = {
                 let mut s = self.lock();
@@ -277,6 +268,22 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// Like `take`, from a claim kept in the work folder `work` (one rename instead of two). The
+    /// caller syncs `work` before its batch's commit renames: a power loss cutting that commit's
+    /// sync short could otherwise keep the claim's old name beside a committed new one.
+    pub fn take_kept(&self, staging: &Path, name: &str, work: &Path) -> Option<(File, u64)> {
+        self.trim(staging);
+        let to = staging.join(name);
+        while let Some((owner, kept)) = self.pop_kept(work) {
+            match move_kept(owner, &kept.claim, &to) {
+                Some(taken) => return Some(taken),
+                // delivered already: not reusable, only removed
+                None => drop(std::fs::remove_file(&kept.claim)),
+            }
+        }
+        None
     }
 
     /// The last kept claim of the work folder `work`, and the owner a staging file gets.

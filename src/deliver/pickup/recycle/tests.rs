@@ -32,12 +32,12 @@ fn a_kept_claim_becomes_the_next_staging_file_of_its_own_work_folder() {
     );
     let other = staging.parent().unwrap().join("other-work");
     assert!(
-        pool.take(&staging, "i2-1.0.eml", &other).is_none(),
+        pool.take_kept(&staging, "i2-1.0.eml", &other).is_none(),
         "never for another work folder: its commit would not sync the one the claim left"
     );
     assert!(claim.exists());
     let (mut file, old) = pool
-        .take(&staging, "i1-9.0.eml", &work_of(&claim))
+        .take_kept(&staging, "i1-9.0.eml", &work_of(&claim))
         .expect("reused");
     assert_eq!(old, "plaintext".len() as u64, "its blocks are kept");
     assert!(
@@ -61,7 +61,7 @@ fn a_kept_claim_that_no_longer_fits_is_removed_not_reused() {
     assert!(pool.keep(&claim, "i1-7"));
     let held = File::open(&claim).unwrap(); // someone kept a descriptor of the input
     assert!(
-        pool.take(&staging, "i1-9.0.eml", &work_of(&claim))
+        pool.take_kept(&staging, "i1-9.0.eml", &work_of(&claim))
             .is_none()
     );
     assert!(!claim.exists(), "delivered already: removed");
@@ -87,15 +87,11 @@ fn a_pause_pools_the_kept_claims_no_batch_took() {
         assert_eq!(mode & 0o777, 0o600);
     }
     assert!(
-        pool.take(&staging, "i1-9.0.eml", &work_of(&claim))
-            .is_none(),
+        pool.take(&staging, "i1-9.0.eml").is_none(),
         "pooled: not before the work folder it left is synced"
     );
     pool.synced(&work_of(&claim));
-    assert!(
-        pool.take(&staging, "i1-9.0.eml", &work_of(&claim))
-            .is_some()
-    );
+    assert!(pool.take(&staging, "i1-9.0.eml").is_some());
 }
 
 #[test]
@@ -129,14 +125,11 @@ fn a_delivered_claim_becomes_an_owner_only_staging_file_once_its_folder_is_synce
         "the old input: its owner's only"
     );
     assert!(
-        pool.take(&staging, "i1-9.0.eml", &work_of(&claim))
-            .is_none(),
+        pool.take(&staging, "i1-9.0.eml").is_none(),
         "not before the work folder it left is synced"
     );
     pool.synced(claim.parent().unwrap());
-    let (mut file, old) = pool
-        .take(&staging, "i1-9.0.eml", &work_of(&claim))
-        .expect("reused");
+    let (mut file, old) = pool.take(&staging, "i1-9.0.eml").expect("reused");
     assert_eq!(old, "plaintext".len() as u64, "its blocks are kept");
     std::io::Write::write_all(&mut file, b"sealed").unwrap();
     let made = staging.join("i1-9.0.eml");
@@ -149,11 +142,7 @@ fn a_delivered_claim_becomes_an_owner_only_staging_file_once_its_folder_is_synce
     );
     assert_eq!(names(&staging), ["first.eml", "i1-9.0.eml"]);
     assert_eq!(pool.len(), 0);
-    assert!(
-        pool.take(&staging, "i1-9.1.eml", &work_of(&claim))
-            .is_none(),
-        "empty now"
-    );
+    assert!(pool.take(&staging, "i1-9.1.eml").is_none(), "empty now");
 }
 
 #[test]
@@ -196,10 +185,7 @@ fn an_entry_replaced_in_the_pool_is_not_written_to() {
     let entry = staging.join(".recycled.i1-7");
     std::fs::remove_file(&entry).unwrap();
     std::os::unix::fs::symlink(&target, &entry).unwrap();
-    assert!(
-        pool.take(&staging, "i1-9.0.eml", &work_of(&claim))
-            .is_none()
-    );
+    assert!(pool.take(&staging, "i1-9.0.eml").is_none());
     assert_eq!(std::fs::read(&target).unwrap(), b"keep");
     assert_eq!(names(&staging), ["first.eml"], "the stranger is removed");
 }
@@ -243,7 +229,7 @@ fn an_inode_still_open_elsewhere_is_not_reused() {
     let mut kept = File::open(&claim).unwrap();
     if pool.recycle(&staging, &claim, "i1-7") {
         pool.synced(claim.parent().unwrap());
-        if let Some((mut file, _)) = pool.take(&staging, "i1-9.0.eml", &work_of(&claim)) {
+        if let Some((mut file, _)) = pool.take(&staging, "i1-9.0.eml") {
             std::io::Write::write_all(&mut file, b"x-receiver: someone@else\r\n").unwrap();
         }
     }
@@ -337,10 +323,7 @@ fn a_pool_that_is_off_keeps_nothing_but_still_removes_old_leftovers() {
     pool.created(&File::create(staging.join("second.eml")).unwrap());
     std::fs::write(staging.join(".recycled.i0-1"), "an old input").unwrap();
     assert!(!pool.recycle(&staging, &claim, "i1-7"));
-    assert!(
-        pool.take(&staging, "i1-9.0.eml", &work_of(&claim))
-            .is_none()
-    );
+    assert!(pool.take(&staging, "i1-9.0.eml").is_none());
     assert_eq!(std::fs::read(&claim).unwrap(), b"plaintext");
     assert_eq!(names(&staging), ["first.eml", "second.eml"]);
 }
