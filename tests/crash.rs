@@ -264,16 +264,19 @@ fn a_committed_claim_whose_files_were_all_published_is_removed_not_counted_again
     s.assert_nothing_in_flight();
 }
 
-/// A delivered claim is kept where it is for the next batch's staging file; when no batch comes,
-/// the deliverer's pause moves it into the pool, so a `run` that then sits idle leaves no committed
-/// claim for a crash to find.
+/// A large batch's delivered claims are kept where they are for the next batch's staging files;
+/// when no batch comes, the deliverer's pause moves them into the pool, so a `run` that then sits
+/// idle leaves no committed claim for a crash to find.
 #[test]
 fn a_pause_moves_kept_claims_into_the_pool() {
     let s = Setup::on_tmpfs("reuse_inodes = \"always\"\n");
+    // waiting at the start: taken in batches large enough to keep their claims
+    for n in 0..200 {
+        s.drop_message(&format!("m{n}.eml"), &message(n));
+    }
     let mut child = s.start("run.log");
-    s.drop_message("m1.eml", &message(1));
-    s.wait_for("the file", Duration::from_secs(60), || {
-        s.pickup_files().len() == 1
+    s.wait_for("the files", Duration::from_secs(60), || {
+        s.pickup_files().len() == 200
     });
     let staging = s.path(".smime-pickup-staging");
     s.wait_for("the claim pooled", Duration::from_secs(30), || {

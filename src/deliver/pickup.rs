@@ -49,6 +49,9 @@ pub mod sync;
 pub use format::{message_part, pickup_file, pickup_name};
 pub use sync::SyncStrategy;
 
+/// Claims a batch needs at least to keep its delivered claims for the next batch (see `recycle`).
+const KEEP_FROM: usize = 8;
+
 pub struct Pickup {
     pub dir: PathBuf,
     pub staging: PathBuf,
@@ -150,6 +153,12 @@ impl Pickup {
             items.iter().map(|_| None).collect();
         let mut names: Vec<Vec<String>> = vec![Vec::new(); items.len()];
         let mut open_files = Vec::new();
+        // a large batch keeps its claims for the next one, which syncs the folder they leave once
+        // (see `recycle`); a small one would pay that sync for too few: it uses the pool
+        let keeping = items.len() >= KEEP_FROM;
+        if !keeping {
+            self.pool.park(&self.staging);
+        }
         let mut left = Vec::new(); // work folders that kept claims left for staging
         // 1. stage every file, then make them durable together
         for (i, (claim, copies)) in items.iter().enumerate() {
@@ -158,7 +167,8 @@ impl Pickup {
                     for slice in copy.envelope.recipients.chunks(self.max_recipients.max(1)) {
                         let name = pickup_name(claim, names[i].len());
                         let path = self.staging.join(&name);
-                        let (mut file, old) = self.open_staged(&name, &path, claim, &mut left)?;
+                        let kept = keeping.then_some(&mut left);
+                        let (mut file, old) = self.open_staged(&name, &path, claim, kept)?;
                         let full = format::write(&mut file, copy, slice, old).map_err(|e| {
                             // a reused inode may still hold an earlier input's bytes
                             let _ = std::fs::remove_file(&path);
@@ -217,8 +227,12 @@ impl Pickup {
         let published = self.publish(&all).map_err(Shared::new);
         for i in committed {
             let claim = items[i].0;
-            let input_gone =
-                published.is_ok() && self.pool.keep(&claim.committed_path(), &claim.id);
+            let input_gone = published.is_ok()
+                && if keeping {
+                    self.pool.keep(&claim.committed_path(), &claim.id)
+                } else {
+                    self.recycle(claim)
+                };
             results[i] = Some(match &published {
                 Ok(_) => Ok(Delivered {
                     route: "pickup",
@@ -312,16 +326,18 @@ impl Pickup {
 impl Pickup {
     /// A new staging file at `path` (`staging/name`), owner-only and open for writing at its start,
     /// with the length of what it holds already: a pool entry when one fits, else a created file.
-    /// A claim kept in `claim`'s work folder first; that folder then goes into `left`.
+    /// With `left`, a claim kept in `claim`'s work folder first; that folder then goes into `left`.
     fn open_staged(
         &self,
         name: &str,
         path: &Path,
         claim: &Claim,
-        left: &mut Vec<PathBuf>,
+        left: Option<&mut Vec<PathBuf>>,
     ) -> Result<(std::fs::File, u64), DeliverError> {
         let work = claim.path.parent().unwrap_or(Path::new("."));
-        if let Some(taken) = self.pool.take_kept(&self.staging, name, work) {
+        if let Some(left) = left
+            && let Some(taken) = self.pool.take_kept(&self.staging, name, work)
+        {
             if !left.iter().any(|d| d == work) {
                 left.push(work.to_path_buf());
             }

@@ -55,9 +55,7 @@ fn deliver_writes_envelope_first_and_splits_recipients() {
         .deliver(&claim, &[copy(&["a@y", "b@y", "c@y"]), copy(&["d@y"])])
         .unwrap();
     assert_eq!(done.units, 3);
-    assert!(done.input_gone, "its inode is kept for a later output");
-    assert!(claim.committed_path().exists(), "kept where it is");
-    assert!(names(&p.staging).is_empty());
+    assert!(done.input_gone, "its inode went to the pool");
     assert_eq!(
         names(&p.dir),
         ["i1-7.0.m.eml", "i1-7.1.m.eml", "i1-7.2.m.eml"]
@@ -66,7 +64,6 @@ fn deliver_writes_envelope_first_and_splits_recipients() {
         done.made(),
         "3 files: i1-7.0.m.eml, i1-7.1.m.eml, i1-7.2.m.eml"
     );
-    p.idle(); // no batch took it: pooled
     assert_eq!(
         names(&p.staging),
         [".recycled.i1-7"],
@@ -110,7 +107,6 @@ fn one_syncfs_per_batch_delivers_the_same_files() {
         names(&p.dir),
         ["i1-7.0.m.eml", "i1-7.1.m.eml", "i1-8.0.n.eml"]
     );
-    p.idle();
     assert_eq!(names(&p.staging), [".recycled.i1-7", ".recycled.i1-8"]);
     assert!(!claim.committed_path().exists() && !second.committed_path().exists());
 }
@@ -133,9 +129,10 @@ fn a_later_output_reuses_a_delivered_claims_inode_with_the_usual_mode() {
     std::fs::write(&first.path, "plaintext input ".repeat(1000)).unwrap();
     let inode = first.path.metadata().unwrap().ino();
     p.deliver(&first, &[copy(&["a@y"])]).unwrap();
-    // kept where it is, it becomes the next output of its work folder: one rename
+    // its inode is usable once the work folder was synced: by the next commit
     p.deliver(&claim(8), &[copy(&["a@y"])]).unwrap();
-    let out = p.dir.join("i1-8.0.m.eml");
+    p.deliver(&claim(9), &[copy(&["a@y"])]).unwrap();
+    let out = p.dir.join("i1-9.0.m.eml");
     let meta = out.metadata().unwrap();
     assert_eq!(meta.ino(), inode, "the first claim's inode");
     assert_eq!(meta.mode() & 0o7777, 0o640);
@@ -143,21 +140,7 @@ fn a_later_output_reuses_a_delivered_claims_inode_with_the_usual_mode() {
         std::fs::read_to_string(&out).unwrap(),
         "x-sender: s@x.org\r\nx-receiver: a@y\r\nx-job: j\r\nSubject: x\r\n\r\nbody\r\n"
     );
-    assert!(!first.committed_path().exists() && !first.path.exists());
-    // pooled after a pause, its inode waits until the work folder it left was synced: the next
-    // commit (claim 9's) syncs it, so claim 10's output is the first to get it
-    p.idle();
-    p.deliver(&claim(9), &[copy(&["a@y"])]).unwrap();
-    p.idle();
-    let pooled = p.staging.join(".recycled.i1-8").metadata().unwrap().ino();
-    p.deliver(&claim(10), &[copy(&["a@y"])]).unwrap();
-    let reused = p.dir.join("i1-10.0.m.eml").metadata().unwrap();
-    assert_eq!(
-        reused.ino(),
-        pooled,
-        "a pool entry, once its folder was synced"
-    );
-    assert_eq!(reused.mode() & 0o7777, 0o640);
+    assert_eq!(names(&p.staging), [".recycled.i1-8", ".recycled.i1-9"]);
 }
 
 #[test]
@@ -305,4 +288,69 @@ fn a_reused_file_of_the_same_length_asks_for_a_full_sync() {
             pickup_file(&c, &c.envelope.recipients)
         );
     }
+}
+
+/// A batch of `KEEP_FROM` claims or more keeps its delivered claims where they are: the next such
+/// batch writes its outputs into them with one rename each; a pause or a small batch pools them.
+#[test]
+fn a_large_batch_keeps_its_claims_for_the_next_one() {
+    use std::os::unix::fs::MetadataExt;
+    let (_t, p, first) = setup();
+    let claims = |from: usize| -> Vec<Claim> {
+        (from..from + KEEP_FROM)
+            .map(|n| {
+                let c = Claim {
+                    path: first.path.with_file_name(format!("i1-{n},m{n}.eml")),
+                    id: format!("i1-{n}"),
+                    rel: format!("m{n}.eml").into(),
+                    fresh: false,
+                };
+                std::fs::write(&c.path, "plaintext input ".repeat(100)).unwrap();
+                c
+            })
+            .collect()
+    };
+    let copies = [copy(&["a@y"])];
+    let deliver = |batch: &[Claim]| {
+        let items: Vec<(&Claim, &[Sealed])> = batch.iter().map(|c| (c, &copies[..])).collect();
+        let mut ok = 0;
+        p.deliver_batch(&items, &mut |_, r| ok += usize::from(r.unwrap().input_gone));
+        assert_eq!(ok, batch.len(), "every input's inode kept or pooled");
+    };
+    p.deliver(&first, &copies).unwrap(); // the pool learns who owns a staging file
+    let one = claims(100);
+    let inodes: std::collections::HashSet<u64> = one
+        .iter()
+        .map(|c| c.path.metadata().unwrap().ino())
+        .collect();
+    deliver(&one);
+    assert!(
+        one.iter().all(|c| c.committed_path().exists()),
+        "kept in place"
+    );
+    let two = claims(200);
+    deliver(&two);
+    assert!(one.iter().all(|c| !c.committed_path().exists()));
+    for c in &two {
+        let out = p.dir.join(format!("{}.0.{}", c.id, c.rel.display()));
+        let meta = out.metadata().unwrap();
+        assert!(
+            inodes.contains(&meta.ino()),
+            "{} is a kept claim",
+            out.display()
+        );
+        assert_eq!(meta.mode() & 0o7777, 0o640);
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(!text.contains("plaintext"), "cut to its own length");
+    }
+    assert_eq!(
+        names(&p.staging),
+        [".recycled.i1-7"],
+        "only the lone one pooled"
+    );
+    p.idle(); // a pause pools what no batch took
+    assert!(two.iter().all(|c| !c.committed_path().exists()));
+    let pooled = names(&p.staging);
+    assert_eq!(pooled.len(), 1 + KEEP_FROM, "{pooled:?}");
+    assert!(pooled.iter().all(|n| n.starts_with(".recycled.")));
 }
