@@ -211,6 +211,13 @@ impl Pickup {
                 Err(e) => results[i] = Some(Err(Self::io(&claim.path)(e))),
             }
         }
+        // what failed before its commit point leaves nothing in staging: another route (SMTP) may
+        // deliver it, and only pickup's recovery would have removed its files
+        for (i, failed) in results.iter().enumerate() {
+            for name in names[i].iter().filter(|_| failed.is_some()) {
+                let _ = std::fs::remove_file(self.staging.join(name));
+            }
+        }
         for dir in &work_dirs {
             match sync_dir(dir) {
                 Ok(()) => self.pool.synced(dir),

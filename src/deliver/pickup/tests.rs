@@ -269,6 +269,22 @@ fn a_staged_file_that_cannot_be_written_is_removed() {
     );
 }
 
+/// The same when an earlier file of the claim was written: nothing of a claim that failed before its
+/// commit point stays in staging (another route may deliver it, and nothing would remove it then).
+#[test]
+fn a_claim_that_fails_before_its_commit_leaves_nothing_in_staging() {
+    let (_t, p, claim) = setup();
+    let second = pickup_name(&claim, 1);
+    std::os::unix::fs::symlink("/dev/full", p.staging.join(&second)).unwrap();
+    let e = p
+        .deliver(&claim, &[copy(&["a@y", "b@y", "c@y"])])
+        .unwrap_err();
+    assert!(e.to_string().contains(&second), "{e}");
+    assert!(names(&p.staging).is_empty(), "{:?}", names(&p.staging));
+    assert!(names(&p.dir).is_empty());
+    assert!(claim.path.exists());
+}
+
 /// Only a file whose length did not change needs a full fsync for its new mode: `write` says so.
 #[test]
 fn a_reused_file_of_the_same_length_asks_for_a_full_sync() {
