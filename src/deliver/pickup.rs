@@ -213,8 +213,8 @@ impl Pickup {
         }
         // what failed before its commit point leaves nothing in staging: another route (SMTP) may
         // deliver it, and only pickup's recovery would have removed its files
-        for (i, failed) in results.iter().enumerate() {
-            for name in names[i].iter().filter(|_| failed.is_some()) {
+        for (i, _) in results.iter().enumerate().filter(|(_, r)| r.is_some()) {
+            for name in &names[i] {
                 let _ = std::fs::remove_file(self.staging.join(name));
             }
         }

@@ -6,11 +6,12 @@
 //! messages just delivered, or another program's) every new staging file paid for a scan of all of
 //! them: most of a drain's CPU went into `open(O_CREAT)`.
 //!
-//! So a committed claim whose outputs are published is not unlinked but kept: the next staging
-//! file of its work folder makes it owner-only (mode 0600) and renames it to its staging name, one
-//! rename and one check per message in a drain. When the deliverers pause, the kept claims no batch
-//! took are made owner-only and renamed into the staging folder as `.recycled.<claim id>`, which a
-//! later staging file takes the same way; a file is created only when neither has one. The entry
+//! So a committed claim whose outputs are published is not unlinked but kept (in a batch large
+//! enough, see `Pickup`): the next such batch's staging file of its work folder makes it owner-only
+//! (mode 0600) and renames it to its staging name, one rename and one check per message in a drain.
+//! Small batches, and deliverers that pause or stop, make the kept claims no batch took owner-only
+//! and rename them into the staging folder as `.recycled.<claim id>`, which a later staging file
+//! takes the same way; a file is created only when neither has one. The entry
 //! keeps its blocks: the staging file is written over them and cut to its own length, and only then
 //! given its group read (`format::write`): the old input is readable by its owner only until it is
 //! gone, and no block is freed and allocated again (emptying each claim cost 4 % of a drain's CPU
@@ -101,8 +102,15 @@ struct State {
     /// ready to be taken
     ready: Vec<String>,
     /// delivered claims still under their committed name, taken from there by the next staging
-    /// file of their work folder (`take`); what no batch took is pooled by `park`
+    /// file of their work folder (`take_kept`); what no batch took is pooled by `park`
     kept: Vec<Kept>,
+}
+
+impl State {
+    /// Inodes held for reuse, whatever their stage (at most `MAX`).
+    fn held(&self) -> usize {
+        self.ready.len() + self.pending.len() + self.kept.len()
+    }
 }
 
 /// A delivered claim (committed, every output published) left where it is for the next batch.
@@ -202,8 +210,7 @@ impl Pool {
     /// Entries in the pool, ready or not.
     #[cfg(test)]
     fn len(&self) -> usize {
-        let s = self.lock();
-        s.ready.len() + s.pending.len() + s.kept.len()
+        self.lock().held()
     }
 
     /// Removes the pool entries an earlier run left in `staging`, once per process (they may have
@@ -298,14 +305,14 @@ impl Pool {
     }
 
     /// Keeps the delivered claim at `claim` (committed, every output published) where it is, for
-    /// the next staging file of its work folder (`take`) or the pool (`park`); `false` leaves it
+    /// the next staging file of its work folder (`take_kept`) or the pool (`park`); `false` leaves it
     /// for the caller to remove. No system call: a busy deliverer renames it only once.
     pub fn keep(&self, claim: &Path, id: &str) -> bool {
         if !self.enabled {
             return false;
         }
         let mut s = self.lock();
-        if s.owner.is_none() || s.ready.len() + s.pending.len() + s.kept.len() >= MAX {
+        if s.owner.is_none() || s.held() >= MAX {
             return false;
         }
         s.kept.push(Kept {
@@ -315,7 +322,7 @@ impl Pool {
         true
     }
 
-    /// Pools every kept claim no batch took (a deliverer with nothing waiting calls it): a claim
+    /// Pools every kept claim no batch took (a small batch, or a deliverer with nothing waiting): a claim
     /// left under its committed name would be finished a second time after a crash. What does not
     /// fit the pool is removed.
     pub fn park(&self, staging: &Path) {
@@ -337,7 +344,7 @@ impl Pool {
         let owner = {
             let s = self.lock();
             match s.owner {
-                Some(o) if s.ready.len() + s.pending.len() + s.kept.len() < MAX => o,
+                Some(o) if s.held() < MAX => o,
                 _ => return false,
             }
         };
