@@ -205,13 +205,19 @@ fn two_instances_on_one_spool_deliver_each_file_once() {
     s.assert_nothing_in_flight();
 }
 
+/// The work folder of an instance that died (unlocked), for claims a test leaves in it.
+fn dead_instance(s: &Setup) -> std::path::PathBuf {
+    let dead = s.path("spool/.smime-pickup/i1dead");
+    std::fs::create_dir_all(&dead).unwrap();
+    std::fs::write(dead.join(".lock"), "").unwrap();
+    dead
+}
+
 #[test]
 fn a_crash_after_the_commit_point_is_finished_not_redone() {
     // what a daemon killed between its commit rename and its publish leaves behind
     let s = Setup::new("");
-    let dead = s.path("spool/.smime-pickup/i1dead");
-    std::fs::create_dir_all(&dead).unwrap();
-    std::fs::write(dead.join(".lock"), "").unwrap();
+    let dead = dead_instance(&s);
     std::fs::write(dead.join("i1dead-0,sub%2Fm.eml#committed"), message(42)).unwrap();
     let staging = s.d.path().join(".smime-pickup-staging");
     std::fs::create_dir_all(&staging).unwrap();
@@ -244,9 +250,7 @@ fn a_crash_after_the_commit_point_is_finished_not_redone() {
 fn a_committed_claim_whose_files_were_all_published_is_removed_not_counted_again() {
     // what a daemon killed after publishing leaves behind: a delivered claim kept for its inode
     let s = Setup::new("");
-    let dead = s.path("spool/.smime-pickup/i1dead");
-    std::fs::create_dir_all(&dead).unwrap();
-    std::fs::write(dead.join(".lock"), "").unwrap();
+    let dead = dead_instance(&s);
     std::fs::write(dead.join("i1dead-0,m.eml#committed"), message(42)).unwrap();
     let o = s.once();
     assert!(o.status.success(), "{}", stderr(&o));

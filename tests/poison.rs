@@ -86,6 +86,19 @@ fn child_with(s: &Setup, env: &[(&str, &str)]) -> Output {
     }
 }
 
+/// The child's `SUMMARY` line and its numbers: delivered, failed, deferred.
+fn summary(out: &str) -> (&str, Vec<usize>) {
+    let line = out[out.find("SUMMARY").expect("a summary")..]
+        .lines()
+        .next()
+        .unwrap();
+    let numbers = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    (line, numbers)
+}
+
 fn claims(s: &Setup) -> Vec<PathBuf> {
     list_files(&s.path("spool/.smime-pickup"))
         .into_iter()
@@ -210,12 +223,7 @@ fn a_panic_while_delivering_defers_its_batch_and_the_next_run_delivers_it_once()
         stderr(&o)
     );
     // the batch that met the panic is deferred whole (still claimed), the rest delivered
-    let summary = &out[out.find("SUMMARY").expect("a summary")..];
-    let summary = summary.lines().next().unwrap();
-    let numbers: Vec<usize> = summary
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|n| n.parse().ok())
-        .collect();
+    let (summary, numbers) = summary(&out);
     let (delivered, failed, deferred) = (numbers[0], numbers[1], numbers[2]);
     assert_eq!(failed, 0, "{summary}");
     assert!(deferred >= 1 && delivered + deferred == 6, "{summary}");
@@ -252,12 +260,7 @@ fn a_panic_after_publishing_defers_only_what_is_still_claimed_and_publishes_noth
         "{}",
         stderr(&o)
     );
-    let summary = &out[out.find("SUMMARY").expect("a summary")..];
-    let summary = summary.lines().next().unwrap();
-    let numbers: Vec<usize> = summary
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|n| n.parse().ok())
-        .collect();
+    let (summary, numbers) = summary(&out);
     // what the summary calls deferred is what waits, claimed, for the next run
     assert_eq!(claims(&s).len(), numbers[2], "{summary}: {:?}", claims(&s));
     let once = |s: &Setup| {

@@ -56,11 +56,7 @@ pub(super) fn deliverer(shared: &Shared, rx: &Receiver<Staged>) {
                     Err(_) => return,
                 }
             }
-            Err(RecvTimeoutError::Disconnected) => {
-                // the end: the work folder is left with no delivered claim in it
-                shared.transport.idle();
-                return;
-            }
+            Err(RecvTimeoutError::Disconnected) => return,
         };
         while staged.ready.len() < MERGE {
             match rx.try_recv() {

@@ -374,6 +374,8 @@ pub fn run(config: Config, mode: Mode, control: Control) -> Result<Summary, Daem
     for t in threads.into_iter().chain(deliverers) {
         let _ = t.join();
     }
+    // delivered claims kept for their inodes go before the work folder is closed
+    shared.transport.close();
     write_metrics(&shared);
     if let Some(bar) = &progress {
         update_progress(bar, &shared, &NothingWaiting);

@@ -283,11 +283,11 @@ impl Transport for Fallback {
     }
 
     fn idle(&self) {
-        for leg in &self.legs {
-            if let Leg::Pickup(p) = leg {
-                p.idle();
-            }
-        }
+        self.legs.iter().for_each(|leg| leg.transport().idle());
+    }
+
+    fn close(&self) {
+        self.legs.iter().for_each(|leg| leg.transport().close());
     }
 
     fn recover(&self, claim: &Claim) -> Result<Option<Delivered>, DeliverError> {

@@ -144,6 +144,10 @@ pub trait Transport: Send + Sync {
     /// (pickup pools the inodes of the claims it just delivered).
     fn idle(&self) {}
 
+    /// The run is over, every delivery thread gone: a route removes what it kept for later
+    /// (pickup: the inodes of delivered claims, before the work folder is closed).
+    fn close(&self) {}
+
     /// Finishes a delivery a crash interrupted after its commit point; `Ok(None)` when `claim` never
     /// reached it (then it is sealed and delivered again from the start).
     fn recover(&self, claim: &Claim) -> Result<Option<Delivered>, DeliverError>;

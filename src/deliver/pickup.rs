@@ -407,6 +407,10 @@ impl Transport for Pickup {
         self.pool.park(&self.staging);
     }
 
+    fn close(&self) {
+        self.pool.clear(&self.staging);
+    }
+
     fn recover(&self, claim: &Claim) -> Result<Option<Delivered>, DeliverError> {
         let committed = claim.committed_path().exists();
         if committed {

@@ -9,9 +9,9 @@
 //! So a committed claim whose outputs are published is not unlinked but kept (in a batch large
 //! enough, see `Pickup`): the next such batch's staging file of its work folder makes it owner-only
 //! (mode 0600) and renames it to its staging name, one rename and one check per message in a drain.
-//! Small batches, and deliverers that pause or stop, make the kept claims no batch took owner-only
-//! and rename them into the staging folder as `.recycled.<claim id>`, which a later staging file
-//! takes the same way; a file is created only when neither has one. The entry
+//! Small batches, and deliverers that pause, make the kept claims no batch took owner-only and
+//! rename them into the staging folder as `.recycled.<claim id>`, which a later staging file takes
+//! the same way; a file is created only when neither has one (the end of a run removes both). The entry
 //! keeps its blocks: the staging file is written over them and cut to its own length, and only then
 //! given its group read (`format::write`): the old input is readable by its owner only until it is
 //! gone, and no block is freed and allocated again (emptying each claim cost 4 % of a drain's CPU
