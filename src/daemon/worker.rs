@@ -58,7 +58,7 @@ pub(super) fn send_job(tx: &Sender<Job>, shared: &Shared, job: Job) -> bool {
 
 /// Claims sealed in one go by a worker before they go to delivery, and the input bytes a batch
 /// takes at most (large messages make smaller batches: three stages' batches are in memory at once).
-pub(super) const BATCH: usize = 32;
+pub(super) const BATCH: usize = 64;
 const BATCH_BYTES: u64 = 4 * 1024 * 1024;
 
 /// What a worker has taken since it last handed a batch over: the claims, and the jobs and fresh

@@ -1,5 +1,6 @@
 //! The folders the watcher watches: each one on its own (not recursively), dot-folders never, and
-//! only real folders of the spool. inotify follows a symbolic link it is given, so a folder is
+//! only real folders of the spool. inotify follows links on the way to a folder (only a link as the
+//! last part is refused), so a folder is
 //! looked at without following links before it is watched, and again after (a folder swapped for a
 //! link in between is unwatched): no watch stays outside the spool.
 
@@ -8,16 +9,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use log::warn;
-use notify::{RecursiveMode, Watcher as _};
 
 use super::is_hidden;
+use super::watcher::Watcher;
 
 /// The watcher, shared by both producer threads: each adds the folders it finds.
 #[derive(Clone)]
 pub struct Folders(Arc<Mutex<Watched>>);
 
 struct Watched {
-    watcher: notify::RecommendedWatcher,
+    watcher: Watcher,
     /// folders watched, and the ones that could not be (warned about once)
     ok: HashSet<PathBuf>,
     failed: HashSet<PathBuf>,
@@ -31,7 +32,7 @@ fn real_folder(dir: &Path) -> bool {
 
 impl Folders {
     /// `spool` is watched already by `watcher`.
-    pub fn new(watcher: notify::RecommendedWatcher, spool: &Path) -> Folders {
+    pub fn new(watcher: Watcher, spool: &Path) -> Folders {
         Folders(Arc::new(Mutex::new(Watched {
             watcher,
             ok: HashSet::from([spool.to_path_buf()]),
@@ -49,10 +50,10 @@ impl Folders {
         if !real_folder(dir) {
             return;
         }
-        match w.watcher.watch(dir, RecursiveMode::NonRecursive) {
+        match w.watcher.watch(dir) {
             Ok(()) if !real_folder(dir) => {
                 // swapped for a link while the watch was added: whatever it reached is not ours
-                let _ = w.watcher.unwatch(dir);
+                w.watcher.unwatch_tree(dir);
                 w.ok.remove(dir);
             }
             Ok(()) => {
@@ -91,20 +92,22 @@ impl Folders {
             let mut w = self.0.lock().expect("watcher lock");
             let old: Vec<_> = w.ok.drain().collect();
             for dir in old {
-                let _ = w.watcher.unwatch(&dir);
+                w.watcher.unwatch_tree(&dir);
             }
             w.failed.clear();
         }
         self.watch(spool, true);
     }
 
-    /// Forgets a path that left (removed, or renamed away) and the folders below it.
+    /// Forgets a folder that left (removed, or moved away) and the folders below it: their
+    /// watches would report from wherever they went.
     pub fn forget(&self, path: &Path) {
         let mut w = self.0.lock().expect("watcher lock");
-        // every claimed input leaves too: only a folder we know (watched or failed) has any below it
+        // only a folder we know (watched or failed) has any below it
         if !w.ok.contains(path) && !w.failed.contains(path) {
             return;
         }
+        w.watcher.unwatch_tree(path);
         w.ok.retain(|d| !d.starts_with(path));
         w.failed.retain(|d| !d.starts_with(path));
     }

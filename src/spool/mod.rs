@@ -12,6 +12,7 @@ mod fresh;
 pub mod ready;
 pub mod safe;
 pub mod watch;
+mod watcher;
 mod writers;
 
 use std::os::unix::fs::MetadataExt;

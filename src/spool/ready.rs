@@ -143,6 +143,12 @@ impl Tracker {
             .or_insert(Entry::new(false, now + settle));
     }
 
+    /// Drops the files that are gone. The watcher does not report a file renamed away (each claim
+    /// would come back as an event), so every full scan calls this.
+    pub fn retain_existing(&mut self) {
+        self.files.retain(|p, _| p.symlink_metadata().is_ok());
+    }
+
     /// Forgets a path (a put-back that did not happen).
     pub fn forget(&mut self, path: &Path) {
         self.files.remove(path);

@@ -1,4 +1,4 @@
-//! The two producer threads: one turns notify events into readiness (`ready::Tracker`), one scans the
+//! The two producer threads: one turns the watcher's changes into readiness (`ready::Tracker`), one scans the
 //! whole spool at start, every `rescan` interval and whenever the watcher overflows or fails. Both hand
 //! complete files to `emit`, which blocks while the work queue is full: that is the backpressure that
 //! keeps memory flat with 100,000 files waiting (a scan walks the tree lazily and simply waits).
@@ -21,13 +21,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use log::warn;
-use notify::{RecursiveMode, Watcher as _};
 
 mod events;
 mod scan;
 
 use super::folders::Folders;
 use super::ready::Tracker;
+use super::watcher::Watcher;
 use super::{Candidate, Inputs, Snapshot, is_input, special_kind};
 use events::event_loop;
 use scan::scan_loop;
@@ -115,10 +115,7 @@ impl Producers {
         let first_scan_done = Arc::new(AtomicBool::new(false));
         let rescan_now = Arc::new(Poke::new());
         let (tx, rx) = crossbeam_channel::unbounded();
-        let watcher = notify::recommended_watcher(move |res| {
-            let _ = tx.send(res);
-        })
-        .and_then(|mut w| w.watch(&spool, RecursiveMode::NonRecursive).map(|()| w));
+        let watcher = Watcher::start(tx).and_then(|mut w| w.watch(&spool).map(|()| w));
         let watcher = match watcher {
             Ok(w) => Some(Folders::new(w, &spool)),
             Err(e) => {
@@ -233,6 +230,15 @@ impl On {
             );
         }
         false
+    }
+
+    /// Forgets tracked and warned-about paths that are gone (renamed away: not reported).
+    fn forget_gone(&self) {
+        self.tracker.lock().expect("tracker lock").retain_existing();
+        self.warned
+            .lock()
+            .expect("warned lock")
+            .retain(|p| p.symlink_metadata().is_ok());
     }
 
     /// Hands over a path the tracker found complete, as it is now: a regular file, or nothing.

@@ -1,20 +1,19 @@
-//! The event thread: notify's events become readiness (`ready::Tracker`); complete files are handed
-//! over when the tracker says so, and a watcher that overflows or fails asks for a rescan.
+//! The event thread: the watcher's changes become readiness (`ready::Tracker`); complete files are
+//! handed over when the tracker says so, and a watcher that overflows or fails asks for a rescan.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, select};
 use log::warn;
-use notify::EventKind;
-use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 
 use super::On;
 use crate::spool::ready::Seen;
+use crate::spool::watcher::Change;
 use crate::spool::{is_hidden, is_input, special_kind};
 
-pub(super) fn event_loop(spool: &Path, rx: Receiver<notify::Result<notify::Event>>, on: &On) {
+pub(super) fn event_loop(spool: &Path, rx: Receiver<Vec<Change>>, on: &On) {
     let (tracker, shutdown, rescan_now) = (&on.tracker, &on.shutdown, &on.rescan_now);
     let folders = on.folders.as_ref();
     let mut watcher_gone = false;
@@ -51,53 +50,63 @@ pub(super) fn event_loop(spool: &Path, rx: Receiver<notify::Result<notify::Event
             },
             recv(crossbeam_channel::at(deadline)) -> _ => None,
         };
-        match received {
-            None => {}
-            Some(Ok(event)) => {
-                if event.need_rescan() {
-                    warn!("{}: the watcher lost events; rescanning", spool.display());
-                    rescan_now.request();
+        if let Some(changes) = received {
+            let now = Instant::now();
+            for change in changes {
+                let (path, seen, arrived) = match change {
+                    Change::Overflow => {
+                        warn!("{}: the watcher lost events; rescanning", spool.display());
+                        rescan_now.request();
+                        continue;
+                    }
+                    Change::FolderGone(path) => {
+                        // moved or removed: if it is still in the spool under a new name, or it
+                        // is the spool itself, a scan finds and watches it again
+                        rescan_now.request();
+                        (path, Seen::Removed, false)
+                    }
+                    Change::Removed(path) => (path, Seen::Removed, false),
+                    Change::Created { path, folder } => {
+                        let seen = if folder { Seen::Modified } else { Seen::Created };
+                        (path, seen, true)
+                    }
+                    Change::MovedIn { path, .. } => (path, Seen::RenamedIn, true),
+                    Change::Modified(path) => (path, Seen::Modified, false),
+                    Change::ClosedWrite(path) => (path, Seen::ClosedWrite, false),
+                };
+                if seen == Seen::Removed {
+                    tracker.lock().expect("tracker lock").seen(&path, seen, now);
+                    if let Some(f) = folders {
+                        f.forget(&path);
+                    }
+                    on.warned.lock().expect("warned lock").remove(&path);
+                    continue;
                 }
-                let now = Instant::now();
-                let mut t = tracker.lock().expect("tracker lock");
-                for (path, seen) in classify(&event) {
-                    if seen == Seen::Removed {
-                        t.seen(&path, seen, now);
+                if is_hidden(spool, &path) {
+                    continue;
+                }
+                // what it is now, never what a link points to
+                let Ok(meta) = path.symlink_metadata() else {
+                    continue;
+                };
+                if meta.is_dir() {
+                    // a folder made or moved in is watched and scanned, never taken
+                    if arrived {
                         if let Some(f) = folders {
-                            f.forget(&path);
+                            f.watch_tree(spool, &path);
                         }
-                        on.warned.lock().expect("warned lock").remove(&path);
-                        continue;
+                        // files may have landed in it before its watch existed
+                        rescan_now.request();
                     }
-                    if is_hidden(spool, &path) {
-                        continue;
-                    }
-                    // what it is now, never what a link points to
-                    let Ok(meta) = path.symlink_metadata() else {
-                        continue;
-                    };
-                    if meta.is_dir() {
-                        // a folder made or moved in is watched and scanned, never taken
-                        let arrived =
-                            matches!(event.kind, EventKind::Create(_)) || seen == Seen::RenamedIn;
-                        if arrived {
-                            if let Some(f) = folders {
-                                f.watch_tree(spool, &path);
-                            }
-                            // files may have landed in it before its watch existed
-                            rescan_now.request();
-                        }
-                    } else if let Some(kind) = special_kind(&meta) {
-                        t.seen(&path, Seen::Removed, now);
-                        on.special(spool, &path, kind);
-                    } else if is_input(spool, &path) && on.wanted(&path) {
-                        t.seen(&path, seen, now);
-                    }
+                } else if let Some(kind) = special_kind(&meta) {
+                    tracker
+                        .lock()
+                        .expect("tracker lock")
+                        .seen(&path, Seen::Removed, now);
+                    on.special(spool, &path, kind);
+                } else if is_input(spool, &path) && on.wanted(&path) {
+                    tracker.lock().expect("tracker lock").seen(&path, seen, now);
                 }
-            }
-            Some(Err(e)) => {
-                warn!("{}: watcher error ({e}); rescanning", spool.display());
-                rescan_now.request();
             }
         }
         // `once` takes what is complete by the moment intake closes, however late this runs
@@ -121,29 +130,5 @@ pub(super) fn event_loop(spool: &Path, rx: Receiver<notify::Result<notify::Event
             on.rescan_now.request();
             return;
         }
-    }
-}
-
-/// What a notify event says about which paths.
-fn classify(event: &notify::Event) -> Vec<(PathBuf, Seen)> {
-    let all = |seen: Seen| event.paths.iter().map(|p| (p.clone(), seen)).collect();
-    match event.kind {
-        EventKind::Create(CreateKind::Folder) => all(Seen::Modified),
-        EventKind::Create(_) => all(Seen::Created),
-        EventKind::Modify(ModifyKind::Name(RenameMode::From)) => all(Seen::Removed),
-        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => all(Seen::RenamedIn),
-        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
-            let mut v = Vec::new();
-            if let [from, to, ..] = event.paths.as_slice() {
-                v.push((from.clone(), Seen::Removed));
-                v.push((to.clone(), Seen::RenamedIn));
-            }
-            v
-        }
-        EventKind::Modify(ModifyKind::Metadata(_)) => Vec::new(),
-        EventKind::Modify(_) => all(Seen::Modified),
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => all(Seen::ClosedWrite),
-        EventKind::Remove(_) => all(Seen::Removed),
-        _ => Vec::new(),
     }
 }

@@ -44,6 +44,7 @@ pub(super) fn scan_loop(spool: &Path, every: Duration, on: &On, first_done: &Ato
         if known.is_some() && !scan_once(spool, on) {
             return;
         }
+        on.forget_gone();
         debug!("{}: scan took {:?}", spool.display(), started.elapsed());
         on.intake.scanned();
         first_done.store(true, Ordering::SeqCst);

@@ -1,0 +1,104 @@
+use super::*;
+use std::time::Duration;
+
+/// Changes until `want` has been seen (or 10 s passed: then the assertion shows what came).
+fn until(rx: &crossbeam_channel::Receiver<Vec<Change>>, want: &Change) -> Vec<Change> {
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !seen.contains(want) {
+        match rx.recv_deadline(deadline) {
+            Ok(batch) => seen.extend(batch),
+            Err(_) => panic!("{want:?} never came; saw {seen:?}"),
+        }
+    }
+    seen
+}
+
+fn started(dir: &Path) -> (Watcher, crossbeam_channel::Receiver<Vec<Change>>) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut w = Watcher::start(tx).unwrap();
+    w.watch(dir).unwrap();
+    (w, rx)
+}
+
+#[test]
+fn a_file_written_in_place_is_made_written_and_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_w, rx) = started(tmp.path());
+    let path = tmp.path().join("a.eml");
+    std::fs::write(&path, b"x").unwrap();
+    let seen = until(&rx, &Change::ClosedWrite(path.clone()));
+    let made = Change::Created {
+        path: path.clone(),
+        folder: false,
+    };
+    assert!(seen.contains(&made), "{seen:?}");
+    assert!(seen.contains(&Change::Modified(path)), "{seen:?}");
+}
+
+#[test]
+fn a_rename_away_is_not_reported_and_a_rename_in_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, elsewhere) = (tmp.path().join("spool"), tmp.path().join("work"));
+    std::fs::create_dir_all(&spool).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(spool.join("claimed.eml"), b"x").unwrap();
+    std::fs::write(elsewhere.join("in.eml"), b"x").unwrap();
+    let (_w, rx) = started(&spool);
+    // a claim: renamed out of the watched folder, then something renamed in
+    std::fs::rename(spool.join("claimed.eml"), elsewhere.join("claimed.eml")).unwrap();
+    std::fs::rename(elsewhere.join("in.eml"), spool.join("in.eml")).unwrap();
+    let moved_in = Change::MovedIn {
+        path: spool.join("in.eml"),
+        folder: false,
+    };
+    let seen = until(&rx, &moved_in);
+    assert_eq!(seen, vec![moved_in], "the claim's rename came back");
+}
+
+#[test]
+fn a_watched_folder_moved_away_is_reported_and_watched_no_more() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, sub) = (tmp.path().join("spool"), tmp.path().join("spool/sub"));
+    std::fs::create_dir_all(&sub).unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut w = Watcher::start(tx).unwrap();
+    w.watch(&spool).unwrap();
+    w.watch(&sub).unwrap();
+    let outside = tmp.path().join("outside");
+    std::fs::rename(&sub, &outside).unwrap();
+    until(&rx, &Change::FolderGone(sub.clone()));
+    w.unwatch_tree(&sub);
+    // what happens in the moved folder now is outside the spool: nothing is reported
+    std::fs::write(outside.join("late.eml"), b"x").unwrap();
+    std::fs::remove_file(outside.join("late.eml")).unwrap();
+    std::fs::write(spool.join("marker"), b"x").unwrap();
+    let seen = until(&rx, &Change::ClosedWrite(spool.join("marker")));
+    assert!(
+        seen.iter().all(|c| !format!("{c:?}").contains("late.eml")),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn a_removed_file_is_reported_and_dropping_the_watcher_ends_its_thread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("gone.eml");
+    std::fs::write(&path, b"x").unwrap();
+    let (w, rx) = started(tmp.path());
+    std::fs::remove_file(&path).unwrap();
+    until(&rx, &Change::Removed(path));
+    drop(w); // joins the reading thread: a hang here is the failure
+    assert!(rx.recv_timeout(Duration::from_secs(5)).is_err(), "closed");
+}
+
+#[test]
+fn a_link_is_never_watched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let real = tmp.path().join("real");
+    std::fs::create_dir_all(&real).unwrap();
+    std::os::unix::fs::symlink(&real, tmp.path().join("link")).unwrap();
+    let (tx, _rx) = crossbeam_channel::unbounded();
+    let mut w = Watcher::start(tx).unwrap();
+    assert!(w.watch(&tmp.path().join("link")).is_err());
+}
