@@ -369,4 +369,18 @@ mod tests {
         t.seen(Path::new("/b"), Seen::ClosedWrite, t0);
         assert_eq!(t.next_deadline(), Some(t0 + S));
     }
+
+    #[test]
+    fn a_full_scan_forgets_files_renamed_away_while_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (here, gone) = (tmp.path().join("here.eml"), tmp.path().join("gone.eml"));
+        std::fs::write(&here, b"x").unwrap();
+        let mut t = Tracker::new(S);
+        let t0 = Instant::now();
+        t.seen(&here, Seen::Created, t0);
+        t.seen(&gone, Seen::Created, t0); // made, then renamed away before it was closed
+        t.retain_existing();
+        assert!(t.contains(&here) && !t.contains(&gone));
+        assert_eq!(t.len(), 1);
+    }
 }
