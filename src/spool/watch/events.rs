@@ -67,7 +67,11 @@ pub(super) fn event_loop(spool: &Path, rx: Receiver<Vec<Change>>, on: &On) {
                     }
                     Change::Removed(path) => (path, Seen::Removed, false),
                     Change::Created { path, folder } => {
-                        let seen = if folder { Seen::Modified } else { Seen::Created };
+                        let seen = if folder {
+                            Seen::Modified
+                        } else {
+                            Seen::Created
+                        };
                         (path, seen, true)
                     }
                     Change::MovedIn { path, .. } => (path, Seen::RenamedIn, true),
