@@ -28,7 +28,7 @@ pub(super) struct Staged {
 }
 
 /// Sealed messages a deliverer takes in one go at most: batches beyond it wait for the next turn.
-const MERGE: usize = 4 * BATCH;
+const MERGE: usize = 2 * BATCH;
 
 /// How long a deliverer waits for the next batch before it calls the route idle.
 const IDLE: Duration = Duration::from_millis(100);
