@@ -117,9 +117,11 @@ fn folders_moved_out_while_events_were_lost_are_unwatched_and_a_new_namesake_is_
     assert_eq!(watched, spool_folders(&spool), "watches after the rescan");
     // the new folder under the old name reports its files (the rescan was the last one)
     s.drop_message("a/m.eml", &message(1));
-    s.wait_for("a message in the new folder", Duration::from_secs(10), || {
-        s.delivered_ids().len() == 1
-    });
+    s.wait_for(
+        "a message in the new folder",
+        Duration::from_secs(10),
+        || s.delivered_ids().len() == 1,
+    );
     signal(&child, "-TERM");
     assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
     s.assert_nothing_in_flight();
@@ -197,7 +199,11 @@ fn a_daemon_run_in_process_takes_its_watcher_along_when_it_stops() {
             s.delivered_ids().len() == round + 1
         });
         let running = watcher_leftovers();
-        assert_eq!(running.0, before.0 + 1, "one inotify descriptor while running");
+        assert_eq!(
+            running.0,
+            before.0 + 1,
+            "one inotify descriptor while running"
+        );
         stop.send(()).unwrap();
         daemon.join().unwrap().unwrap();
         assert_eq!(watcher_leftovers(), before, "after run {round}");

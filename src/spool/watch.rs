@@ -115,9 +115,9 @@ impl Producers {
         let first_scan_done = Arc::new(AtomicBool::new(false));
         let rescan_now = Arc::new(Poke::new());
         let (tx, rx) = crossbeam_channel::unbounded();
-        let watcher = Watcher::start(tx).and_then(|mut w| w.watch(&spool).map(|()| w));
+        let watcher = Watcher::start(tx).and_then(|w| Folders::new(w, &spool));
         let watcher = match watcher {
-            Ok(w) => Some(Folders::new(w, &spool)),
+            Ok(w) => Some(w),
             Err(e) => {
                 // still correct, only slower: the periodic rescan finds everything
                 warn!(
@@ -232,8 +232,12 @@ impl On {
         false
     }
 
-    /// Forgets tracked and warned-about paths that are gone (renamed away: not reported).
+    /// Forgets tracked and warned-about paths that are gone (renamed away: not reported), and
+    /// watches no longer on the folder their path names (see `Folders::prune`).
     fn forget_gone(&self) {
+        if let Some(f) = &self.folders {
+            f.prune();
+        }
         self.tracker.lock().expect("tracker lock").retain_existing();
         self.warned
             .lock()

@@ -5,9 +5,14 @@
 //! renamed in and removed, and its own move or removal. A file renamed away is not reported:
 //! the tracker drops entries a full scan no longer finds (`Tracker::retain_existing`).
 //!
-//! Links are not followed (`IN_DONT_FOLLOW`, `IN_ONLYDIR`); `Folders` checks the rest of the path.
+//! A watch is put on a folder already open (`Folders` opens it from the spool without following a
+//! link at any depth), through `/proc/self/fd`: it lands on exactly that folder, whatever its path
+//! names by then, and its identity (device, inode) is kept, so a watch that no longer is on the
+//! folder its path names (moved away or replaced while events were lost) can be found.
 
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -43,14 +48,16 @@ const MASK: WatchMask = WatchMask::CREATE
     .union(WatchMask::DELETE)
     .union(WatchMask::DELETE_SELF)
     .union(WatchMask::MOVE_SELF)
-    .union(WatchMask::ONLYDIR)
-    .union(WatchMask::DONT_FOLLOW);
+    .union(WatchMask::ONLYDIR);
+
+/// A folder's device and inode.
+pub type Identity = (u64, u64);
 
 /// Watched folders both ways: events name a descriptor, unwatching names a path.
 #[derive(Default)]
 struct Paths {
     by_wd: HashMap<WatchDescriptor, PathBuf>,
-    by_path: HashMap<PathBuf, WatchDescriptor>,
+    by_path: HashMap<PathBuf, (WatchDescriptor, Identity)>,
 }
 
 /// One inotify instance and the thread that reads it; changes go to `tx` a read at a time.
@@ -84,39 +91,64 @@ impl Watcher {
         })
     }
 
-    /// Watches one folder (not the ones below it). Watching it again renews the watch.
-    pub fn watch(&mut self, dir: &Path) -> std::io::Result<()> {
-        let wd = self.watches.add(dir, MASK)?;
+    /// Watches `folder` (open, `O_PATH` will do; known as `dir`), not the folders below it.
+    /// Watching it again renews the watch.
+    pub fn watch(&mut self, dir: &Path, folder: OwnedFd) -> std::io::Result<()> {
+        let folder = std::fs::File::from(folder);
+        let meta = folder.metadata()?;
+        let identity = (meta.dev(), meta.ino());
+        // held while the watch is added: an event of the new watch waits for its path
         let mut p = self.paths.lock().expect("watch paths lock");
+        let magic = format!("/proc/self/fd/{}", folder.as_raw_fd());
+        let wd = self.watches.add(magic, MASK)?;
         if let Some(old) = p.by_wd.insert(wd.clone(), dir.to_path_buf())
             && old != dir
+            && p.by_path.get(&old).is_some_and(|(w, _)| *w == wd)
         {
             p.by_path.remove(&old); // the same folder under a new name
         }
-        p.by_path.insert(dir.to_path_buf(), wd);
+        p.by_path.insert(dir.to_path_buf(), (wd, identity));
         Ok(())
+    }
+
+    /// Whether `dir` is watched (under that path).
+    pub fn watches(&self, dir: &Path) -> bool {
+        let p = self.paths.lock().expect("watch paths lock");
+        p.by_path.contains_key(dir)
+    }
+
+    /// The folders watched, with the identity of the folder each watch is on.
+    pub fn watched(&self) -> Vec<(PathBuf, Identity)> {
+        let p = self.paths.lock().expect("watch paths lock");
+        p.by_path
+            .iter()
+            .map(|(d, (_, id))| (d.clone(), *id))
+            .collect()
+    }
+
+    /// Stops watching `dir` (not the folders below it).
+    pub fn unwatch(&mut self, dir: &Path) {
+        self.unwatch_where(|d| d == dir);
     }
 
     /// Stops watching `dir` and every watched folder below it.
     pub fn unwatch_tree(&mut self, dir: &Path) {
-        let gone: Vec<(PathBuf, WatchDescriptor)> = {
+        self.unwatch_where(|d| d.starts_with(dir));
+    }
+
+    fn unwatch_where(&mut self, gone: impl Fn(&Path) -> bool) {
+        let wds: Vec<WatchDescriptor> = {
             let mut p = self.paths.lock().expect("watch paths lock");
-            let below: Vec<PathBuf> = p
-                .by_path
-                .keys()
-                .filter(|d| d.starts_with(dir))
-                .cloned()
-                .collect();
-            below
-                .into_iter()
+            let dirs: Vec<PathBuf> = p.by_path.keys().filter(|d| gone(d)).cloned().collect();
+            dirs.into_iter()
                 .filter_map(|d| {
-                    let wd = p.by_path.remove(&d)?;
+                    let (wd, _) = p.by_path.remove(&d)?;
                     p.by_wd.remove(&wd);
-                    Some((d, wd))
+                    Some(wd)
                 })
                 .collect()
         };
-        for (_, wd) in gone {
+        for wd in wds {
             let _ = self.watches.remove(wd); // gone already when the folder was removed
         }
     }
@@ -181,7 +213,7 @@ fn change(
     }
     if mask.contains(EventMask::IGNORED) {
         if let Some(dir) = p.by_wd.remove(wd)
-            && p.by_path.get(&dir) == Some(wd)
+            && p.by_path.get(&dir).is_some_and(|(w, _)| w == wd)
         {
             p.by_path.remove(&dir);
         }
