@@ -210,3 +210,64 @@ fn a_daemon_run_in_process_takes_its_watcher_along_when_it_stops() {
     }
     s.assert_nothing_in_flight();
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The resident size once it stopped changing (the daemon has read what it will read).
+fn settled_rss_kib(s: &Setup, pid: u32) -> u64 {
+    let mut last = (rss_kib(pid), 0);
+    s.wait_for("a steady resident size", Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = rss_kib(pid);
+        last = if now == last.0 {
+            (now, last.1 + 1)
+        } else {
+            (now, 0)
+        };
+        last.1 >= 5
+    });
+    last.0
+}
+
+#[test]
+fn events_pile_up_in_no_memory_while_the_event_thread_waits_for_the_workers() {
+    // pickup full: the one worker stops, the work queue fills, and the event thread waits to hand
+    // over more while the spool changes on
+    let s = Setup::new("rescan_seconds = 3600\npickup_max_backlog = 1\nworkers = 1\n");
+    std::fs::write(s.path("pickup/mta-is-slow"), b"x").unwrap();
+    let mut child = s.start("run.log");
+    s.wait_for_log("run.log", "watching");
+    // far more complete inputs than the worker, its queue and the delivery stage hold
+    const INPUTS: usize = 800;
+    for n in 0..INPUTS {
+        s.drop_message(&format!("m{n}.eml"), &message(n));
+    }
+    s.wait_for_log("run.log", "is the MTA consuming? pausing");
+    let before = settled_rss_kib(&s, child.id());
+    // a million events on a dot-file (ignored, but the kernel reports it)
+    let spool = s.path("spool");
+    let (a, b) = (spool.join(".flood-a"), spool.join(".flood-b"));
+    std::fs::write(&a, b"x").unwrap();
+    for _ in 0..500_000 {
+        std::fs::rename(&a, &b).unwrap();
+        std::fs::rename(&b, &a).unwrap();
+    }
+    std::fs::remove_file(&a).unwrap();
+    let grown = settled_rss_kib(&s, child.id()).saturating_sub(before);
+    assert!(grown < 64 * 1024, "the daemon grew by {grown} KiB");
+    // nothing lost: the lost events' rescan and the waiting hand-over find every input
+    std::fs::remove_file(s.path("pickup/mta-is-slow")).unwrap();
+    s.wait_for("every input", Duration::from_secs(120), || {
+        s.pickup_files().len() >= INPUTS
+    });
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+    let ids = s.delivered_ids();
+    assert_eq!(ids.len(), INPUTS);
+    assert!(ids.values().all(|&n| n == 1));
+    s.assert_nothing_in_flight();
+}
