@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender, select};
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
 use rustix::fd::OwnedFd;
@@ -60,16 +60,23 @@ struct Paths {
     by_path: HashMap<PathBuf, (WatchDescriptor, Identity)>,
 }
 
-/// One inotify instance and the thread that reads it; changes go to `tx` a read at a time.
+/// Reads handed over and not yet taken. While the event thread waits (to hand a complete file to a
+/// full work queue), the reader waits too and the kernel's bounded queue fills and overflows (a
+/// rescan) instead of changes piling up here: two million events were 464 MB unbounded.
+const READS_WAITING: usize = 16;
+
+/// One inotify instance and the thread that reads it; changes go out a read at a time.
 pub struct Watcher {
     watches: Watches,
     paths: Arc<Mutex<Paths>>,
-    stop: Arc<OwnedFd>,
+    /// wakes the reader from `poll` (an eventfd) and from a hand-over that waits (a channel)
+    stop: (Arc<OwnedFd>, Option<Sender<()>>),
     thread: Option<JoinHandle<()>>,
 }
 
 impl Watcher {
-    pub fn start(tx: Sender<Vec<Change>>) -> std::io::Result<Watcher> {
+    /// The watcher and the channel its changes come out of.
+    pub fn start() -> std::io::Result<(Watcher, Receiver<Vec<Change>>)> {
         let inotify = Inotify::init()?;
         let watches = inotify.watches();
         let paths = Arc::new(Mutex::new(Paths::default()));
@@ -77,18 +84,21 @@ impl Watcher {
             0,
             EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK,
         )?);
+        let (stop_tx, stopping) = crossbeam_channel::bounded(0);
+        let (tx, rx) = crossbeam_channel::bounded(READS_WAITING);
         let thread = {
             let (paths, stop) = (paths.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("inotify".into())
-                .spawn(move || read_loop(inotify, &paths, &stop, &tx))?
+                .spawn(move || read_loop(inotify, &paths, (&stop, &stopping), &tx))?
         };
-        Ok(Watcher {
+        let watcher = Watcher {
             watches,
             paths,
-            stop,
+            stop: (stop, Some(stop_tx)),
             thread: Some(thread),
-        })
+        };
+        Ok((watcher, rx))
     }
 
     /// Watches `folder` (open, `O_PATH` will do; known as `dir`), not the folders below it.
@@ -156,16 +166,22 @@ impl Watcher {
 
 impl Drop for Watcher {
     fn drop(&mut self) {
-        let _ = rustix::io::write(&*self.stop, &1u64.to_ne_bytes());
+        let _ = rustix::io::write(&*self.stop.0, &1u64.to_ne_bytes());
+        self.stop.1.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-/// Reads events until `stop` is signalled or the descriptor fails (then the channel closes and
-/// the event thread relies on scans).
-fn read_loop(mut inotify: Inotify, paths: &Mutex<Paths>, stop: &OwnedFd, tx: &Sender<Vec<Change>>) {
+/// Reads events until stopped or the descriptor fails (then the channel closes and the event
+/// thread relies on scans).
+fn read_loop(
+    mut inotify: Inotify,
+    paths: &Mutex<Paths>,
+    (stop, stopping): (&OwnedFd, &Receiver<()>),
+    tx: &Sender<Vec<Change>>,
+) {
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
         let mut fds = [
@@ -195,8 +211,13 @@ fn read_loop(mut inotify: Inotify, paths: &Mutex<Paths>, stop: &OwnedFd, tx: &Se
                 }
             }
         }
-        if !changes.is_empty() && tx.send(changes).is_err() {
-            return;
+        if !changes.is_empty() {
+            select! {
+                send(tx, changes) -> sent => if sent.is_err() {
+                    return;
+                },
+                recv(stopping) -> _ => return,
+            }
         }
     }
 }

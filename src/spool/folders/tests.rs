@@ -10,9 +10,9 @@ fn spool_with(subs: &[&str]) -> (tempfile::TempDir, PathBuf, Folders) {
         std::fs::create_dir_all(spool.join(sub)).unwrap();
     }
     std::fs::create_dir_all(&spool).unwrap();
-    let (tx, rx) = crossbeam_channel::unbounded();
+    let (watcher, rx) = Watcher::start().unwrap();
     std::mem::forget(rx); // never read, never closed
-    let folders = Folders::new(Watcher::start(tx).unwrap(), &spool).unwrap();
+    let folders = Folders::new(watcher, &spool).unwrap();
     (tmp, spool, folders)
 }
 

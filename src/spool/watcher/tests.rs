@@ -20,8 +20,7 @@ fn open(dir: &Path) -> OwnedFd {
 }
 
 fn started(dir: &Path) -> (Watcher, crossbeam_channel::Receiver<Vec<Change>>) {
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let mut w = Watcher::start(tx).unwrap();
+    let (mut w, rx) = Watcher::start().unwrap();
     w.watch(dir, open(dir)).unwrap();
     (w, rx)
 }
@@ -66,8 +65,7 @@ fn a_watched_folder_moved_away_is_reported_and_watched_no_more() {
     let tmp = tempfile::tempdir().unwrap();
     let (spool, sub) = (tmp.path().join("spool"), tmp.path().join("spool/sub"));
     std::fs::create_dir_all(&sub).unwrap();
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let mut w = Watcher::start(tx).unwrap();
+    let (mut w, rx) = Watcher::start().unwrap();
     w.watch(&spool, open(&spool)).unwrap();
     w.watch(&sub, open(&sub)).unwrap();
     let outside = tmp.path().join("outside");
@@ -95,4 +93,28 @@ fn a_removed_file_is_reported_and_dropping_the_watcher_ends_its_thread() {
     until(&rx, &Change::Removed(path));
     drop(w); // joins the reading thread: a hang here is the failure
     assert!(rx.recv_timeout(Duration::from_secs(5)).is_err(), "closed");
+}
+
+#[test]
+fn a_reader_waiting_to_hand_over_stops_when_the_watcher_is_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (w, rx) = started(tmp.path());
+    let mut n = 0;
+    while !rx.is_full() {
+        std::fs::write(tmp.path().join(format!("f{n}")), b"x").unwrap();
+        n += 1;
+        std::thread::yield_now();
+    }
+    // the next read waits for room that never comes: dropping must end it all the same
+    std::fs::write(tmp.path().join("one-more"), b"x").unwrap();
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        drop(w);
+        let _ = done_tx.send(());
+    });
+    assert!(
+        done.recv_timeout(Duration::from_secs(10)).is_ok(),
+        "the reader kept the watcher from stopping"
+    );
+    drop(rx);
 }
