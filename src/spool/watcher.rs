@@ -117,7 +117,13 @@ impl Watcher {
         {
             p.by_path.remove(&old); // the same folder under a new name
         }
-        p.by_path.insert(dir.to_path_buf(), (wd, identity));
+        if let Some((old, _)) = p.by_path.insert(dir.to_path_buf(), (wd.clone(), identity))
+            && old != wd
+        {
+            // the path names another folder now: the old one went elsewhere unseen (an overflow)
+            p.by_wd.remove(&old);
+            let _ = self.watches.remove(old);
+        }
         Ok(())
     }
 

@@ -118,3 +118,29 @@ fn a_reader_waiting_to_hand_over_stops_when_the_watcher_is_dropped() {
     );
     drop(rx);
 }
+
+#[test]
+fn a_new_folder_watched_under_a_known_name_takes_the_place_of_the_old_watch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, outside) = (tmp.path().join("spool"), tmp.path().join("outside"));
+    std::fs::create_dir_all(spool.join("a")).unwrap();
+    let (mut w, rx) = started(&spool);
+    w.watch(&spool.join("a"), open(&spool.join("a"))).unwrap();
+    // moved out with its move unseen (an overflow), a new one made and watched under the name
+    std::fs::rename(spool.join("a"), &outside).unwrap();
+    std::fs::create_dir(spool.join("a")).unwrap();
+    w.watch(&spool.join("a"), open(&spool.join("a"))).unwrap();
+    assert_eq!(
+        w.paths.lock().unwrap().by_wd.len(),
+        2,
+        "the spool and the new a"
+    );
+    // what happens in the old folder, now outside, is not reported as the spool's
+    std::fs::write(outside.join("late.eml"), b"x").unwrap();
+    std::fs::write(spool.join("marker"), b"x").unwrap();
+    let seen = until(&rx, &Change::ClosedWrite(spool.join("marker")));
+    assert!(
+        seen.iter().all(|c| !format!("{c:?}").contains("late.eml")),
+        "{seen:?}"
+    );
+}
