@@ -67,7 +67,19 @@ fn scans(s: &Setup) -> usize {
     log.matches("scan took").count()
 }
 
-/// More events than the kernel queues for one inotify instance, made in the spool's own folder
+/// Whether every thread of `pid` is stopped (SIGSTOP takes effect as each is scheduled).
+fn stopped(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        .all(|stat| {
+            // pid (comm) state ...: the comm may hold spaces and parentheses
+            let after = &stat[stat.rfind(')').unwrap() + 1..];
+            after.split_whitespace().next() == Some("T")
+        })
+}
+
+/// Twice as many events as the kernel queues for one inotify instance, made in the spool's folder
 /// (a dot-file renamed back and forth: its names alternate, so no two events are merged).
 fn overflow_the_queue(spool: &Path) {
     let max: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
@@ -77,7 +89,7 @@ fn overflow_the_queue(spool: &Path) {
         .unwrap();
     let (a, b) = (spool.join(".flood-a"), spool.join(".flood-b"));
     std::fs::write(&a, b"x").unwrap();
-    for _ in 0..max / 2 + 10 {
+    for _ in 0..max {
         std::fs::rename(&a, &b).unwrap();
         std::fs::rename(&b, &a).unwrap();
     }
@@ -97,6 +109,9 @@ fn folders_moved_out_while_events_were_lost_are_unwatched_and_a_new_namesake_is_
     let before = scans(&s);
     // frozen, the daemon reads nothing: the queue overflows, and the move away is among the lost
     signal(&child, "-STOP");
+    s.wait_for("the daemon stopped", Duration::from_secs(10), || {
+        stopped(child.id())
+    });
     overflow_the_queue(&spool);
     let outside = s.path("outside");
     std::fs::rename(spool.join("a"), &outside).unwrap();
