@@ -248,6 +248,18 @@ fn change(
     }
     let dir = p.by_wd.get(wd)?.clone();
     if mask.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF) {
+        // a move read after the event thread saw its MOVED_TO and watched the folder again under
+        // its new name (the two events are queued one after the other, and may be read apart):
+        // the folder is where its path says, nothing is gone
+        let here = |(w, identity): &(WatchDescriptor, Identity)| {
+            w == wd
+                && dir
+                    .symlink_metadata()
+                    .is_ok_and(|m| m.is_dir() && (m.dev(), m.ino()) == *identity)
+        };
+        if mask.contains(EventMask::MOVE_SELF) && p.by_path.get(&dir).is_some_and(here) {
+            return None;
+        }
         return Some(Change::FolderGone(dir));
     }
     let path = dir.join(name?);

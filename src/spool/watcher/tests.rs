@@ -144,3 +144,24 @@ fn a_new_folder_watched_under_a_known_name_takes_the_place_of_the_old_watch() {
         "{seen:?}"
     );
 }
+
+#[test]
+fn a_move_already_seen_under_the_new_name_is_no_folder_gone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = tmp.path().join("spool");
+    let (r1, r2) = (spool.join("r1"), spool.join("r2"));
+    std::fs::create_dir_all(&r1).unwrap();
+    let (mut w, _rx) = started(&spool);
+    w.watch(&r1, open(&r1)).unwrap();
+    std::fs::rename(&r1, &r2).unwrap();
+    // the rename's MOVED_TO read alone and handled first (the folder watched again under its new
+    // name), its MOVE_SELF read after: that is the folder where it now is, not a folder gone
+    w.watch(&r2, open(&r2)).unwrap();
+    let mut p = w.paths.lock().unwrap();
+    let wd = p.by_path[&r2].0.clone();
+    assert_eq!(change(&mut p, &wd, EventMask::MOVE_SELF, None), None);
+    // moved again, out of the spool: gone
+    std::fs::rename(&r2, tmp.path().join("outside")).unwrap();
+    let gone = change(&mut p, &wd, EventMask::MOVE_SELF, None);
+    assert_eq!(gone, Some(Change::FolderGone(r2)));
+}
