@@ -114,10 +114,9 @@ impl Producers {
     ) -> std::io::Result<Producers> {
         let first_scan_done = Arc::new(AtomicBool::new(false));
         let rescan_now = Arc::new(Poke::new());
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let watcher = Watcher::start(tx).and_then(|mut w| w.watch(&spool).map(|()| w));
-        let watcher = match watcher {
-            Ok(w) => Some(Folders::new(w, &spool)),
+        let watcher = Watcher::start().and_then(|(w, rx)| Ok((Folders::new(w, &spool)?, rx)));
+        let (watcher, rx) = match watcher {
+            Ok((w, rx)) => (Some(w), rx),
             Err(e) => {
                 // still correct, only slower: the periodic rescan finds everything
                 warn!(
@@ -125,7 +124,7 @@ impl Producers {
                     spool.display(),
                     rescan.as_secs()
                 );
-                None
+                (None, crossbeam_channel::never())
             }
         };
         let on = On {
@@ -232,8 +231,12 @@ impl On {
         false
     }
 
-    /// Forgets tracked and warned-about paths that are gone (renamed away: not reported).
+    /// Forgets tracked and warned-about paths that are gone (renamed away: not reported), and
+    /// watches no longer on the folder their path names (see `Folders::prune`).
     fn forget_gone(&self) {
+        if let Some(f) = &self.folders {
+            f.prune();
+        }
         self.tracker.lock().expect("tracker lock").retain_existing();
         self.warned
             .lock()

@@ -53,18 +53,16 @@ pub(super) fn event_loop(spool: &Path, rx: Receiver<Vec<Change>>, on: &On) {
         if let Some(changes) = received {
             let now = Instant::now();
             for change in changes {
+                let folder_gone = matches!(change, Change::FolderGone(_));
                 let (path, seen, arrived) = match change {
                     Change::Overflow => {
                         warn!("{}: the watcher lost events; rescanning", spool.display());
                         rescan_now.request();
                         continue;
                     }
-                    Change::FolderGone(path) => {
-                        // moved or removed: if it is still in the spool under a new name, or it
-                        // is the spool itself, a scan finds and watches it again
-                        rescan_now.request();
-                        (path, Seen::Removed, false)
-                    }
+                    // moved or removed: if it is still in the spool under a new name, or it is
+                    // the spool itself, the scan asked for below finds and watches it again
+                    Change::FolderGone(path) => (path, Seen::Removed, false),
                     Change::Removed(path) => (path, Seen::Removed, false),
                     Change::Created { path, folder } => {
                         let seen = if folder {
@@ -84,6 +82,11 @@ pub(super) fn event_loop(spool: &Path, rx: Receiver<Vec<Change>>, on: &On) {
                         f.forget(&path);
                     }
                     on.warned.lock().expect("warned lock").remove(&path);
+                    if folder_gone {
+                        // only now: a scan that ran before its watches were dropped would not
+                        // watch it again under its new name
+                        rescan_now.request();
+                    }
                     continue;
                 }
                 if is_hidden(spool, &path) {
