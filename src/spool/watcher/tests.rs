@@ -25,6 +25,18 @@ fn started(dir: &Path) -> (Watcher, crossbeam_channel::Receiver<Vec<Change>>) {
     (w, rx)
 }
 
+/// A file written and removed in `outside` is never reported: a marker written in `spool` after it comes alone.
+fn nothing_from(rx: &crossbeam_channel::Receiver<Vec<Change>>, outside: &Path, spool: &Path) {
+    std::fs::write(outside.join("late.eml"), b"x").unwrap();
+    std::fs::remove_file(outside.join("late.eml")).unwrap();
+    std::fs::write(spool.join("marker"), b"x").unwrap();
+    let seen = until(rx, &Change::ClosedWrite(spool.join("marker")));
+    assert!(
+        seen.iter().all(|c| !format!("{c:?}").contains("late.eml")),
+        "{seen:?}"
+    );
+}
+
 #[test]
 fn a_file_written_in_place_is_made_written_and_closed() {
     let tmp = tempfile::tempdir().unwrap();
@@ -73,14 +85,7 @@ fn a_watched_folder_moved_away_is_reported_and_watched_no_more() {
     until(&rx, &Change::FolderGone(sub.clone()));
     w.unwatch_tree(&sub);
     // what happens in the moved folder now is outside the spool: nothing is reported
-    std::fs::write(outside.join("late.eml"), b"x").unwrap();
-    std::fs::remove_file(outside.join("late.eml")).unwrap();
-    std::fs::write(spool.join("marker"), b"x").unwrap();
-    let seen = until(&rx, &Change::ClosedWrite(spool.join("marker")));
-    assert!(
-        seen.iter().all(|c| !format!("{c:?}").contains("late.eml")),
-        "{seen:?}"
-    );
+    nothing_from(&rx, &outside, &spool);
 }
 
 #[test]
@@ -136,13 +141,7 @@ fn a_new_folder_watched_under_a_known_name_takes_the_place_of_the_old_watch() {
         "the spool and the new a"
     );
     // what happens in the old folder, now outside, is not reported as the spool's
-    std::fs::write(outside.join("late.eml"), b"x").unwrap();
-    std::fs::write(spool.join("marker"), b"x").unwrap();
-    let seen = until(&rx, &Change::ClosedWrite(spool.join("marker")));
-    assert!(
-        seen.iter().all(|c| !format!("{c:?}").contains("late.eml")),
-        "{seen:?}"
-    );
+    nothing_from(&rx, &outside, &spool);
 }
 
 #[test]
