@@ -114,24 +114,6 @@ fn a_claimed_input_still_open_for_writing_is_put_back_and_delivered_when_done() 
     s.assert_nothing_in_flight();
 }
 
-/// Watches held by the inotify descriptors of process `pid`.
-fn inotify_watches(pid: u32) -> usize {
-    let mut n = 0;
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
-        let fd = fd.unwrap();
-        let target = std::fs::read_link(fd.path()).unwrap_or_default();
-        if target.to_string_lossy() == "anon_inode:inotify" {
-            let info = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
-            let text = std::fs::read_to_string(info).unwrap();
-            n += text
-                .lines()
-                .filter(|l| l.starts_with("inotify wd:"))
-                .count();
-        }
-    }
-    n
-}
-
 /// A folder outside the spool with subfolders and a message in each.
 fn outside_tree(s: &Setup) -> PathBuf {
     let outside = s.d.path().join("outside");
@@ -216,7 +198,7 @@ fn links_fifos_sockets_and_devices_are_left_alone_warned_once_and_never_watched_
         scans(&s) >= seen + 3
     });
     // the spool and spool/sub, nothing behind a link
-    assert_eq!(inotify_watches(child.id()), 2, "watches");
+    assert_eq!(watched_inodes(child.id()).len(), 2, "watches");
     let log = stop(&s, child);
 
     assert_eq!(s.pickup_files().len(), 1, "only the real message: {log}");

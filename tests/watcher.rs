@@ -14,30 +14,6 @@ use std::time::Duration;
 
 use util::spool::*;
 
-/// The inodes watched by the inotify descriptors of process `pid` (from its fdinfo).
-fn watched_inodes(pid: u32) -> BTreeSet<u64> {
-    let mut inodes = BTreeSet::new();
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
-        let fd = fd.unwrap();
-        let target = std::fs::read_link(fd.path()).unwrap_or_default();
-        if target.to_string_lossy() != "anon_inode:inotify" {
-            continue;
-        }
-        let info = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
-        for line in std::fs::read_to_string(info).unwrap().lines() {
-            // inotify wd:1 ino:9a2b sdev:... mask:...
-            if let Some(ino) = line
-                .strip_prefix("inotify wd:")
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|f| f.strip_prefix("ino:"))
-            {
-                inodes.insert(u64::from_str_radix(ino, 16).unwrap());
-            }
-        }
-    }
-    inodes
-}
-
 fn inode(path: &Path) -> u64 {
     path.symlink_metadata().unwrap().ino()
 }
@@ -60,6 +36,15 @@ fn start_debug(s: &Setup) -> Running {
     cmd.env("RUST_LOG", "info,smime_pickup::spool=debug");
     let log = std::fs::File::create(s.path("run.log")).unwrap();
     Running(cmd.stderr(log).stdout(Stdio::null()).spawn().unwrap())
+}
+
+/// The daemon once its first scan is done and it watches exactly the spool's folders.
+fn scanned(s: &Setup, spool: &Path) -> Running {
+    let child = start_debug(s);
+    s.wait_for("the first scan", Duration::from_secs(10), || {
+        scans(s) >= 1 && watched_inodes(child.id()) == spool_folders(spool)
+    });
+    child
 }
 
 fn scans(s: &Setup) -> usize {
@@ -102,10 +87,7 @@ fn folders_moved_out_while_events_were_lost_are_unwatched_and_a_new_namesake_is_
     let s = Setup::new("rescan_seconds = 3600\nsettle_ms = 300\n");
     let spool = s.path("spool");
     std::fs::create_dir_all(spool.join("a/b")).unwrap();
-    let mut child = start_debug(&s);
-    s.wait_for("the first scan", Duration::from_secs(10), || {
-        scans(&s) >= 1 && watched_inodes(child.id()) == spool_folders(&spool)
-    });
+    let mut child = scanned(&s, &spool);
     let before = scans(&s);
     // frozen, the daemon reads nothing: the queue overflows, and the move away is among the lost
     signal(&child, "-STOP");
@@ -147,10 +129,7 @@ fn files_renamed_within_the_spool_and_written_in_a_renamed_folder_are_taken() {
     let s = Setup::new("rescan_seconds = 3600\nsettle_ms = 300\n");
     let spool = s.path("spool");
     std::fs::create_dir(spool.join("r1")).unwrap();
-    let mut child = start_debug(&s);
-    s.wait_for("the first scan", Duration::from_secs(10), || {
-        scans(&s) >= 1 && watched_inodes(child.id()) == spool_folders(&spool)
-    });
+    let mut child = scanned(&s, &spool);
     // written in place in a folder that is renamed while the file is open
     let mut w = std::fs::File::create(spool.join("r1/w.eml")).unwrap();
     w.write_all(&message(1)[..20]).unwrap();

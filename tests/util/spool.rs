@@ -1,7 +1,7 @@
 //! A spool daemon set up in a temp folder: config, folders, the binary in `run` or `once`, and the
 //! checks on what came out.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -254,4 +254,28 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStat
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The inodes watched by the inotify descriptors of process `pid` (from its fdinfo).
+pub fn watched_inodes(pid: u32) -> BTreeSet<u64> {
+    let mut inodes = BTreeSet::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let fd = fd.unwrap();
+        let target = std::fs::read_link(fd.path()).unwrap_or_default();
+        if target.to_string_lossy() != "anon_inode:inotify" {
+            continue;
+        }
+        let info = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
+        for line in std::fs::read_to_string(info).unwrap().lines() {
+            // inotify wd:1 ino:9a2b sdev:... mask:...
+            if let Some(ino) = line
+                .strip_prefix("inotify wd:")
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|f| f.strip_prefix("ino:"))
+            {
+                inodes.insert(u64::from_str_radix(ino, 16).unwrap());
+            }
+        }
+    }
+    inodes
 }
