@@ -173,8 +173,31 @@ fn kill_9_rounds(s: &Setup, total: usize, rounds: usize) -> usize {
     let ids = s.delivered_ids();
     let dupes: Vec<_> = ids.iter().filter(|(_, c)| **c != 1).collect();
     assert!(dupes.is_empty(), "duplicated: {dupes:?}");
-    assert_eq!(ids.len(), total, "every message exactly once");
     let left = list_files(&s.path("spool"));
+    if ids.len() != total {
+        let failed: Vec<String> = list_files(&s.path("failed"))
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}: {}",
+                    p.display(),
+                    std::fs::read_to_string(p)
+                        .unwrap_or_default()
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                )
+            })
+            .collect();
+        let logs: String = (0..rounds)
+            .map(|r| std::fs::read_to_string(s.path(&format!("kill-{r}.log"))).unwrap())
+            .collect();
+        panic!(
+            "{} of {total} delivered\nfailed/: {failed:#?}\nspool: {left:?}\nfinal run: {}\nkilled runs:\n{logs}",
+            ids.len(),
+            stderr(&o)
+        );
+    }
     assert!(left.is_empty(), "spool not drained: {left:?}");
     s.assert_nothing_in_flight();
     reused

@@ -16,7 +16,8 @@ use util::spool::*;
 use util::*;
 
 /// The child: `daemon::run` in `once` mode on the config named by the environment, with the test
-/// hook aborting the process on inputs named `abort-*` and panicking on `panic-*` while sealing,
+/// hook aborting the process on inputs named `abort-*`, faulting on `segv-*`, overflowing the stack
+/// on `overflow-*`, killing itself (`kill -9`) on `kill-*` and panicking on `panic-*` while sealing,
 /// and (with `POISON_DELIVERY_PANIC` set) panicking on `deliverpanic-*` while delivering and on
 /// `afterpanic-*` once its pickup files are published.
 #[test]
@@ -47,6 +48,24 @@ fn child_daemon() {
         if name.starts_with("abort-") {
             std::process::abort();
         }
+        if name.starts_with("segv-") {
+            // SAFETY: none; the point is the fault (a write to the unmapped first page)
+            unsafe {
+                std::ptr::null_mut::<u8>()
+                    .wrapping_add(64)
+                    .write_volatile(1)
+            };
+        }
+        if name.starts_with("overflow-") {
+            std::hint::black_box(deep(std::hint::black_box(1)));
+        }
+        if name.starts_with("kill-") {
+            let me = std::process::id().to_string();
+            let _ = Command::new("kill").args(["-9", &me]).status();
+            loop {
+                std::thread::park(); // until the signal lands
+            }
+        }
         if name.starts_with("panic-") {
             panic!("a test panic on {name}");
         }
@@ -54,6 +73,15 @@ fn child_daemon() {
     let config = Config::read(Path::new(&config)).unwrap();
     let summary = daemon::run(config, Mode::Once, daemon::Control::none()).unwrap();
     println!("SUMMARY {summary}");
+}
+
+/// Recursion without end (but for the compiler's sake), each frame with a buffer on the stack.
+fn deep(n: u64) -> u64 {
+    let frame = std::hint::black_box([n; 64]);
+    if n == u64::MAX {
+        return 0;
+    }
+    deep(n + 1).wrapping_add(frame[7])
 }
 
 /// Runs `child_daemon` on `s`'s config in a new process.
@@ -111,45 +139,74 @@ fn reason(s: &Setup, name: &str) -> String {
 }
 
 #[test]
-fn an_input_the_daemon_dies_on_twice_is_quarantined_and_the_rest_delivered() {
+fn an_input_the_daemon_aborts_on_twice_is_quarantined_and_the_rest_delivered() {
+    let why = "the daemon crashed 2 times in a row while sealing this input";
+    dies_on_it("abort-", 6, 2, why, "it crashed (signal 6)");
+}
+
+#[test]
+fn an_input_the_daemon_segfaults_on_twice_is_quarantined() {
+    let why = "the daemon crashed 2 times in a row while sealing this input";
+    dies_on_it("segv-", 11, 2, why, "it crashed (signal 11)");
+}
+
+/// Rust's own handler still reports the overflow (ours hands the signal on to it), then aborts.
+#[test]
+fn an_input_that_overflows_the_stack_twice_is_quarantined_and_the_overflow_reported() {
+    let why = "the daemon crashed 2 times in a row while sealing this input";
+    let err = dies_on_it("overflow-", 6, 2, why, "it crashed (signal 6)");
+    assert!(err.contains("has overflowed its stack"), "{err}");
+}
+
+/// `kill -9` from outside (an admin, a stop timeout) is no crash: twice is not enough to call an
+/// input poison, and good mail is not quarantined for it; four deaths in a row still end a loop.
+#[test]
+fn an_input_the_daemon_is_killed_on_is_quarantined_only_after_four_deaths_in_a_row() {
+    let why = "the daemon died 4 times in a row while sealing this input (0 of them a crash";
+    dies_on_it("kill-", 9, 4, why, "no crash was seen");
+}
+
+/// Drops 30 messages and one the child daemon dies on (its name starts with `prefix`), each time
+/// of `signal`: it stays claimed, named as sealed, and is tried again (alone) for `deaths` starts;
+/// the next start quarantines it with `why` and delivers everything else once. `said` is in what
+/// the second start logs about the death. Returns the last death's stderr.
+fn dies_on_it(prefix: &str, signal: i32, deaths: usize, why: &str, said: &str) -> String {
     let s = Setup::new("workers = 2\n");
     for n in 0..30 {
         s.drop_message(&format!("m{n}.eml"), &message(n));
     }
-    s.drop_message("abort-poison.eml", &message(999));
+    let name = format!("{prefix}poison.eml");
+    s.drop_message(&name, &message(999));
 
-    // first start: the process dies while sealing the poison; it stays claimed, named as sealed
-    let o = child(&s);
-    assert_eq!(o.status.signal(), Some(6), "{}", stderr(&o));
-    let left = claims(&s);
-    let poison = left
-        .iter()
-        .find(|p| p.to_string_lossy().ends_with(",abort-poison.eml"))
-        .expect("the poison stays claimed");
-    let id = poison.file_name().unwrap().to_string_lossy();
-    let id = id.split(',').next().unwrap();
-    let sealing = list_files(&s.path("spool/.smime-pickup"))
-        .into_iter()
-        .find(|p| p.ends_with(".sealing"))
-        .unwrap();
-    assert!(std::fs::read_to_string(sealing).unwrap().contains(id));
-    assert!(!s.path("failed/abort-poison.eml").exists());
+    let mut last = String::new();
+    for start in 1..=deaths {
+        // the process dies while sealing the poison, alone from the second start on
+        let o = child(&s);
+        last = stderr(&o);
+        assert_eq!(o.status.signal(), Some(signal), "start {start}: {last}");
+        if start == 2 {
+            assert!(last.contains(said), "{last}");
+        }
+        let left = claims(&s);
+        let poison = left
+            .iter()
+            .find(|p| p.to_string_lossy().ends_with(&format!(",{name}")))
+            .expect("the poison stays claimed");
+        let id = poison.file_name().unwrap().to_string_lossy();
+        let id = id.split(',').next().unwrap();
+        let sealing = list_files(&s.path("spool/.smime-pickup"))
+            .into_iter()
+            .find(|p| p.ends_with(".sealing"))
+            .unwrap();
+        assert!(std::fs::read_to_string(sealing).unwrap().contains(id));
+        assert!(!s.path("failed").join(&name).exists(), "start {start}");
+    }
 
-    // second start: it is tried again, alone, and the process dies again
-    let o = child(&s);
-    assert_eq!(o.status.signal(), Some(6), "{}", stderr(&o));
-    assert!(!s.path("failed/abort-poison.eml").exists());
-
-    // third start: not sealed again but quarantined; everything else is delivered once
+    // the next start: not sealed again but quarantined; everything else is delivered once
     let o = child(&s);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
-    assert!(
-        reason(&s, "abort-poison.eml")
-            .contains("the daemon stopped twice while sealing this input"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(reason(&s, &name).contains(why), "{}", reason(&s, &name));
     let failed: Vec<PathBuf> = list_files(&s.path("failed"));
     assert_eq!(
         failed.len(),
@@ -166,6 +223,7 @@ fn an_input_the_daemon_dies_on_twice_is_quarantined_and_the_rest_delivered() {
     }
     assert_eq!(ids.len(), 30);
     s.assert_nothing_in_flight();
+    last
 }
 
 #[test]

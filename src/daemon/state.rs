@@ -17,8 +17,7 @@ use crate::keyring;
 use crate::metrics::{Gauges, Metrics};
 use crate::seal::Keyring;
 use crate::smime::certs::unix_now;
-use crate::spool::claim::{Claim, Instance};
-use crate::spool::crashguard::STRIKES_OUT;
+use crate::spool::claim::Instance;
 use crate::spool::ready::Tracker;
 
 use super::Mode;
@@ -131,14 +130,16 @@ pub(super) fn adopt(shared: &Shared) {
                     claims.len()
                 );
             }
-            // an input the process died on twice while sealing it is not sealed a third time
+            // an input the process crashed on twice while sealing it is not sealed a third time
             let guard = &shared.instance.guard;
-            let (poison, claims): (Vec<Claim>, Vec<Claim>) = claims
-                .into_iter()
-                .partition(|c| guard.strikes(&c.id) >= STRIKES_OUT && !c.committed_path().exists());
-            for claim in poison {
+            let mut queued = Vec::with_capacity(claims.len());
+            for claim in claims {
+                let out = guard.strikes(&claim.id).out();
+                let Some(why) = out.filter(|_| !claim.committed_path().exists()) else {
+                    queued.push(claim);
+                    continue;
+                };
                 let (id, path) = (claim.id.clone(), claim.path.clone());
-                let why = "the daemon stopped twice while sealing this input";
                 refuse(shared, claim, &why, "quarantined", "internal");
                 if !path.exists() {
                     guard.clear(&id);
@@ -147,7 +148,7 @@ pub(super) fn adopt(shared: &Shared) {
             // queued through the retry list, which the main loop feeds without blocking
             let now = Instant::now();
             let mut retries = shared.retries.lock().expect("retries lock");
-            for c in claims {
+            for c in queued {
                 retries.at(now, c);
             }
         }

@@ -1,5 +1,5 @@
-//! The crash-loop guard: an input that was being sealed when the process died twice in a row is not
-//! tried a third time.
+//! The crash-loop guard: an input that was being sealed when the process crashed twice in a row is
+//! not tried a third time.
 //!
 //! A panic is caught around the sealing of one input (the daemon quarantines it and goes on). What
 //! cannot be caught (a stack overflow, an abort, the OOM killer) takes the process down with the
@@ -14,7 +14,14 @@
 //! - A claim with two strikes goes to failed/ without being sealed again.
 //! - A suspect sealed without dying is cleared: the two deaths must be in a row.
 //!
-//! Strikes travel with the claims through `.suspects` (lines `<claim id> <strikes>`), written
+//! Only a death that an input can cause is a strike: a crash (the fatal-signal handler of
+//! `ffi::fatal` wrote its signal into `.crashed`), or the OOM killer (the kernel's count of OOM
+//! kills grew since the instance started, or since the suspect's sealing started: `.system`). An outside `kill -9`, a stop
+//! timeout or a power loss leaves neither, and is only counted: such deaths still make a suspect,
+//! sealed alone, but only `DEATHS_OUT` of them in a row quarantine it (a crash-loop of a cause
+//! nobody foresaw is still cut short), so the admin's `kill -9` never sends good mail to failed/.
+//!
+//! Strikes travel with the claims through `.suspects` (lines `<claim id> <crashes> <deaths>`), written
 //! (temporary file, fsync, rename) into the adopter's folder before the claims move into it, so a
 //! death during adoption loses none. Adopting the same dead folder twice gives the same count.
 //!
@@ -33,21 +40,71 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use log::debug;
+use log::{debug, warn};
+
+mod death;
 
 /// One slot per worker: the id of the claim it is sealing, or blanks.
 pub const SEALING: &str = ".sealing";
-/// Claims adopted with strikes, `<id> <strikes>` a line.
+/// Claims adopted with strikes, `<id> <crashes> <deaths>` a line.
 pub const SUSPECTS: &str = ".suspects";
+/// `signal NN`, written by the fatal-signal handler as the process crashes (empty otherwise).
+pub const CRASHED: &str = ".crashed";
+/// `boot <id>` and `oom_kill <count>` as of the instance's start, rewritten as each suspect's
+/// sealing starts: did the OOM killer strike since?
+pub const SYSTEM: &str = ".system";
 const SLOT: usize = 64;
-/// Strikes after which a claim is quarantined instead of sealed.
-pub const STRIKES_OUT: u32 = 2;
+/// Crashes in a row after which a claim is quarantined instead of sealed.
+pub const CRASHES_OUT: u32 = 2;
+/// Deaths in a row, crashes or not, after which a claim is quarantined instead of sealed.
+pub const DEATHS_OUT: u32 = 4;
+
+/// How often the process died while sealing one claim, in a row.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Strikes {
+    /// deaths an input can cause: a crash, or the OOM killer
+    pub crashes: u32,
+    /// all deaths, with those of no known cause (`kill -9`, a power loss)
+    pub deaths: u32,
+}
+
+impl Strikes {
+    /// Sealed alone: the process died while sealing it (and others, maybe).
+    pub fn suspect(&self) -> bool {
+        self.deaths > 0
+    }
+
+    /// Why the claim must not be sealed again, if so.
+    pub fn out(&self) -> Option<String> {
+        if self.crashes >= CRASHES_OUT {
+            Some(format!(
+                "the daemon crashed {} times in a row while sealing this input",
+                self.crashes
+            ))
+        } else if self.deaths >= DEATHS_OUT {
+            Some(format!(
+                "the daemon died {} times in a row while sealing this input ({} of them a crash; \
+                 the others of no known cause: killed from outside, or a power loss)",
+                self.deaths, self.crashes
+            ))
+        } else {
+            None
+        }
+    }
+
+    fn max(self, other: Strikes) -> Strikes {
+        Strikes {
+            crashes: self.crashes.max(other.crashes),
+            deaths: self.deaths.max(other.deaths),
+        }
+    }
+}
 
 /// This instance's side of the guard.
 pub struct CrashGuard {
     dir: PathBuf,
     sealing: File,
-    strikes: Mutex<HashMap<String, u32>>,
+    strikes: Mutex<HashMap<String, Strikes>>,
     /// slots free for reuse, and how many there are
     slots: Mutex<(Vec<usize>, usize)>,
     /// read: an ordinary claim is being sealed; write: a suspect is, alone
@@ -67,14 +124,19 @@ enum Turn<'g> {
 }
 
 impl CrashGuard {
-    /// Creates the state of a new instance folder.
+    /// Creates the state of a new instance folder, and has a crash of this process noted there.
     pub fn create(dir: &Path) -> std::io::Result<CrashGuard> {
-        let sealing = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.join(SEALING))?;
+        let open = |name| {
+            File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(dir.join(name))
+        };
+        let sealing = open(SEALING)?;
+        crate::ffi::fatal::note_crashes_in(&open(CRASHED)?)?;
+        std::fs::write(dir.join(SYSTEM), death::system_now())?;
         Ok(CrashGuard {
             dir: dir.to_path_buf(),
             sealing,
@@ -84,43 +146,57 @@ impl CrashGuard {
         })
     }
 
-    /// Strikes of the claims in a dead instance's folder: those it carried, plus one for each
-    /// claim a worker was sealing when it died.
-    pub fn read_dead(dir: &Path) -> HashMap<String, u32> {
+    /// Strikes of the claims in a dead instance's folder: those it carried, plus a death (and a
+    /// crash, if it was one) for each claim a worker was sealing when it died.
+    pub fn read_dead(dir: &Path) -> HashMap<String, Strikes> {
         let mut strikes = read_suspects(&dir.join(SUSPECTS));
-        if let Ok(bytes) = std::fs::read(dir.join(SEALING)) {
-            for slot in bytes.chunks(SLOT) {
-                let id = String::from_utf8_lossy(slot);
-                let id = id.trim_matches(|c: char| c.is_whitespace() || c == '\0');
-                if is_claim_id(id) {
-                    *strikes.entry(id.to_string()).or_insert(0) += 1;
-                }
-            }
+        let bytes = std::fs::read(dir.join(SEALING)).unwrap_or_default();
+        let sealed: Vec<&str> = bytes
+            .chunks(SLOT)
+            .filter_map(|slot| std::str::from_utf8(slot).ok())
+            .map(|id| id.trim_matches(|c: char| c.is_whitespace() || c == '\0'))
+            .filter(|id| is_claim_id(id))
+            .collect();
+        if sealed.is_empty() {
+            return strikes;
+        }
+        let cause = death::Cause::of(dir);
+        let (n, many) = (sealed.len(), sealed.len() > 1);
+        warn!(
+            "{}: the instance died while sealing {n} input{}: {cause}; {} sealed alone next",
+            dir.display(),
+            if many { "s" } else { "" },
+            if many { "each is" } else { "it is" }
+        );
+        for id in sealed {
+            let s = strikes.entry(id.to_string()).or_default();
+            s.deaths += 1;
+            s.crashes += u32::from(cause.is_crash());
         }
         strikes
     }
 
     /// Takes over the strikes of claims about to be adopted, durably, before they move.
-    pub fn carry(&self, adopted: HashMap<String, u32>) -> std::io::Result<()> {
+    pub fn carry(&self, adopted: HashMap<String, Strikes>) -> std::io::Result<()> {
         if adopted.is_empty() {
             return Ok(());
         }
         let mut strikes = self.strikes.lock().expect("strikes lock");
         for (id, n) in adopted {
-            let kept = strikes.entry(id).or_insert(0);
-            *kept = (*kept).max(n);
+            let kept = strikes.entry(id).or_default();
+            *kept = kept.max(n);
         }
         self.save(&strikes)
     }
 
     /// How often the process died while sealing this claim, in a row.
-    pub fn strikes(&self, id: &str) -> u32 {
+    pub fn strikes(&self, id: &str) -> Strikes {
         self.strikes
             .lock()
             .expect("strikes lock")
             .get(id)
             .copied()
-            .unwrap_or(0)
+            .unwrap_or_default()
     }
 
     /// The claim was sealed (or refused) without the process dying, or left for good: it starts
@@ -137,8 +213,13 @@ impl CrashGuard {
     /// Notes that the claim `id` is being sealed until the result is dropped. A suspect waits
     /// until no other claim is being sealed, and no other starts meanwhile.
     pub fn sealing(&self, id: &str) -> Sealing<'_> {
-        let turn = if self.strikes(id) > 0 {
-            Turn::Alone(self.alone.write().unwrap_or_else(|e| e.into_inner()))
+        let turn = if self.strikes(id).suspect() {
+            let alone = self.alone.write().unwrap_or_else(|e| e.into_inner());
+            // an OOM kill from here on is this suspect's (rare: no cost on the usual path)
+            if let Err(e) = std::fs::write(self.dir.join(SYSTEM), death::system_now()) {
+                debug!("{}: {e}", self.dir.join(SYSTEM).display());
+            }
+            Turn::Alone(alone)
         } else {
             Turn::Shared(self.alone.read().unwrap_or_else(|e| e.into_inner()))
         };
@@ -167,11 +248,11 @@ impl CrashGuard {
         }
     }
 
-    fn save(&self, strikes: &HashMap<String, u32>) -> std::io::Result<()> {
+    fn save(&self, strikes: &HashMap<String, Strikes>) -> std::io::Result<()> {
         let tmp = self.dir.join(".suspects.new");
         let mut f = File::create(&tmp)?;
         for (id, n) in strikes {
-            writeln!(f, "{id} {n}")?;
+            writeln!(f, "{id} {} {}", n.crashes, n.deaths)?;
         }
         f.sync_all()?;
         std::fs::rename(&tmp, self.dir.join(SUSPECTS))
@@ -190,12 +271,19 @@ impl Drop for Sealing<'_> {
     }
 }
 
-fn read_suspects(path: &Path) -> HashMap<String, u32> {
+/// `.suspects`; a line of an older version, `<id> <strikes>`, counts its strikes as crashes.
+fn read_suspects(path: &Path) -> HashMap<String, Strikes> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
         .filter_map(|l| {
-            let (id, n) = l.split_once(' ')?;
-            Some((id.to_string(), n.trim().parse().ok()?)).filter(|_| is_claim_id(id))
+            let mut fields = l.split_ascii_whitespace();
+            let id = fields.next().filter(|id| is_claim_id(id))?;
+            let crashes = fields.next()?.parse().ok()?;
+            let deaths = match fields.next() {
+                Some(n) => n.parse().ok()?,
+                None => crashes,
+            };
+            Some((id.to_string(), Strikes { crashes, deaths }))
         })
         .collect()
 }
@@ -247,6 +335,11 @@ pub fn test_hook(stage: Stage, rel: &Path) {
 mod tests {
     use super::*;
 
+    const DEATH: Strikes = Strikes {
+        crashes: 0,
+        deaths: 1,
+    };
+
     #[test]
     fn strikes_come_from_the_sealing_slots_and_travel_with_the_claims() {
         let tmp = tempfile::tempdir().unwrap();
@@ -260,24 +353,74 @@ mod tests {
         let _third = dead.sealing("i1f-9"); // in the freed slot
         std::mem::forget(_other);
         std::mem::forget(_third);
-        drop(dead); // the process dies with two claims being sealed
+        drop(dead); // the process dies with two claims being sealed, and no crash noted
         let found = CrashGuard::read_dead(&a);
         assert_eq!(
             found,
-            HashMap::from([("i1f-8".into(), 1), ("i1f-9".into(), 1)])
+            HashMap::from([("i1f-8".into(), DEATH), ("i1f-9".into(), DEATH)])
         );
 
         let me = CrashGuard::create(&b).unwrap();
         me.carry(found.clone()).unwrap();
         me.carry(found).unwrap(); // adopting the same folder again changes nothing
-        assert_eq!(me.strikes("i1f-8"), 1);
+        assert_eq!(me.strikes("i1f-8"), DEATH);
+        assert!(me.strikes("i1f-8").suspect() && me.strikes("i1f-8").out().is_none());
         me.clear("i1f-9");
-        // we die sealing the suspect: the next adopter counts two
+        // we crash sealing the suspect: the next adopter counts a second death, and a crash
         let s = me.sealing("i1f-8");
         std::mem::forget(s);
+        std::fs::write(b.join(CRASHED), "signal  6\n").unwrap();
+        let again = CrashGuard::read_dead(&b);
+        let both = Strikes {
+            crashes: 1,
+            deaths: 2,
+        };
+        assert_eq!(again, HashMap::from([("i1f-8".into(), both)]));
+    }
+
+    #[test]
+    fn two_crashes_or_four_deaths_in_a_row_are_out() {
+        let s = |crashes, deaths| Strikes { crashes, deaths };
+        let table = [
+            (s(0, 0), false, false),
+            (s(0, 1), true, false),
+            (s(1, 1), true, false),
+            (s(1, 3), true, false),
+            (s(0, 3), true, false),
+            (s(2, 2), true, true),
+            (s(0, 4), true, true),
+            (s(1, 4), true, true),
+        ];
+        for (strikes, suspect, out) in table {
+            assert_eq!(strikes.suspect(), suspect, "{strikes:?}");
+            assert_eq!(strikes.out().is_some(), out, "{strikes:?}");
+        }
+        assert!(s(2, 2).out().unwrap().contains("crashed 2 times"));
+        assert!(s(0, 4).out().unwrap().contains("no known cause"));
+    }
+
+    #[test]
+    fn an_older_suspects_line_counts_its_strikes_as_crashes() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(SUSPECTS), "i1-2 1\ni1-3 1 3\n").unwrap();
         assert_eq!(
-            CrashGuard::read_dead(&b),
-            HashMap::from([("i1f-8".into(), 2)])
+            CrashGuard::read_dead(tmp.path()),
+            HashMap::from([
+                (
+                    "i1-2".into(),
+                    Strikes {
+                        crashes: 1,
+                        deaths: 1
+                    }
+                ),
+                (
+                    "i1-3".into(),
+                    Strikes {
+                        crashes: 1,
+                        deaths: 3
+                    }
+                )
+            ])
         );
     }
 
@@ -289,10 +432,10 @@ mod tests {
             b"i1-\n \0\0 ix-3\n../../etc 1\ni12-3x\n",
         )
         .unwrap();
-        std::fs::write(tmp.path().join(SUSPECTS), "i1-2 x\nfoo 1\ni2-3 1\n").unwrap();
+        std::fs::write(tmp.path().join(SUSPECTS), "i1-2 x\nfoo 1\ni2-3 0 1\n").unwrap();
         assert_eq!(
             CrashGuard::read_dead(tmp.path()),
-            HashMap::from([("i2-3".into(), 1)])
+            HashMap::from([("i2-3".into(), DEATH)])
         );
     }
 }

@@ -104,15 +104,15 @@ fn a_dead_instances_state_comes_along_as_strikes_not_as_claims() {
     let claims = me.adopt_dead().unwrap();
     assert_eq!(claims.len(), 3, "{claims:?}");
     assert!(claims.iter().any(|c| c.rel == Path::new(".sealing")));
-    assert_eq!(me.guard.strikes(&a.id), 1);
-    assert_eq!(me.guard.strikes(&odd.id), 0);
+    assert_eq!(me.guard.strikes(&a.id).deaths, 1);
+    assert!(!me.guard.strikes(&odd.id).suspect());
     assert!(
         !dead_dir.exists(),
         "the dead folder is gone, state files and all"
     );
     // the strikes are in our folder now, for whoever adopts from us
     let ours = super::super::crashguard::CrashGuard::read_dead(&me.dir);
-    assert_eq!(ours.get(&a.id), Some(&1));
+    assert_eq!(ours.get(&a.id).map(|s| s.deaths), Some(1));
 }
 
 #[test]
