@@ -135,7 +135,10 @@ impl CrashGuard {
                 .open(dir.join(name))
         };
         let sealing = open(SEALING)?;
-        crate::ffi::fatal::note_crashes_in(&open(CRASHED)?)?;
+        if let Err(e) = crate::ffi::fatal::note_crashes_in(&open(CRASHED)?) {
+            // then every death counts as one of no known cause: a poison input costs four restarts
+            warn!("cannot note crashes (sigaction): {e}");
+        }
         std::fs::write(dir.join(SYSTEM), death::system_now())?;
         Ok(CrashGuard {
             dir: dir.to_path_buf(),
