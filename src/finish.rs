@@ -33,13 +33,48 @@ pub fn delivered(claim: &Claim, records: bool, gone: bool) -> std::io::Result<()
 
 /// Moves a refused input to `failed/<relative path>` (subfolders kept; `NAME.1.eml` … on a name
 /// clash) and writes `<that>.reason`: one line, `<time> <class>: <cause>`. Returns the new path.
+///
+/// When a network route already handed some copies over (its progress records name recipients),
+/// the reason says who got the message, since a retry of the whole input sends it to them again,
+/// and the records go: no claim will ever read them.
 pub fn quarantine(
     claim: &Claim,
     failed: &Path,
     class: &str,
     reason: &str,
 ) -> std::io::Result<PathBuf> {
-    place_in_failed(claim, failed, class, reason, false)
+    let served = crate::deliver::progress::sent_recipients(claim);
+    let reason = if served.is_empty() {
+        reason.to_string()
+    } else {
+        format!("{reason}; {}", already_served(served))
+    };
+    let to = place_in_failed(claim, failed, class, &reason, false)?;
+    // the input is in failed/ by now: a record that cannot go is only litter in the work folder
+    for path in crate::deliver::progress::paths(claim) {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                log::warn!("{}: {e}", path.display())
+            }
+            _ => {}
+        }
+    }
+    Ok(to)
+}
+
+/// "N recipients already got it (a, b, …): a retry sends it to them again", at most ten named.
+fn already_served(served: std::collections::HashSet<String>) -> String {
+    const NAMED: usize = 10;
+    let mut served: Vec<String> = served.into_iter().collect();
+    served.sort();
+    let more = served.len().saturating_sub(NAMED);
+    let mut list = served[..served.len().min(NAMED)].join(", ");
+    if more > 0 {
+        list.push_str(&format!(" and {more} more"));
+    }
+    let n = served.len();
+    let noun = if n == 1 { "recipient" } else { "recipients" };
+    format!("{n} {noun} already got it ({list}): a retry of this input sends it to them again")
 }
 
 /// Like `quarantine`, but leaves the input claimed: for the recipients a server refused while the
@@ -205,5 +240,48 @@ mod tests {
         std::fs::write(&smtp, "a@y\n").unwrap();
         delivered(&claim, true, true).unwrap();
         assert_eq!(left(), ["i1-7,m.eml", "i1-8,n.eml"]);
+    }
+
+    /// An input refused after a route handed some copies over: the reason names who got it (a
+    /// retry sends it to them again), and the progress records do not outlive the claim.
+    #[test]
+    fn a_quarantine_after_a_partial_send_names_who_got_it_and_drops_the_records() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (work, failed) = (tmp.path().join("work"), tmp.path().join("failed"));
+        std::fs::create_dir_all(&work).unwrap();
+        let claim = Claim {
+            path: work.join("i1-7,m.eml"),
+            id: "i1-7".into(),
+            rel: "m.eml".into(),
+            fresh: false,
+        };
+        std::fs::write(&claim.path, "input").unwrap();
+        let [smtp, api] = crate::deliver::progress::paths(&claim);
+        let many: Vec<String> = (0..12).map(|n| format!("r{n:02}@y")).collect();
+        std::fs::write(&smtp, format!("B@y,a@y\n{}\n", many.join(","))).unwrap();
+        std::fs::write(&api, "c@y\n").unwrap();
+        let to = quarantine(&claim, &failed, "server", "550 no").unwrap();
+        let reason = std::fs::read_to_string(reason_of(&to)).unwrap();
+        assert!(
+            reason.contains(
+                "server: 550 no; 15 recipients already got it (a@y, b@y, c@y, r00@y, r01@y, \
+                 r02@y, r03@y, r04@y, r05@y, r06@y and 5 more): a retry of this input sends it \
+                 to them again"
+            ),
+            "{reason}"
+        );
+        assert!(!smtp.exists() && !api.exists());
+        assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
+        // nothing handed over: the reason is the cause alone
+        let other = Claim {
+            path: work.join("i1-8,n.eml"),
+            id: "i1-8".into(),
+            rel: "n.eml".into(),
+            fresh: false,
+        };
+        std::fs::write(&other.path, "input").unwrap();
+        let to = quarantine(&other, &failed, "input", "no From").unwrap();
+        let reason = std::fs::read_to_string(reason_of(&to)).unwrap();
+        assert!(reason.ends_with(" input: no From\n"), "{reason}");
     }
 }

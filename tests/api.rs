@@ -257,6 +257,37 @@ fn a_400_fails_that_message_alone_with_the_servers_words() {
     s.assert_nothing_in_flight();
 }
 
+/// A 400 for the third copy of an input, after two copies were accepted: the input goes to failed/
+/// (a 400 is about the input), its reason says who already got it, and the progress record goes
+/// with the claim (nothing stays in the work folder).
+#[test]
+fn a_400_after_some_copies_went_out_names_who_got_them() {
+    let server = ApiServer::start("powermta");
+    server.control(r#"{"refuse_recipient": "bulk03@example.com"}"#);
+    let s = Setup::new(&format!("route = \"api\"\n{}", server.section("")));
+    s.drop_message(
+        "bcc.eml",
+        &std::fs::read(fixtures().join("eml/bcc.eml")).unwrap(),
+    );
+    let o = s.once();
+    assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
+    let reason = std::fs::read_to_string(s.path("failed/bcc.eml.reason")).unwrap();
+    assert!(
+        reason.contains("recipient bulk03@example.com refused on demand"),
+        "{reason}"
+    );
+    // To/Cc share the first copy, Frank's is the second; bulk03's was refused
+    assert!(
+        reason.contains(
+            "3 recipients already got it (bob@example.com, dave@example.net, \
+             frank@example.com): a retry of this input sends it to them again"
+        ),
+        "{reason}"
+    );
+    assert_eq!(server.stored(), 2);
+    s.assert_nothing_in_flight();
+}
+
 #[test]
 fn a_hanging_server_defers_after_the_timeout() {
     let server = ApiServer::start("powermta");

@@ -9,6 +9,7 @@ Behaviour on demand, from DIR/control.json (re-read for every request; missing =
   "fail_first": N        the first N requests get "fail_status" (default 503)
   "rate_limit": N        the next N requests get 429 with "Retry-After: <retry_after>"
   "refuse_campaign": S   400 for a transmission whose campaign_id is S
+  "refuse_recipient": S  400 for a transmission with S among its recipients
   "reject_recipient": S  200 with that recipient counted as rejected
   "hang": true           read the request, never answer
   "hold": N              store every accepted transmission, answer only the first N stored
@@ -161,6 +162,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         t = json.loads(body)
         if c.get("refuse_campaign") and t.get("campaign_id") == c["refuse_campaign"]:
             return self.error(400, "campaign %s refused on demand" % t["campaign_id"])
+        if c.get("refuse_recipient") and c["refuse_recipient"] in [
+                r["address"]["email"] if isinstance(r["address"], dict) else r["address"]
+                for r in t["recipients"]]:
+            return self.error(400, "recipient %s refused on demand" % c["refuse_recipient"])
         with lock:
             state["stored"] += 1
             seq = state["stored"]
