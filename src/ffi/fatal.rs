@@ -3,12 +3,18 @@
 //! guard opened (`spool::crashguard`), so whoever adopts the dead instance's claims can tell a crash
 //! from an outside `kill -9` or a power loss, which leave no such note.
 //!
-//! The handler does only what a signal handler may: an atomic load, a `pwrite` of ten bytes from
-//! its own stack, `sigaction` and `raise`. Then it hands the signal to whatever handled it before
-//! (Rust's own stack-overflow handler for SIGSEGV and SIGBUS, which prints "has overflowed its
-//! stack" and aborts), or restores the default action and raises the signal again, so the process
-//! dies of it as it would have: same signal, same core dump. It runs on the alternate signal stack
-//! Rust gives every thread, so a stack overflow can still run it.
+//! The handler does only what a signal handler may: an atomic load, `getpid`, a `pwrite` of ten
+//! bytes from its own stack, `sigaction` and `raise`. A fault (raised by the kernel) or a signal
+//! this process raised itself (`abort`) is noted; then a fault goes on to whatever handled it
+//! before (Rust's own stack-overflow handler for SIGSEGV and SIGBUS, which prints "has overflowed
+//! its stack" and aborts), or the handler restores the default action and raises the signal again,
+//! so the process dies of it as it would have: same signal, same core dump. It runs on the
+//! alternate signal stack Rust gives every thread, so a stack overflow can still run it.
+//!
+//! A signal sent by another process (an admin's `kill -SEGV`, systemd's watchdog SIGABRT) says
+//! nothing about the input being sealed: it is not noted, and the process dies of it by the default
+//! action (ignored, if it was ignored before us). Rust's handler is skipped for it: it would let a
+//! sent SIGSEGV pass once, and the process would run on with a crash noted that never happened.
 use std::io;
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::sync::OnceLock;
@@ -70,8 +76,25 @@ pub fn note_crashes_in(file: &std::fs::File) -> io::Result<()> {
 }
 
 extern "C" fn on_crash(sig: c_int, info: *mut siginfo_t, context: *mut c_void) {
+    // who raised it: the kernel for a fault (a positive si_code), or a process, with kill, tgkill or
+    // sigqueue (si_code 0 or below; si_pid names the sender): this one (abort, raise), or another
+    // (`kill -SEGV`, systemd's watchdog SIGABRT), which says nothing about the input being sealed
+    // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t; getpid is async-signal-safe.
+    let (fault, ours) = unsafe {
+        match info.as_ref() {
+            Some(i) if i.si_code <= 0 => (false, i.si_pid() == libc::getpid()),
+            _ => (true, true),
+        }
+    };
+    let before = BEFORE
+        .get()
+        .and_then(|b| SIGNALS.iter().position(|s| *s == sig).map(|i| b[i]));
+    let was = |action| before.is_some_and(|old| old.sa_sigaction == action);
+    if !ours && was(libc::SIG_IGN) {
+        return; // ignored, as it was before us
+    }
     let fd = NOTE.load(Ordering::SeqCst);
-    if fd >= 0 {
+    if ours && fd >= 0 {
         let mut note = *b"signal   \n";
         let n = sig.unsigned_abs();
         note[7] = b'0' + (n / 10 % 10) as u8;
@@ -80,11 +103,11 @@ extern "C" fn on_crash(sig: c_int, info: *mut siginfo_t, context: *mut c_void) {
         // pwrite is async-signal-safe, and its result does not matter here.
         unsafe { libc::pwrite(fd, note.as_ptr().cast(), note.len(), 0) };
     }
-    let before = BEFORE
-        .get()
-        .and_then(|b| SIGNALS.iter().position(|s| *s == sig).map(|i| b[i]));
     match before {
-        Some(old) if old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN => {
+        // only a fault goes on to the handler before us (Rust's reports a stack overflow, and
+        // otherwise restores the default action and returns: the fault comes again and kills).
+        // A sent one would be let pass there once, and the process would go on
+        Some(old) if fault && !was(libc::SIG_DFL) && !was(libc::SIG_IGN) => {
             // SAFETY: `old` is the action the kernel gave us for this signal: its handler takes
             // three arguments when SA_SIGINFO is set and one otherwise, and gets what we got.
             unsafe {
