@@ -56,6 +56,20 @@ fn child_daemon() {
                     .write_volatile(1)
             };
         }
+        if name.starts_with("elsewhere-") {
+            // a crash in a thread that seals nothing (as a delivery thread's would be)
+            std::thread::spawn(|| {
+                // SAFETY: none; the point is the fault
+                unsafe {
+                    std::ptr::null_mut::<u8>()
+                        .wrapping_add(64)
+                        .write_volatile(1)
+                };
+            });
+            loop {
+                std::thread::park();
+            }
+        }
         if name.starts_with("overflow-") {
             std::hint::black_box(deep(std::hint::black_box(1)));
         }
@@ -214,6 +228,14 @@ fn a_segv_sent_from_outside_kills_and_is_no_strike() {
 fn an_abort_sent_from_outside_kills_and_is_no_strike() {
     let why = "the daemon died 4 times in a row while sealing this input (0 of them a crash";
     dies_on_it("sentabrt-", 6, 4, why, "no crash was seen");
+}
+
+/// A crash in a thread that was sealing nothing (a delivery thread's, say) is no strike for the
+/// inputs being sealed meanwhile: each gets a death, and only four in a row quarantine it.
+#[test]
+fn a_crash_in_another_thread_is_no_strike_for_the_input_being_sealed() {
+    let why = "the daemon died 4 times in a row while sealing this input (0 of them a crash";
+    dies_on_it("elsewhere-", 11, 4, why, "in a thread sealing none of them");
 }
 
 /// Drops 30 messages and one the child daemon dies on (its name starts with `prefix`), each time
