@@ -321,3 +321,31 @@ fn a_pause_moves_kept_claims_into_the_pool() {
     assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
     s.assert_nothing_in_flight();
 }
+
+/// An outside `kill -SEGV` (no crash: nothing faulted) stops the daemon with that signal, as the
+/// sender meant, and leaves no crash note that a later `kill -9` would be blamed on. (Rust's own
+/// SIGSEGV handler lets a sent SIGSEGV pass once: the daemon ran on with `signal 11` noted.)
+#[test]
+fn a_segv_sent_from_outside_stops_the_daemon_and_notes_no_crash() {
+    use std::os::unix::process::ExitStatusExt;
+    let s = Setup::new("");
+    let mut child = s.start("run.log");
+    let file = |name: &str| {
+        list_files(&s.path("spool/.smime-pickup"))
+            .into_iter()
+            .find(|p| p.file_name().is_some_and(|n| n == name))
+    };
+    // `.system` is written once the crash handler is in place
+    s.wait_for("the instance's state", Duration::from_secs(10), || {
+        file(".system").is_some()
+    });
+    let crashed = file(".crashed").unwrap();
+    signal(&child, "-SEGV");
+    s.wait_for("an exit or a note", Duration::from_secs(10), || {
+        matches!(child.try_wait(), Ok(Some(_))) || std::fs::metadata(&crashed).unwrap().len() > 0
+    });
+    let note = std::fs::read_to_string(&crashed).unwrap();
+    assert!(note.is_empty(), "a crash noted: {note:?}");
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert_eq!(status.signal(), Some(libc::SIGSEGV), "{status:?}");
+}

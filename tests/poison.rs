@@ -56,8 +56,33 @@ fn child_daemon() {
                     .write_volatile(1)
             };
         }
+        if name.starts_with("elsewhere-") {
+            // a crash in a thread that seals nothing (as a delivery thread's would be)
+            std::thread::spawn(|| {
+                // SAFETY: none; the point is the fault
+                unsafe {
+                    std::ptr::null_mut::<u8>()
+                        .wrapping_add(64)
+                        .write_volatile(1)
+                };
+            });
+            loop {
+                std::thread::park();
+            }
+        }
         if name.starts_with("overflow-") {
             std::hint::black_box(deep(std::hint::black_box(1)));
+        }
+        for (prefix, sig) in [("sentsegv-", libc::SIGSEGV), ("sentabrt-", libc::SIGABRT)] {
+            if name.starts_with(prefix) {
+                sent_from_outside(sig);
+                // let pass: the process goes on; it is killed the way an admin would
+                let me = std::process::id().to_string();
+                let _ = Command::new("kill").args(["-9", &me]).status();
+                loop {
+                    std::thread::park();
+                }
+            }
         }
         if name.starts_with("kill-") {
             let me = std::process::id().to_string();
@@ -73,6 +98,30 @@ fn child_daemon() {
     let config = Config::read(Path::new(&config)).unwrap();
     let summary = daemon::run(config, Mode::Once, daemon::Control::none()).unwrap();
     println!("SUMMARY {summary}");
+}
+
+/// `sig` as another process sends it (`kill -SEGV`, systemd's watchdog SIGABRT): the kernel's
+/// record names the sender (here the test runner) and no fault. Sent to this very thread, it is
+/// handled before the call returns.
+fn sent_from_outside(sig: i32) {
+    // siginfo_t: signo, errno, code, then (after padding on 64 bits) the sender's pid and uid
+    let mut info = [0i32; 32];
+    let fields = if cfg!(target_pointer_width = "64") {
+        4
+    } else {
+        3
+    };
+    info[0] = sig;
+    info[2] = libc::SI_USER;
+    info[fields] = std::os::unix::process::parent_id() as i32;
+    // SAFETY: getuid cannot fail; rt_tgsigqueueinfo reads 128 bytes of `info`, and a process may
+    // send itself any si_code
+    unsafe {
+        info[fields + 1] = libc::getuid() as i32;
+        let (pid, tid) = (libc::getpid(), libc::gettid());
+        let sent = libc::syscall(libc::SYS_rt_tgsigqueueinfo, pid, tid, sig, info.as_ptr());
+        assert_eq!(sent, 0, "{}", std::io::Error::last_os_error());
+    }
 }
 
 /// Recursion without end (but for the compiler's sake), each frame with a buffer on the stack.
@@ -164,6 +213,29 @@ fn an_input_that_overflows_the_stack_twice_is_quarantined_and_the_overflow_repor
 fn an_input_the_daemon_is_killed_on_is_quarantined_only_after_four_deaths_in_a_row() {
     let why = "the daemon died 4 times in a row while sealing this input (0 of them a crash";
     dies_on_it("kill-", 9, 4, why, "no crash was seen");
+}
+
+/// A fatal signal another process sends (an admin's `kill -SEGV`, systemd's watchdog SIGABRT)
+/// is no crash the input caused: the process dies of it (Rust's own handler would let a SIGSEGV
+/// pass once), leaving no crash note, and it counts as a death of no known cause.
+#[test]
+fn a_segv_sent_from_outside_kills_and_is_no_strike() {
+    let why = "the daemon died 4 times in a row while sealing this input (0 of them a crash";
+    dies_on_it("sentsegv-", 11, 4, why, "no crash was seen");
+}
+
+#[test]
+fn an_abort_sent_from_outside_kills_and_is_no_strike() {
+    let why = "the daemon died 4 times in a row while sealing this input (0 of them a crash";
+    dies_on_it("sentabrt-", 6, 4, why, "no crash was seen");
+}
+
+/// A crash in a thread that was sealing nothing (a delivery thread's, say) is no strike for the
+/// inputs being sealed meanwhile: each gets a death, and only four in a row quarantine it.
+#[test]
+fn a_crash_in_another_thread_is_no_strike_for_the_input_being_sealed() {
+    let why = "the daemon died 4 times in a row while sealing this input (0 of them a crash";
+    dies_on_it("elsewhere-", 11, 4, why, "in a thread sealing none of them");
 }
 
 /// Drops 30 messages and one the child daemon dies on (its name starts with `prefix`), each time

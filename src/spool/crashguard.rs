@@ -14,12 +14,14 @@
 //! - A claim with two strikes goes to failed/ without being sealed again.
 //! - A suspect sealed without dying is cleared: the two deaths must be in a row.
 //!
-//! Only a death that an input can cause is a strike: a crash (the fatal-signal handler of
-//! `ffi::fatal` wrote its signal into `.crashed`), or the OOM killer (the kernel's count of OOM
-//! kills grew since the instance started, or since the suspect's sealing started: `.system`). An outside `kill -9`, a stop
-//! timeout or a power loss leaves neither, and is only counted: such deaths still make a suspect,
-//! sealed alone, but only `DEATHS_OUT` of them in a row quarantine it (a crash-loop of a cause
-//! nobody foresaw is still cut short), so the admin's `kill -9` never sends good mail to failed/.
+//! Only a death that an input can cause is a strike: a crash of the thread sealing it (the
+//! fatal-signal handler of `ffi::fatal` wrote its signal and thread into `.crashed`; each slot
+//! names its thread too, so a crash elsewhere, a delivery thread's say, is only a death), or the
+//! OOM killer (the kernel's count of OOM kills grew since the instance started, or since the
+//! suspect's sealing started: `.system`). An outside `kill -9`, a stop timeout or a power loss
+//! leaves neither, and is only counted: such deaths still make a suspect, sealed alone, but only
+//! `DEATHS_OUT` of them in a row quarantine it (a crash-loop of a cause nobody foresaw is still cut
+//! short), so the admin's `kill -9` never sends good mail to failed/.
 //!
 //! Strikes travel with the claims through `.suspects` (lines `<claim id> <crashes> <deaths>`), written
 //! (temporary file, fsync, rename) into the adopter's folder before the claims move into it, so a
@@ -44,11 +46,11 @@ use log::{debug, warn};
 
 mod death;
 
-/// One slot per worker: the id of the claim it is sealing, or blanks.
+/// One slot per worker: the id of the claim it is sealing and the thread's id, or blanks.
 pub const SEALING: &str = ".sealing";
 /// Claims adopted with strikes, `<id> <crashes> <deaths>` a line.
 pub const SUSPECTS: &str = ".suspects";
-/// `signal NN`, written by the fatal-signal handler as the process crashes (empty otherwise).
+/// `signal NN tid TTT`, written by the fatal-signal handler as the process crashes (else empty).
 pub const CRASHED: &str = ".crashed";
 /// `boot <id>` and `oom_kill <count>` as of the instance's start, rewritten as each suspect's
 /// sealing starts: did the OOM killer strike since?
@@ -154,27 +156,33 @@ impl CrashGuard {
     pub fn read_dead(dir: &Path) -> HashMap<String, Strikes> {
         let mut strikes = read_suspects(&dir.join(SUSPECTS));
         let bytes = std::fs::read(dir.join(SEALING)).unwrap_or_default();
-        let sealed: Vec<&str> = bytes
+        let sealed: Vec<(&str, Option<i32>)> = bytes
             .chunks(SLOT)
             .filter_map(|slot| std::str::from_utf8(slot).ok())
-            .map(|id| id.trim_matches(|c: char| c.is_whitespace() || c == '\0'))
-            .filter(|id| is_claim_id(id))
+            .filter_map(read_slot)
             .collect();
         if sealed.is_empty() {
             return strikes;
         }
         let cause = death::Cause::of(dir);
         let (n, many) = (sealed.len(), sealed.len() > 1);
+        let struck = sealed.iter().any(|(_, thread)| cause.is_crash(*thread));
+        let elsewhere = if !struck && matches!(cause, death::Cause::Crash(..)) {
+            " in a thread sealing none of them, so this death is counted but is no strike"
+        } else {
+            ""
+        };
         warn!(
-            "{}: the instance died while sealing {n} input{}: {cause}; {} sealed alone next",
+            "{}: the instance died while sealing {n} input{}: {cause}{elsewhere}; {} sealed alone \
+             next",
             dir.display(),
             if many { "s" } else { "" },
             if many { "each is" } else { "it is" }
         );
-        for id in sealed {
+        for (id, thread) in sealed {
             let s = strikes.entry(id.to_string()).or_default();
             s.deaths += 1;
-            s.crashes += u32::from(cause.is_crash());
+            s.crashes += u32::from(cause.is_crash(thread));
         }
         strikes
     }
@@ -233,7 +241,8 @@ impl CrashGuard {
                 slots.1 - 1
             })
         };
-        self.write_slot(slot, id);
+        // the thread is named too: a crash in another one is no strike for this claim
+        self.write_slot(slot, &format!("{id} {}", crate::ffi::fatal::thread_id()));
         Sealing {
             guard: self,
             slot,
@@ -272,6 +281,19 @@ impl Drop for Sealing<'_> {
             .0
             .push(self.slot);
     }
+}
+
+/// A slot's `<claim id> <thread id>` (an older version wrote the claim id alone), if it names one.
+fn read_slot(slot: &str) -> Option<(&str, Option<i32>)> {
+    let mut fields = slot
+        .trim_matches(|c: char| c.is_whitespace() || c == '\0')
+        .split_ascii_whitespace();
+    let id = fields.next().filter(|id| is_claim_id(id))?;
+    let thread = match fields.next() {
+        Some(t) => Some(t.parse().ok()?),
+        None => None,
+    };
+    fields.next().is_none().then_some((id, thread))
 }
 
 /// `.suspects`; a line of an older version, `<id> <strikes>`, counts its strikes as crashes.
@@ -335,110 +357,4 @@ pub fn test_hook(stage: Stage, rel: &Path) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const DEATH: Strikes = Strikes {
-        crashes: 0,
-        deaths: 1,
-    };
-
-    #[test]
-    fn strikes_come_from_the_sealing_slots_and_travel_with_the_claims() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-        std::fs::create_dir_all(&a).unwrap();
-        std::fs::create_dir_all(&b).unwrap();
-        let dead = CrashGuard::create(&a).unwrap();
-        let sealing = dead.sealing("i1f-7");
-        let _other = dead.sealing("i1f-8");
-        drop(sealing); // finished before the death: no strike
-        let _third = dead.sealing("i1f-9"); // in the freed slot
-        std::mem::forget(_other);
-        std::mem::forget(_third);
-        drop(dead); // the process dies with two claims being sealed, and no crash noted
-        let found = CrashGuard::read_dead(&a);
-        assert_eq!(
-            found,
-            HashMap::from([("i1f-8".into(), DEATH), ("i1f-9".into(), DEATH)])
-        );
-
-        let me = CrashGuard::create(&b).unwrap();
-        me.carry(found.clone()).unwrap();
-        me.carry(found).unwrap(); // adopting the same folder again changes nothing
-        assert_eq!(me.strikes("i1f-8"), DEATH);
-        assert!(me.strikes("i1f-8").suspect() && me.strikes("i1f-8").out().is_none());
-        me.clear("i1f-9");
-        // we crash sealing the suspect: the next adopter counts a second death, and a crash
-        let s = me.sealing("i1f-8");
-        std::mem::forget(s);
-        std::fs::write(b.join(CRASHED), "signal  6\n").unwrap();
-        let again = CrashGuard::read_dead(&b);
-        let both = Strikes {
-            crashes: 1,
-            deaths: 2,
-        };
-        assert_eq!(again, HashMap::from([("i1f-8".into(), both)]));
-    }
-
-    #[test]
-    fn two_crashes_or_four_deaths_in_a_row_are_out() {
-        let s = |crashes, deaths| Strikes { crashes, deaths };
-        let table = [
-            (s(0, 0), false, false),
-            (s(0, 1), true, false),
-            (s(1, 1), true, false),
-            (s(1, 3), true, false),
-            (s(0, 3), true, false),
-            (s(2, 2), true, true),
-            (s(0, 4), true, true),
-            (s(1, 4), true, true),
-        ];
-        for (strikes, suspect, out) in table {
-            assert_eq!(strikes.suspect(), suspect, "{strikes:?}");
-            assert_eq!(strikes.out().is_some(), out, "{strikes:?}");
-        }
-        assert!(s(2, 2).out().unwrap().contains("crashed 2 times"));
-        assert!(s(0, 4).out().unwrap().contains("no known cause"));
-    }
-
-    #[test]
-    fn an_older_suspects_line_counts_its_strikes_as_crashes() {
-        let tmp = tempfile::tempdir().unwrap();
-        std::fs::write(tmp.path().join(SUSPECTS), "i1-2 1\ni1-3 1 3\n").unwrap();
-        assert_eq!(
-            CrashGuard::read_dead(tmp.path()),
-            HashMap::from([
-                (
-                    "i1-2".into(),
-                    Strikes {
-                        crashes: 1,
-                        deaths: 1
-                    }
-                ),
-                (
-                    "i1-3".into(),
-                    Strikes {
-                        crashes: 1,
-                        deaths: 3
-                    }
-                )
-            ])
-        );
-    }
-
-    #[test]
-    fn garbage_in_the_state_files_is_no_claim() {
-        let tmp = tempfile::tempdir().unwrap();
-        std::fs::write(
-            tmp.path().join(SEALING),
-            b"i1-\n \0\0 ix-3\n../../etc 1\ni12-3x\n",
-        )
-        .unwrap();
-        std::fs::write(tmp.path().join(SUSPECTS), "i1-2 x\nfoo 1\ni2-3 0 1\n").unwrap();
-        assert_eq!(
-            CrashGuard::read_dead(tmp.path()),
-            HashMap::from([("i2-3".into(), DEATH)])
-        );
-    }
-}
+mod tests;

@@ -11,8 +11,8 @@ use super::{CRASHED, SYSTEM};
 /// The cause of a death, as far as it can be known afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cause {
-    /// it crashed with this signal (SIGSEGV, SIGABRT, ...)
-    Crash(i32),
+    /// it crashed with this signal (SIGSEGV, SIGABRT, ...), in this thread (if the note says)
+    Crash(i32, Option<i32>),
     /// the OOM killer killed a process on this machine since the instance started
     OutOfMemory,
     /// no sign of either
@@ -23,8 +23,8 @@ impl Cause {
     /// Reads the dead instance folder `dir`.
     pub fn of(dir: &Path) -> Cause {
         let note = std::fs::read(dir.join(CRASHED)).unwrap_or_default();
-        if let Some(sig) = crate::ffi::fatal::noted_signal(&note) {
-            return Cause::Crash(sig);
+        if let Some(n) = crate::ffi::fatal::noted(&note) {
+            return Cause::Crash(n.signal, n.thread);
         }
         let started = std::fs::read_to_string(dir.join(SYSTEM)).unwrap_or_default();
         if oom_kills_since(&started, &system_now()) {
@@ -34,16 +34,21 @@ impl Cause {
         }
     }
 
-    /// Could the input being sealed have caused it?
-    pub fn is_crash(self) -> bool {
-        self != Cause::Unknown
+    /// Could the input being sealed by `thread` have caused it? A crash in another thread could
+    /// not (where the note names no thread, that cannot be told); the OOM killer strikes them all.
+    pub fn is_crash(self, thread: Option<i32>) -> bool {
+        match self {
+            Cause::Crash(_, Some(crashed)) => thread.is_none_or(|t| t == crashed),
+            Cause::Crash(_, None) | Cause::OutOfMemory => true,
+            Cause::Unknown => false,
+        }
     }
 }
 
 impl fmt::Display for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Cause::Crash(sig) => write!(f, "it crashed (signal {sig})"),
+            Cause::Crash(sig, _) => write!(f, "it crashed (signal {sig})"),
             Cause::OutOfMemory => f.write_str("the OOM killer was at work meanwhile"),
             Cause::Unknown => f.write_str(
                 "no crash was seen (killed from outside, or a power loss), so this death is \
@@ -118,8 +123,14 @@ mod tests {
             Cause::Unknown | Cause::OutOfMemory
         ));
         std::fs::write(tmp.path().join(CRASHED), "signal 11\n").unwrap();
-        assert_eq!(Cause::of(tmp.path()), Cause::Crash(11));
-        assert!(Cause::Crash(11).is_crash() && Cause::OutOfMemory.is_crash());
-        assert!(!Cause::Unknown.is_crash());
+        assert_eq!(Cause::of(tmp.path()), Cause::Crash(11, None));
+        std::fs::write(tmp.path().join(CRASHED), "signal 11 tid 77\n").unwrap();
+        assert_eq!(Cause::of(tmp.path()), Cause::Crash(11, Some(77)));
+        // the thread that crashed, one the note does not name, one an older slot does not name
+        let crash = Cause::Crash(11, Some(77));
+        assert!(crash.is_crash(Some(77)) && !crash.is_crash(Some(78)) && crash.is_crash(None));
+        assert!(Cause::Crash(11, None).is_crash(Some(78)));
+        assert!(Cause::OutOfMemory.is_crash(Some(78)) && Cause::OutOfMemory.is_crash(None));
+        assert!(!Cause::Unknown.is_crash(Some(77)) && !Cause::Unknown.is_crash(None));
     }
 }
