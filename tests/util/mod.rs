@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod child;
 pub mod crafted;
 pub mod gpgsm;
 pub mod mta;
