@@ -3,7 +3,8 @@
 use super::{Level, Report};
 use crate::config::Config;
 
-/// `certs_inbox`, `harvest_trust`, `harvest_require_dkim`: what harvesting replies needs.
+/// `certs_inbox`, `harvest_trust`, `harvest_require_dkim`, `harvest_dns`: what harvesting replies
+/// needs.
 pub(super) fn harvest(config: &Config, r: &mut Report) {
     let Some(inbox) = &config.certs_inbox else {
         return;
@@ -48,6 +49,7 @@ pub(super) fn harvest(config: &Config, r: &mut Report) {
         ),
         Err(e) => r.add(Level::Config, e.to_string()),
     }
+    dns(config, r);
     if config.certs.is_dir()
         && rustix::fs::access(&config.certs, rustix::fs::Access::WRITE_OK).is_err()
     {
@@ -58,5 +60,38 @@ pub(super) fn harvest(config: &Config, r: &mut Report) {
                 config.certs.display()
             ),
         );
+    }
+}
+
+/// Where the DKIM check looks up key records (`harvest_dns`); a list nobody asks is a warning.
+fn dns(config: &Config, r: &mut Report) {
+    let servers = || {
+        config
+            .harvest_dns
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match (config.harvest_require_dkim, config.harvest_dns.is_empty()) {
+        (true, true) => r.add(
+            Level::Ok,
+            "harvest: DKIM keys are looked up with the system's resolver (/etc/resolv.conf)",
+        ),
+        (true, false) => r.add(
+            Level::Ok,
+            format!(
+                "harvest: DKIM keys are looked up at {} (harvest_dns)",
+                servers()
+            ),
+        ),
+        (false, false) => r.add(
+            Level::Warning,
+            format!(
+                "harvest_dns {} is not used: harvest_require_dkim is false",
+                servers()
+            ),
+        ),
+        (false, true) => {}
     }
 }

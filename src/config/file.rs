@@ -41,6 +41,7 @@ pub(super) struct File {
     pub(super) certs_inbox: Option<PathBuf>,
     pub(super) harvest_trust: Option<HarvestTrust>,
     pub(super) harvest_require_dkim: Option<bool>,
+    pub(super) harvest_dns: Option<Vec<String>>,
     #[serde(default)]
     pub(super) seal: Policy,
     #[serde(default)]

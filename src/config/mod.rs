@@ -129,6 +129,8 @@ pub struct Config {
     pub harvest_trust: HarvestTrust,
     /// Harvest only replies with a passing DKIM signature of their From domain
     pub harvest_require_dkim: bool,
+    /// The name servers the DKIM check asks (empty: the system's, `/etc/resolv.conf`)
+    pub harvest_dns: Vec<std::net::SocketAddr>,
     pub seal: Policy,
 }
 
@@ -223,6 +225,7 @@ impl Config {
                 "route needs an API key: set [api] key_file or key, or SPARKPOST_API_KEY".into(),
             ));
         }
+        let harvest_dns = name_servers(file.harvest_dns.as_deref()).map_err(invalid)?;
         Ok(Config {
             source: path.map(Path::to_path_buf),
             route,
@@ -252,9 +255,43 @@ impl Config {
             certs_inbox: file.certs_inbox.map(resolve),
             harvest_trust: file.harvest_trust.unwrap_or_default(),
             harvest_require_dkim: file.harvest_require_dkim.unwrap_or(false),
+            harvest_dns,
             seal: file.seal,
         })
     }
+}
+
+/// `harvest_dns`: each entry an IP address (port 53) or `IP:port` (`[IPv6]:port`); the key left
+/// out means the system's resolver, so an empty list is refused rather than read as "no DNS".
+fn name_servers(list: Option<&[String]>) -> Result<Vec<std::net::SocketAddr>, String> {
+    let Some(list) = list else {
+        return Ok(Vec::new());
+    };
+    if list.is_empty() {
+        return Err(
+            "harvest_dns = []: list name servers such as \"127.0.0.1\" or \"127.0.0.1:5353\", or leave the key out for the system's resolver".into(),
+        );
+    }
+    list.iter()
+        .map(|entry| {
+            let addr = entry
+                .parse::<std::net::SocketAddr>()
+                .or_else(|_| {
+                    entry
+                        .parse::<std::net::IpAddr>()
+                        .map(|ip| std::net::SocketAddr::new(ip, 53))
+                })
+                .map_err(|_| {
+                    format!(
+                        "harvest_dns: {entry:?} is not an IP address or IP:port (no host names)"
+                    )
+                })?;
+            if addr.port() == 0 {
+                return Err(format!("harvest_dns: {entry:?}: port 0"));
+            }
+            Ok(addr)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -220,3 +220,48 @@ mod reference {
         assert!(checked > 30, "only {checked} keys checked");
     }
 }
+
+#[test]
+fn harvest_dns_lists_name_servers() {
+    let parse = |t: &str| Config::from_toml(t, Some(Path::new("c.toml")));
+    assert!(parse("").unwrap().harvest_dns.is_empty());
+    let c = parse("harvest_dns = [\"127.0.0.1\", \"127.0.0.1:5353\", \"::1\", \"[::1]:5300\"]\n")
+        .unwrap();
+    let shown: Vec<String> = c.harvest_dns.iter().map(|a| a.to_string()).collect();
+    assert_eq!(
+        shown,
+        ["127.0.0.1:53", "127.0.0.1:5353", "[::1]:53", "[::1]:5300"]
+    );
+    for (text, named) in [
+        (
+            "harvest_dns = []",
+            "c.toml: harvest_dns = []: list name servers",
+        ),
+        (
+            "harvest_dns = [\"dns.example.org\"]",
+            "c.toml: harvest_dns: \"dns.example.org\" is not an IP address",
+        ),
+        (
+            "harvest_dns = [\"127.0.0.1:0\"]",
+            "harvest_dns: \"127.0.0.1:0\": port 0",
+        ),
+        (
+            "harvest_dns = [\"127.0.0.1:99999\"]",
+            "harvest_dns: \"127.0.0.1:99999\"",
+        ),
+        (
+            "harvest_dns = [\"localhost:53\"]",
+            "\"localhost:53\" is not",
+        ),
+        // a value cannot start a line of its own in the error
+        (
+            "harvest_dns = [\"1.2.3.4\\nerror: forged\"]",
+            "harvest_dns: \"1.2.3.4\\nerror: forged\" is not",
+        ),
+        ("harvest_dns = \"127.0.0.1\"", "c.toml: line 1: "),
+    ] {
+        let e = parse(text).unwrap_err().to_string();
+        assert!(e.contains(named), "{text}: {e}");
+        assert_eq!(e.lines().count(), 1, "{text}: {e}");
+    }
+}

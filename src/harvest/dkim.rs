@@ -10,17 +10,31 @@
 //! mail-auth's verifier is async: its DNS lookups go through hickory on tokio. The rest of
 //! smime-pickup is synchronous threads, so a `Dkim` owns one current-thread tokio runtime, used
 //! only to run `verify_dkim` to completion (`block_on`) on the calling thread; no task outlives a
-//! check and nothing else runs on it. Tests preload the key records (`Dkim::preloaded`): lookups
-//! are answered from that cache and the resolver has no name server at all, so a test can never
-//! ask the internet.
+//! check and nothing else runs on it.
+//!
+//! Where the key records come from: the system's resolver (`/etc/resolv.conf`), or the name
+//! servers of `harvest_dns` (`Dkim::name_servers`: a local validating resolver, say; asked over UDP,
+//! and TCP for answers too long for UDP, with no search domains and nothing read from the system).
+//! Tests either preload the records (`Dkim::preloaded`: the resolver has no name server at all) or
+//! run a DNS server on 127.0.0.1 and name it in `harvest_dns`, so a test never asks the internet.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::common::verify::DomainKey;
-use mail_auth::hickory_resolver::config::{ResolverConfig, ResolverOpts};
+use std::net::SocketAddr;
+
+use mail_auth::hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts,
+};
 use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters, Txt};
+
+/// How long the resolver of `harvest_dns` waits for one answer, and how often it asks again after
+/// that: a name server that never answers costs a reply about 15 s (3 × 5 s), then the reply is
+/// refused (temperror).
+pub const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub const LOOKUP_RETRIES: usize = 2;
 
 /// TXT records known in advance (tests), or none (every lookup goes to DNS).
 struct Records(HashMap<Box<str>, Txt>);
@@ -60,6 +74,42 @@ impl Dkim {
         let auth = {
             let _in = runtime.enter();
             MessageAuthenticator::new_system_conf().map_err(|e| format!("DNS resolver: {e}"))?
+        };
+        Ok(Dkim {
+            runtime,
+            auth,
+            records: Records(HashMap::new()),
+        })
+    }
+
+    /// These name servers only (`harvest_dns`), each over UDP and TCP on its port.
+    pub fn name_servers(servers: &[SocketAddr]) -> Result<Dkim, String> {
+        let config = ResolverConfig::from_name_servers(
+            servers
+                .iter()
+                .map(|s| {
+                    let on_port = |mut c: ConnectionConfig| {
+                        c.port = s.port();
+                        c
+                    };
+                    NameServerConfig::new(
+                        s.ip(),
+                        true,
+                        vec![
+                            on_port(ConnectionConfig::udp()),
+                            on_port(ConnectionConfig::tcp()),
+                        ],
+                    )
+                })
+                .collect(),
+        );
+        let runtime = runtime()?;
+        let auth = {
+            let _in = runtime.enter();
+            let mut opts = ResolverOpts::default();
+            opts.timeout = LOOKUP_TIMEOUT;
+            opts.attempts = LOOKUP_RETRIES;
+            MessageAuthenticator::new(config, opts).map_err(|e| format!("DNS resolver: {e}"))?
         };
         Ok(Dkim {
             runtime,

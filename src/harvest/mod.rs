@@ -151,10 +151,10 @@ impl Harvester {
             }
             Err(e) => return Err(SetupError::CertsFolder(config.certs.clone(), e)),
         }
-        let dkim = if config.harvest_require_dkim {
-            Some(dkim::Dkim::system().map_err(SetupError::Dkim)?)
-        } else {
-            None
+        let dkim = match (config.harvest_require_dkim, config.harvest_dns.as_slice()) {
+            (false, _) => None,
+            (true, []) => Some(dkim::Dkim::system().map_err(SetupError::Dkim)?),
+            (true, servers) => Some(dkim::Dkim::name_servers(servers).map_err(SetupError::Dkim)?),
         };
         Ok(Harvester {
             certs: config.certs.clone(),

@@ -6,10 +6,12 @@
 pub mod api;
 pub mod child;
 pub mod crafted;
+pub mod dns;
 pub mod gpgsm;
 pub mod mta;
 pub mod mutate;
 pub mod nss;
+pub mod reply;
 pub mod servers;
 pub mod spool;
 
