@@ -20,11 +20,10 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::net::SocketAddr;
 
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::common::verify::DomainKey;
-use std::net::SocketAddr;
-
 use mail_auth::hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts,
 };
