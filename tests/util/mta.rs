@@ -70,7 +70,7 @@ impl Postfix {
         )
     }
 
-    /// `extra` main.cf lines override the defaults (Postfix takes the last setting).
+    /// `extra` main.cf lines replace the defaults of the same name.
     fn start_with(extra: &str) -> Postfix {
         let dir = tempfile::Builder::new()
             .prefix("postfix")
@@ -94,7 +94,7 @@ impl Postfix {
         let main_cf = format!(
             "compatibility_level = 3.6\nqueue_directory = {dd}/queue\ndata_directory = {dd}/data\n\
              mail_owner = postfix\nsetgid_group = postdrop\ninet_interfaces = 127.0.0.1\ninet_protocols = ipv4\n\
-             myhostname = localhost\nmydestination =\nmaillog_file = {dd}/maillog\nmaillog_file_prefixes = {dd}\n\
+             myhostname = localhost\nmydestination =\nalias_maps =\nalias_database =\nmaillog_file = {dd}/maillog\nmaillog_file_prefixes = {dd}\n\
              virtual_mailbox_domains = example.com example.net example.org\nvirtual_mailbox_base = {dd}/mail\n\
              virtual_mailbox_maps = static:inbox/\nvirtual_uid_maps = static:{uid}\nvirtual_gid_maps = static:{gid}\n\
              virtual_mailbox_limit = 0\nmailbox_size_limit = 0\nmessage_size_limit = 60000000\n\
@@ -105,8 +105,8 @@ impl Postfix {
              smtpd_recipient_restrictions = check_recipient_access inline:{{ {{ {REFUSED} = 550 5.1.1 no such user here }} }}, permit_sasl_authenticated, reject\n",
             uid = id("-u"),
             gid = id("-g"),
-        ) + extra;
-        std::fs::write(d.join("etc/main.cf"), main_cf).unwrap();
+        );
+        std::fs::write(d.join("etc/main.cf"), overridden(&main_cf, extra)).unwrap();
         // Debian's master.cf with our port and no chroot
         let master =
             std::fs::read_to_string("/etc/postfix/master.cf").expect("postfix is installed");
@@ -208,13 +208,52 @@ impl Postfix {
     }
 }
 
+/// `main_cf` with each setting of `extra` in place of the one of the same name. Postfix would take
+/// the last of two, but every one of its processes then warns "overriding earlier entry" as it
+/// starts: with `maillog_file`, postlogd logs its own warning to its own socket, and when the other
+/// processes' warnings have filled that socket's queue (`net.unix.max_dgram_qlen`, 10 here) it
+/// waits on itself for ever, and with it every process that logs (`postfix stop` too).
+fn overridden(main_cf: &str, extra: &str) -> String {
+    let key = |line: &str| line.split('=').next().unwrap_or("").trim().to_string();
+    let replaced: Vec<String> = extra.lines().map(key).filter(|k| !k.is_empty()).collect();
+    let mut out: String = main_cf
+        .lines()
+        .filter(|l| !replaced.contains(&key(l)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    out.push_str(extra);
+    out
+}
+
 impl Drop for Postfix {
+    /// `postfix stop`; should it not end (a Postfix that hangs must not hang the suite), the
+    /// instance's process group (its master's pid: master runs in a session of its own) is killed.
     fn drop(&mut self) {
-        let _ = Command::new("postfix")
+        let master = std::fs::read_to_string(self.dir.path().join("queue/pid/master.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        let stop = Command::new("postfix")
             .arg("-c")
             .arg(self.dir.path().join("etc"))
             .arg("stop")
-            .output();
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let Ok(mut stop) = stop else { return };
+        let start = Instant::now();
+        while stop.try_wait().ok().flatten().is_none() {
+            if start.elapsed() > Duration::from_secs(30) * super::spool::SLACK {
+                let _ = stop.kill();
+                let _ = stop.wait();
+                if let Some(pid) = master.filter(|p| *p > 1) {
+                    let group = format!("-{pid}");
+                    let _ = Command::new("kill").args(["-9", "--", &group]).status();
+                }
+                eprintln!("postfix stop hung: its processes were killed");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
