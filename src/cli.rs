@@ -196,6 +196,9 @@ pub enum CliError {
     /// `certs import` refused some inputs (each is already printed)
     #[error("some replies gave no certificate")]
     Refused65,
+    /// `certs import` deferred some inputs, none refused (each is already printed)
+    #[error("some replies are to be tried again later")]
+    Deferred75,
     /// `once` finished with inputs failed or deferred (the summary is already printed)
     #[error("not everything was delivered: {0}")]
     Outcome(Summary),
@@ -213,7 +216,7 @@ impl From<crate::demo::DemoError> for CliError {
 }
 
 impl CliError {
-    /// sysexits(3): 65 data, 66 no input, 74 I/O, 78 configuration.
+    /// sysexits(3): 65 data, 66 no input, 74 I/O, 75 temporary, 78 configuration.
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Config(_) | CliError::Keyring(_) => 78,
@@ -238,6 +241,7 @@ impl CliError {
             CliError::Harvest(crate::harvest::SetupError::CertsFolder(..)) => 66,
             CliError::Harvest(_) => 78,
             CliError::Refused65 => 65,
+            CliError::Deferred75 => 75,
             CliError::Failed(crate::failed::FailedError::NotConfigured) => 78,
             CliError::Failed(crate::failed::FailedError::Unknown(_)) => 66,
             CliError::Failed(crate::failed::FailedError::NothingChosen) => 64,
@@ -290,6 +294,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             match crate::harvest::command::run(&config, args, &mut stdout)? {
                 crate::harvest::command::Outcome::AllImported => Ok(()),
                 crate::harvest::command::Outcome::SomeRefused => Err(CliError::Refused65),
+                crate::harvest::command::Outcome::SomeDeferred => Err(CliError::Deferred75),
             }
         }
         Command::Demo(args) => {

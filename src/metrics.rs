@@ -15,6 +15,7 @@
 //! | `smime_pickup_certificate_expiry_days` | gauge | days until the earliest usable certificate (key or recipient) expires |
 //! | `smime_pickup_certs_imported_total` | counter | recipient certificates harvested from replies in `certs_inbox` |
 //! | `smime_pickup_certs_refused_total{reason}` | counter | replies in `certs_inbox` that gave no certificate, by reason (`unsigned`, `signature`, `untrusted`, `expired`, `usage`, `address`, `dkim`, `older`, `io`) |
+//! | `smime_pickup_certs_deferred_total` | counter | tries of replies in `certs_inbox` whose DKIM lookup failed for the moment (left in the inbox for the next scan) |
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -174,6 +175,11 @@ impl Metrics {
                 get(&self.harvest.refused[i])
             ));
         }
+        s.push_str("# HELP smime_pickup_certs_deferred_total Tries of signed replies whose DKIM lookup failed for the moment.\n# TYPE smime_pickup_certs_deferred_total counter\n");
+        s.push_str(&format!(
+            "smime_pickup_certs_deferred_total {}\n",
+            get(&self.harvest.deferred)
+        ));
         if let Some(days) = g.expiry_days {
             s.push_str("# HELP smime_pickup_certificate_expiry_days Days until the earliest usable certificate expires.\n# TYPE smime_pickup_certificate_expiry_days gauge\n");
             s.push_str(&format!("smime_pickup_certificate_expiry_days {days}\n"));

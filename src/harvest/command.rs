@@ -1,8 +1,9 @@
 //! `smime-pickup certs import PATH...` and `smime-pickup certs list`.
 //!
-//! `import` prints one line per input (`imported ADDRESS (expires DATE)` or `refused FILE: REASON`,
-//! control characters escaped) and exits 0 when every input gave a certificate, 65 when any was
-//! refused. `list` prints the certs folder: address, issuer, expiry, key type, and a flag for
+//! `import` prints one line per input (`imported ADDRESS (expires DATE)`, `refused FILE: REASON`, or
+//! `deferred FILE: REASON; try again later` when the DKIM lookup failed for the moment; control
+//! characters escaped) and exits 0 when every input gave a certificate, 65 when any was refused,
+//! 75 (EX_TEMPFAIL) when none was refused but some were deferred. `list` prints the certs folder: address, issuer, expiry, key type, and a flag for
 //! certificates that expire within 30 days, have expired or cannot be used.
 
 use std::path::{Path, PathBuf};
@@ -37,6 +38,8 @@ pub enum CertsAction {
 pub enum Outcome {
     AllImported,
     SomeRefused,
+    /// none refused, some to try again later (a DKIM lookup failed for the moment)
+    SomeDeferred,
 }
 
 /// Runs `certs import` or `certs list`; the lines go to `out`.
@@ -81,6 +84,7 @@ fn inputs(path: &Path) -> Vec<PathBuf> {
 
 pub fn import(harvester: &Harvester, paths: &[PathBuf], out: &mut dyn std::io::Write) -> Outcome {
     let mut refused = 0;
+    let mut deferred = 0;
     let now = unix_now();
     for path in paths {
         let files = inputs(path);
@@ -93,25 +97,38 @@ pub fn import(harvester: &Harvester, paths: &[PathBuf], out: &mut dyn std::io::W
             );
         }
         for file in files {
+            let shown = escape_controls(&file.display().to_string()).into_owned();
             let line = match harvester.harvest_file(&file, now) {
                 Ok(done) => line_imported(&done),
+                Err(r) if r.temporary => {
+                    deferred += 1;
+                    format!(
+                        "deferred {shown}: {}; try again later",
+                        line_temporary(&r.why)
+                    )
+                }
                 Err(r) => {
                     refused += 1;
-                    format!(
-                        "refused {}: {}",
-                        escape_controls(&file.display().to_string()),
-                        escape_controls(&r.why)
-                    )
+                    format!("refused {shown}: {}", escape_controls(&r.why))
                 }
             };
             let _ = writeln!(out, "{line}");
         }
     }
-    if refused == 0 {
-        Outcome::AllImported
-    } else {
-        Outcome::SomeRefused
+    // a refusal needs someone to look at it: it decides the exit code over a deferral (as `once`)
+    match (refused, deferred) {
+        (0, 0) => Outcome::AllImported,
+        (0, _) => Outcome::SomeDeferred,
+        _ => Outcome::SomeRefused,
     }
+}
+
+/// `DKIM lookup failed for the moment: WHY` (control characters escaped).
+pub fn line_temporary(why: &str) -> String {
+    format!(
+        "DKIM lookup failed for the moment: {}",
+        escape_controls(why)
+    )
 }
 
 /// `imported ADDRESS (expires DATE)`, saying when nothing changed.

@@ -5,11 +5,17 @@
 //! closed after writing) at once, and scans the folder at start, every `rescan_seconds` and after a
 //! watcher error; a scan takes files unchanged for `settle_ms` (written in place by a writer the
 //! events missed). Each reply is moved to `done/` or to `refused/` with `NAME.reason` (one line:
-//! time, class, cause). Only regular files directly in the folder are taken: dotfiles, `.tmp` and
+//! time, class, cause), except a reply whose DKIM key lookup failed for the moment (a DNS outage):
+//! that one stays in the inbox, said once per daemon run at warn, and is tried again at every
+//! periodic scan (the event path does not come back to it: reading it makes no event that is taken)
+//! until it passes or is refused, or until `TEMPORARY_AT_MOST` after it landed (its mtime); then it
+//! is refused with the last temporary reason. Kept for ever, a reply whose domain's name servers
+//! never answer would cost up to 15 s of lookups at every scan, for ever. Only regular files directly in the folder are taken: dotfiles, `.tmp` and
 //! `.part` names, links and other special files are left alone. After an import `on_import` runs
 //! (the daemon reloads its keyring with it, as on SIGHUP), so the next message to that address is
 //! encrypted without a restart.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,13 +23,18 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher as _};
 
 use super::{Counters, Harvester};
 use crate::logging::escape_controls;
 use crate::smime::certs::{rfc3339, unix_now};
+
+/// How long a reply whose DKIM lookup keeps failing for the moment is kept in the inbox, counted
+/// from its mtime (when it was written, or moved back in and touched): a DNS outage of a day is
+/// ridden out, and a domain whose name servers stay silent longer is refused as for a bad signature.
+pub const TEMPORARY_AT_MOST: Duration = Duration::from_secs(24 * 3600);
 
 /// The running inbox thread.
 pub struct Inbox {
@@ -105,12 +116,14 @@ fn start(
         .name("certs-inbox".into())
         .spawn(move || {
             let _watcher = watcher;
-            let inbox = Run {
+            let mut inbox = Run {
                 dir,
                 harvester,
                 settle,
                 counters,
                 on_import,
+                shutdown: shutdown.clone(),
+                waiting: HashSet::new(),
             };
             let mut next_scan = Instant::now();
             while !shutdown.load(Ordering::SeqCst) {
@@ -141,10 +154,13 @@ struct Run {
     settle: Duration,
     counters: Arc<Counters>,
     on_import: Box<dyn Fn() + Send>,
+    shutdown: Arc<AtomicBool>,
+    /// names of the replies left in the inbox for a temporary DKIM failure, already warned about
+    waiting: HashSet<String>,
 }
 
 impl Run {
-    fn event(&self, event: &notify::Event) {
+    fn event(&mut self, event: &notify::Event) {
         let complete = matches!(
             event.kind,
             EventKind::Access(AccessKind::Close(AccessMode::Write))
@@ -161,12 +177,18 @@ impl Run {
         }
     }
 
-    fn scan(&self) {
+    fn scan(&mut self) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
         };
         let now = SystemTime::now();
+        let mut present = HashSet::new();
         for entry in entries.flatten() {
+            // replies left for DNS may each cost a lookup's timeout: do not hold up a shutdown
+            if self.shutdown.load(Ordering::SeqCst) {
+                return;
+            }
+            present.insert(entry.file_name().to_string_lossy().into_owned());
             let path = entry.path();
             let settled = entry
                 .metadata()
@@ -177,9 +199,11 @@ impl Run {
                 self.take(&path);
             }
         }
+        // replies removed by hand: forget them, so one put back is warned about again
+        self.waiting.retain(|name| present.contains(name));
     }
 
-    fn take(&self, path: &Path) {
+    fn take(&mut self, path: &Path) {
         let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
             return;
         };
@@ -190,9 +214,30 @@ impl Run {
             Ok(m) if m.is_file() => {}
             _ => return, // folders (done/, refused/), links, special files, gone
         }
-        let result = self.harvester.harvest_file(path, unix_now());
-        self.counters.count(&result);
+        let mut result = self.harvester.harvest_file(path, unix_now());
         let shown = escape_controls(&name).into_owned();
+        if let Err(r) = &mut result
+            && r.temporary
+        {
+            match waited(path) {
+                Some(age) if age >= TEMPORARY_AT_MOST => {
+                    r.temporary = false;
+                    r.why = format!(
+                        "the DKIM lookup still failed for the moment after {} h in the inbox: {}",
+                        age.as_secs() / 3600,
+                        r.why
+                    );
+                }
+                _ => {
+                    let line = super::command::line_temporary(&r.why);
+                    self.counters.count(&result);
+                    self.keep(&name, &shown, &line);
+                    return;
+                }
+            }
+        }
+        self.waiting.remove(&name);
+        self.counters.count(&result);
         let moved = match &result {
             Ok(done) => {
                 info!(
@@ -220,6 +265,27 @@ impl Run {
             (self.on_import)();
         }
     }
+}
+
+impl Run {
+    /// Leaves a reply whose DKIM lookup failed for the moment where it is, saying so once.
+    fn keep(&mut self, name: &str, shown: &str, line: &str) {
+        if self.waiting.insert(name.to_string()) {
+            warn!("certs_inbox {shown}: {line}; left in the inbox, tried again at the next scan");
+        } else {
+            debug!("certs_inbox {shown}: {line}; still in the inbox");
+        }
+    }
+}
+
+/// How long ago the reply at `path` was written (its mtime), if known.
+fn waited(path: &Path) -> Option<Duration> {
+    let modified = path.symlink_metadata().ok()?.modified().ok()?;
+    Some(
+        SystemTime::now()
+            .duration_since(modified)
+            .unwrap_or_default(),
+    )
 }
 
 fn one_line(s: &str) -> String {

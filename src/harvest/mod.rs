@@ -41,12 +41,15 @@ pub const REFUSAL_CLASSES: [&str; 9] = [
     "io",
 ];
 
-/// Why a reply gave no certificate.
+/// Why a reply gave no certificate: for good, or (`temporary`) for the moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     /// one of `REFUSAL_CLASSES`
     pub class: &'static str,
     pub why: String,
+    /// the DKIM key lookup failed for the moment (`dkim::NotPassed::temporary`): the same reply
+    /// may give its certificate when tried again later; not counted as refused
+    pub temporary: bool,
 }
 
 impl std::fmt::Display for Refusal {
@@ -59,6 +62,17 @@ fn refuse(class: &'static str, why: impl Into<String>) -> Refusal {
     Refusal {
         class,
         why: why.into(),
+        temporary: false,
+    }
+}
+
+impl From<dkim::NotPassed> for Refusal {
+    fn from(e: dkim::NotPassed) -> Refusal {
+        Refusal {
+            class: "dkim",
+            why: e.why,
+            temporary: e.temporary,
+        }
     }
 }
 
@@ -87,11 +101,12 @@ pub enum SetupError {
     Dkim(String),
 }
 
-/// Counts for the metrics: imported, and refused by class.
+/// Counts for the metrics: imported, refused by class, and tries that ended temporary.
 #[derive(Default)]
 pub struct Counters {
     pub imported: AtomicU64,
     pub refused: [AtomicU64; 9],
+    pub deferred: AtomicU64,
 }
 
 impl Counters {
@@ -99,6 +114,9 @@ impl Counters {
         match result {
             Ok(_) => {
                 self.imported.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(r) if r.temporary => {
+                self.deferred.fetch_add(1, Ordering::Relaxed);
             }
             Err(r) => {
                 let i = REFUSAL_CLASSES.iter().position(|c| *c == r.class);
@@ -208,10 +226,14 @@ impl Harvester {
             }
             return Err(refuse("unsigned", why));
         }
-        let mut first_refusal = None;
+        // the first refusal, unless one signature could still pass later (temporary)
+        let mut first_refusal: Option<Refusal> = None;
         for signed in &found.signed {
             match self.one(signed, now) {
                 Ok(done) => return Ok(done),
+                Err(r) if r.temporary && !first_refusal.as_ref().is_some_and(|f| f.temporary) => {
+                    first_refusal = Some(r);
+                }
                 Err(r) => {
                     first_refusal.get_or_insert(r);
                 }
@@ -272,8 +294,7 @@ impl Harvester {
         }
         if let Some(dkim) = &self.dkim {
             let domain = from.rsplit_once('@').map_or("", |(_, d)| d);
-            dkim.check(signed.message, domain)
-                .map_err(|why| refuse("dkim", why))?;
+            dkim.check(signed.message, domain)?;
         }
         let chain: Vec<X509> = verified
             .others

@@ -27,62 +27,71 @@ impl Dnsmasq {
         // the port is free when chosen; should another process take it first, dnsmasq says so
         // and exits, and another port is tried
         for _ in 0..5 {
-            let port = free_udp_and_tcp_port();
-            let mut cmd = Command::new("dnsmasq");
-            cmd.args([
-                "--no-daemon",
-                "--conf-file=/dev/null",
-                "--log-facility=-",
-                "--log-queries",
-                "--listen-address=127.0.0.1",
-                "--bind-interfaces",
-                "--no-resolv",
-                "--no-hosts",
-                "--cache-size=0",
-            ])
-            .arg(format!("--port={port}"));
-            if !domains.is_empty() {
-                cmd.arg(format!("--local=/{}/", domains.join("/")));
+            match Dnsmasq::try_on(closed_port(), domains, records) {
+                Ok(me) => return me,
+                Err(said) => assert!(
+                    said.contains("Address already in use"),
+                    "dnsmasq did not start: {said}"
+                ),
             }
-            for (name, value) in records {
-                cmd.arg(format!("--txt-record={name},{value}"));
-            }
-            let mut child = cmd
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("dnsmasq (Debian package dnsmasq-base; tests/setup.sh installs it)");
-            let log = Arc::new(Mutex::new(String::new()));
-            let (tx, started) = mpsc::channel();
-            let stderr = child.stderr.take().unwrap();
-            let keep = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    // it binds its sockets before it says it started
-                    if line.contains("started, version") {
-                        let _ = tx.send(());
-                    }
-                    let mut log = keep.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            });
-            let up = started
-                .recv_timeout(Duration::from_secs(30) * SLACK)
-                .is_ok();
-            let me = Dnsmasq { child, port, log };
-            if up {
-                return me;
-            }
-            let said = me.log();
-            assert!(
-                said.contains("Address already in use"),
-                "dnsmasq did not start: {said}"
-            );
         }
         panic!("dnsmasq found no free port in 5 tries");
+    }
+
+    /// As `start`, on this `port` (one that was closed until now, named in a config already).
+    pub fn start_on(port: u16, domains: &[&str], records: &[(&str, &str)]) -> Dnsmasq {
+        Dnsmasq::try_on(port, domains, records)
+            .unwrap_or_else(|said| panic!("dnsmasq did not start on port {port}: {said}"))
+    }
+
+    /// Started and listening, or what it said before it gave up.
+    fn try_on(port: u16, domains: &[&str], records: &[(&str, &str)]) -> Result<Dnsmasq, String> {
+        let mut cmd = Command::new("dnsmasq");
+        cmd.args([
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--log-facility=-",
+            "--log-queries",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            "--cache-size=0",
+        ])
+        .arg(format!("--port={port}"));
+        if !domains.is_empty() {
+            cmd.arg(format!("--local=/{}/", domains.join("/")));
+        }
+        for (name, value) in records {
+            cmd.arg(format!("--txt-record={name},{value}"));
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("dnsmasq (Debian package dnsmasq-base; tests/setup.sh installs it)");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, started) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let keep = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                // it binds its sockets before it says it started
+                if line.contains("started, version") {
+                    let _ = tx.send(());
+                }
+                let mut log = keep.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let up = started
+            .recv_timeout(Duration::from_secs(30) * SLACK)
+            .is_ok();
+        let me = Dnsmasq { child, port, log };
+        if up { Ok(me) } else { Err(me.log()) }
     }
 
     /// What it logged so far (with --log-queries: every question it was asked).
@@ -136,7 +145,7 @@ impl Silent {
 }
 
 /// A port free for both UDP and TCP on 127.0.0.1 at the time of asking.
-fn free_udp_and_tcp_port() -> u16 {
+fn closed_port() -> u16 {
     let s = Silent::start();
     s.port
 }
