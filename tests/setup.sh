@@ -6,7 +6,7 @@
 #   openssl             the openssl cms CLI
 #   postfix, sasl2-bin, libsasl2-modules   Postfix with STARTTLS + SASL, and smtp-sink for faults
 #   aiosmtpd (PyPI), Exim (unpacked)       more SMTP servers for the interop matrix (tests/interop.rs)
-#   dnsmasq-base, dkimpy (PyPI)            a DNS server for DKIM keys and a DKIM signer (tests/dkim.rs)
+#   dnsmasq-base, dkimpy (PyPI)            a DNS server for DKIM keys and a DKIM signer (tests/dkim/)
 set -euo pipefail
 
 missing=()
@@ -27,7 +27,7 @@ need openssl openssl
 need postfix postfix
 need sasl2-bin saslpasswd2
 need libsasl2-modules
-need dnsmasq-base dnsmasq # the binary only: no service, nothing listens on port 53 (tests/dkim.rs)
+need dnsmasq-base dnsmasq # the binary only: no service, nothing listens on port 53 (tests/dkim/)
 
 sudo=()
 if [ "$(id -u)" -ne 0 ]; then
@@ -62,6 +62,6 @@ fi
 getent passwd Debian-exim >/dev/null ||
     "${sudo[@]}" adduser --system --group --quiet --allow-bad-names --no-create-home \
         --home /nonexistent Debian-exim
-# DKIM: Python's dkimpy signs the replies that tests/dkim.rs checks against dnsmasq (dnsmasq-base above)
+# DKIM: Python's dkimpy signs the replies that tests/dkim/ checks against dnsmasq (dnsmasq-base above)
 python3 -c 'import dkim' 2>/dev/null || python3 -m pip install --quiet dkimpy ||
     python3 -m pip install --quiet --break-system-packages dkimpy
