@@ -117,7 +117,7 @@ fn certs_import_with_the_name_server_down_exits_75_then_imports_once_it_is_up() 
         down.log()
     );
     assert!(!dir.join("harvested/nina@example.org.crt").exists());
-    eprintln!("a closed name server port: deferred after {took:?}");
+    eprintln!("a name server answering REFUSED: deferred after {took:?}");
     // with a refused reply beside it, the refusal decides: 65
     let unsigned = d.write(
         "unsigned.eml",
