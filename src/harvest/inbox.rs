@@ -10,8 +10,9 @@
 //! periodic scan (the event path does not come back to it: reading it makes no event that is taken)
 //! until it passes or is refused, or until `TEMPORARY_AT_MOST` after it landed (its mtime); then it
 //! is refused with the last temporary reason. Kept for ever, a reply whose domain's name servers
-//! never answer would cost up to 15 s of lookups at every scan, for ever. Only regular files directly in the folder are taken: dotfiles, `.tmp` and
-//! `.part` names, links and other special files are left alone. After an import `on_import` runs
+//! never answer would cost up to 15 s of lookups at every scan, for ever. Only regular files
+//! directly in the folder are taken: dotfiles, `.tmp` and `.part` names, links and other special
+//! files are left alone. After an import `on_import` runs
 //! (the daemon reloads its keyring with it, as on SIGHUP), so the next message to that address is
 //! encrypted without a restart.
 
