@@ -15,18 +15,28 @@ pub const FAILURE_CLASSES: [&str; 5] = ["input", "key", "certificate", "server",
 /// some, its progress records (SMTP, API). `gone`: the route already moved the claim away (pickup
 /// keeps its inode for a later output, `deliver::pickup::recycle`), so it is not looked for.
 pub fn delivered(claim: &Claim, records: bool, gone: bool) -> std::io::Result<()> {
-    let removed = |path: PathBuf| match std::fs::remove_file(path) {
+    if !gone && !removed(&claim.committed_path())? {
+        removed(&claim.path)?;
+    }
+    if records {
+        drop_records(claim)?;
+    }
+    Ok(())
+}
+
+/// Removes `path`; false if it was not there.
+fn removed(path: &Path) -> std::io::Result<bool> {
+    match std::fs::remove_file(path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
-    };
-    if !gone && !removed(claim.committed_path())? {
-        removed(claim.path.clone())?;
     }
-    if records {
-        for path in crate::deliver::progress::paths(claim) {
-            removed(path)?;
-        }
+}
+
+/// Removes the claim's progress records (SMTP, API), those that exist.
+fn drop_records(claim: &Claim) -> std::io::Result<()> {
+    for path in crate::deliver::progress::paths(claim) {
+        removed(&path)?;
     }
     Ok(())
 }
@@ -51,13 +61,8 @@ pub fn quarantine(
     };
     let to = place_in_failed(claim, failed, class, &reason, false)?;
     // the input is in failed/ by now: a record that cannot go is only litter in the work folder
-    for path in crate::deliver::progress::paths(claim) {
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                log::warn!("{}: {e}", path.display())
-            }
-            _ => {}
-        }
+    if let Err(e) = drop_records(claim) {
+        log::warn!("{}: progress records: {e}", claim.path.display());
     }
     Ok(to)
 }
